@@ -1,0 +1,5 @@
+import sys
+
+from mimic_ils.cli import main
+
+sys.exit(main())

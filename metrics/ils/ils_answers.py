@@ -1,0 +1,151 @@
+"""The answer templates of MIMIC-ILS (paper Table 2), rendered and parsed back into template + variables.
+
+Standard library only: ``evaluate`` copies this file next to ``ils.py`` into its module cache, and the project
+imports it from here too (``rosalia_hf.evaluation.load_answer_parser``).
+
+The six answer forms, by template name::
+
+    seg                 "[SEG]"                                          basic, positive
+    absent_in_location  "[SEG] There is no {target} in the {location}."  basic and lesion inference, negative
+    located_in          "[SEG] It is located in the {location}."         global, positive
+    absent              "[SEG] There is no {target}."                    global, negative
+    definitive          "[SEG] It is highly suggestive of {lesion}."     lesion inference, positive, definitive
+    tentative           "[SEG] It possibly reflects {lesion}."           lesion inference, positive, tentative
+
+``{location}`` is one or more lung labels joined with ``" and "`` ("right lung base and left lung base"); the
+parser also splits on ``", "`` so "a, b and c" reads as three labels. Matching is exact: case, articles and the
+final period count, and only surrounding whitespace is ignored, so a paraphrase parses to ``None``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SEG_TOKEN = "[SEG]"
+TEMPLATES = {
+    "seg": "[SEG]",
+    "absent_in_location": "[SEG] There is no {target} in the {location}.",
+    "located_in": "[SEG] It is located in the {location}.",
+    "absent": "[SEG] There is no {target}.",
+    "definitive": "[SEG] It is highly suggestive of {lesion}.",
+    "tentative": "[SEG] It possibly reflects {lesion}.",
+}
+# Tried in this order: "There is no X in the Y." must be read as absent_in_location before the looser "absent".
+_PATTERNS = (
+    ("seg", re.compile(r"\[SEG\]")),
+    ("absent_in_location", re.compile(r"\[SEG\] There is no (?P<target>[^.]+?) in the (?P<location>[^.]+)\.")),
+    ("located_in", re.compile(r"\[SEG\] It is located in the (?P<location>[^.]+)\.")),
+    ("absent", re.compile(r"\[SEG\] There is no (?P<target>[^.]+)\.")),
+    ("definitive", re.compile(r"\[SEG\] It is highly suggestive of (?P<lesion>[^.]+)\.")),
+    ("tentative", re.compile(r"\[SEG\] It possibly reflects (?P<lesion>[^.]+)\.")),
+)
+_LOCATION_SEPARATOR = re.compile(r", (?:and )?| and ")
+LESION_INFERENCE_TARGET = "opacity"
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """An answer read back into its template name and bracketed variables (unused variables stay empty)."""
+
+    template: str
+    target: str | None = None
+    locations: tuple[str, ...] = ()
+    lesion: str | None = None
+
+    @property
+    def certainty(self) -> str | None:
+        return self.template if self.template in ("definitive", "tentative") else None
+
+
+def join_locations(locations: tuple[str, ...] | list[str]) -> str:
+    """``("right lung base", "left lung base")`` -> ``"right lung base and left lung base"``."""
+    if not locations:
+        raise ValueError("an answer with a location needs at least one location")
+    return " and ".join(locations)
+
+
+def split_locations(text: str) -> tuple[str, ...]:
+    """Inverse of :func:`join_locations`; also accepts ``"a, b and c"``."""
+    return tuple(part.strip() for part in _LOCATION_SEPARATOR.split(text) if part.strip())
+
+
+def parse_answer(text: str | None) -> ParsedAnswer | None:
+    """Template name and variables of an answer, or None when it matches no template exactly (a paraphrase)."""
+    if text is None:
+        return None
+    text = text.strip()
+    for name, pattern in _PATTERNS:
+        match = pattern.fullmatch(text)
+        if match is None:
+            continue
+        groups = match.groupdict()
+        location = groups.get("location")
+        return ParsedAnswer(
+            template=name,
+            target=groups.get("target"),
+            locations=split_locations(location) if location else (),
+            lesion=groups.get("lesion"),
+        )
+    return None
+
+
+def expected_template(question_type: str, polarity: str, certainty: str | None = None) -> str:
+    """The template a reference answer of this question type and polarity uses (Table 2)."""
+    question_type = question_type.replace(" ", "_")
+    if polarity == "negative":
+        return {"basic": "absent_in_location", "global": "absent", "lesion_inference": "absent_in_location"}[
+            question_type
+        ]
+    if question_type == "lesion_inference":
+        if certainty not in ("definitive", "tentative"):
+            raise ValueError(f"a positive lesion-inference answer needs certainty definitive/tentative, got {certainty!r}")
+        return certainty
+    return {"basic": "seg", "global": "located_in"}[question_type]
+
+
+def render_answer(
+    question_type: str,
+    polarity: str,
+    *,
+    target: str | None = None,
+    locations: tuple[str, ...] | list[str] = (),
+    lesion: str | None = None,
+    certainty: str | None = None,
+) -> str:
+    """The reference answer text from the structured variables of a pair (Table 2).
+
+    ``target`` is what the instruction names ("opacity" for lesion inference), ``lesion`` the inferred type.
+    """
+    template = expected_template(question_type, polarity, certainty)
+    location = join_locations(tuple(locations)) if "{location}" in TEMPLATES[template] else ""
+    if "{target}" in TEMPLATES[template] and not target:
+        raise ValueError(f"template {template!r} needs a target")
+    if "{lesion}" in TEMPLATES[template] and not lesion:
+        raise ValueError(f"template {template!r} needs a lesion")
+    return TEMPLATES[template].format(target=target, location=location, lesion=lesion)
+
+
+def parsed_reference(
+    question_type: str,
+    polarity: str,
+    *,
+    target: str | None = None,
+    locations: tuple[str, ...] | list[str] = (),
+    lesion: str | None = None,
+    certainty: str | None = None,
+) -> ParsedAnswer:
+    """The :class:`ParsedAnswer` a correct prediction must equal, built from structured variables."""
+    text = render_answer(question_type, polarity, target=target, locations=locations, lesion=lesion, certainty=certainty)
+    parsed = parse_answer(text)
+    if parsed is None:  # a variable that contains a period, e.g. "lung."; the template cannot carry it
+        raise ValueError(f"structured variables render to an unparsable answer: {text!r}")
+    return parsed
+
+
+def ignoring_certainty(parsed: ParsedAnswer | None) -> tuple | None:
+    """Key that equates the definitive and tentative forms (the authors' lesion-only score of lesion inference)."""
+    if parsed is None:
+        return None
+    template = "lesion" if parsed.template in ("definitive", "tentative") else parsed.template
+    return (template, parsed.target, parsed.locations, parsed.lesion)

@@ -1,0 +1,222 @@
+"""ROSALIA processor: LISA/LLaVA-v1 conversations, CLIP pixels and SAM pixels for one batch of instructions.
+
+Images are ``HxW`` (grayscale X-ray) or ``HxWx3`` ``uint8`` arrays, or PIL images, in their original frame.
+Outputs:
+
+* ``pixel_values`` ``(m, 3, C, C)`` float: CLIP pixels, one row per image (``m`` images);
+* ``sam_pixel_values`` ``(m, 3, S, S)`` float: longest side resized to ``S``, SAM mean/std, zero pad bottom/right;
+* ``original_sizes`` ``(m, 2)`` long: ``(H, W)`` of each image; ``image_index`` ``(n,)`` long: image of each row;
+* ``input_ids``, ``attention_mask`` ``(n, L)`` long; ``labels`` ``(n, L)`` (answers given): answer tokens, -100
+  elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoProcessor
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN = "<image>"
+IM_START_TOKEN = "<im_start>"
+IM_END_TOKEN = "<im_end>"
+SEG_TOKEN = "[SEG]"
+# LLaVA "v1" conversation (LISA's default template): roles USER/ASSISTANT, separators " " and "</s>".
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def resize_longest_shape(height: int, width: int, target: int) -> tuple[int, int]:
+    """``(h, w)`` after resizing the longest side to ``target`` (SAM's ``ResizeLongestSide`` rounding)."""
+    scale = target / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def equalize_histogram(gray: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation of an ``HxW uint8`` image (CDF mapping), ``HxW uint8`` out."""
+    hist = np.bincount(gray.ravel(), minlength=256)
+    cdf = hist.cumsum()
+    nonzero = cdf[cdf > 0]
+    if nonzero.size == 0 or nonzero[0] == cdf[-1]:
+        return gray.copy()
+    lut = np.round((cdf - nonzero[0]) / (cdf[-1] - nonzero[0]) * 255).clip(0, 255).astype(np.uint8)
+    return lut[gray]
+
+
+def to_rgb_uint8(image) -> np.ndarray:
+    """``HxWx3 uint8`` from an ``HxW``/``HxWx1``/``HxWx3`` uint8 array or a PIL image."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (HxW or HxWx3), got dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        return np.repeat(array[..., None], 3, axis=2)
+    if array.ndim == 3 and array.shape[2] == 3:
+        return array
+    raise ValueError(f"images must be HxW or HxWx3, got shape {array.shape}")
+
+
+def sam_pixel_values(rgb: np.ndarray, target: int) -> torch.Tensor:
+    """``(3, S, S)`` float: bilinear resize of the longest side to ``S``, SAM mean/std, zero pad bottom/right."""
+    new_h, new_w = resize_longest_shape(rgb.shape[0], rgb.shape[1], target)
+    resized = np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
+    normed = (resized - np.array(SAM_PIXEL_MEAN, np.float32)) / np.array(SAM_PIXEL_STD, np.float32)
+    out = torch.zeros(3, target, target)
+    out[:, :new_h, :new_w] = torch.from_numpy(normed).permute(2, 0, 1)
+    return out
+
+
+def add_rosalia_tokens(tokenizer, seg_token: str = SEG_TOKEN, use_im_start_end: bool = True) -> dict[str, int]:
+    """Adds ``[SEG]``, ``<image>`` (and ``<im_start>``/``<im_end>``) once; returns their ids, read back.
+
+    Idempotent: tokens already in the vocabulary keep their ids (LISA tokenizers already hold ``[SEG]``).
+    """
+    wanted = [seg_token] + ([IM_START_TOKEN, IM_END_TOKEN] if use_im_start_end else []) + [IMAGE_TOKEN]
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in wanted if t not in vocab]
+    if seg_token in missing:
+        tokenizer.add_tokens([seg_token])
+    special = [t for t in missing if t != seg_token]
+    if special:
+        tokenizer.add_tokens(special, special_tokens=True)
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in wanted}
+
+
+def build_prompt(instruction: str, image_seq_length: int, use_im_start_end: bool = True) -> str:
+    """The LLaVA-v1 prompt up to ``ASSISTANT:``, with ``image_seq_length`` image tokens before the instruction."""
+    image = IMAGE_TOKEN * image_seq_length
+    if use_im_start_end:
+        image = IM_START_TOKEN + image + IM_END_TOKEN
+    return f"{LLAVA_V1_SYSTEM} USER: {image}\n{instruction} ASSISTANT:"
+
+
+class RosaliaProcessor(ProcessorMixin):
+    r"""
+    Turns (image, instruction[, answer]) triples into a [`RosaliaForSegmentation`] batch.
+
+    Args:
+        image_processor (`CLIPImageProcessor`): CLIP pixels (LISA: shortest side 224, centre crop 224).
+        tokenizer (`PreTrainedTokenizerFast`): the LLaMA tokenizer; ``[SEG]`` and the image tokens are added once.
+        image_seq_length (`int`): image tokens per image (LISA: 256).
+        sam_image_size (`int`): SAM input size ``S`` (1024 for SAM ViT-H).
+        use_im_start_end (`bool`): wrap the image tokens in ``<im_start>``/``<im_end>`` (LISA-7B-v1 does).
+        equalize_histogram (`bool`), equalize_probability (`float`): histogram-equalise each image with this
+            probability (training augmentation / X-ray normalisation); the random draw uses ``rng`` of ``__call__``.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, sam_image_size: int = 1024,
+                 seg_token: str = SEG_TOKEN, use_im_start_end: bool = True, equalize_histogram: bool = False,
+                 equalize_probability: float = 1.0, chat_template=None, **kwargs):
+        self.image_seq_length = image_seq_length
+        self.sam_image_size = sam_image_size
+        self.seg_token = seg_token
+        self.use_im_start_end = use_im_start_end
+        self.equalize_histogram = equalize_histogram
+        self.equalize_probability = equalize_probability
+        super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        ids = add_rosalia_tokens(self.tokenizer, seg_token, use_im_start_end)
+        self.seg_token_id = ids[seg_token]
+        self.image_token_id = ids[IMAGE_TOKEN]
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.unk_token
+
+    # --- images ---
+    def prepare_images(self, images: Sequence, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """CLIP pixels, SAM pixels and ``(H, W)`` for each image, in order."""
+        rgbs = [self._maybe_equalize(to_rgb_uint8(im), rng) for im in images]
+        clip = self.image_processor(images=rgbs, return_tensors="pt")["pixel_values"]
+        sam = torch.stack([sam_pixel_values(rgb, self.sam_image_size) for rgb in rgbs])
+        sizes = torch.tensor([rgb.shape[:2] for rgb in rgbs], dtype=torch.long)
+        return {"pixel_values": clip, "sam_pixel_values": sam, "original_sizes": sizes}
+
+    def _maybe_equalize(self, rgb: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        if not self.equalize_histogram:
+            return rgb
+        if self.equalize_probability < 1.0:
+            rng = rng if rng is not None else np.random.default_rng()
+            if rng.random() >= self.equalize_probability:
+                return rgb
+        gray = np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8)
+        return np.repeat(equalize_histogram(gray)[..., None], 3, axis=2)
+
+    # --- text ---
+    def encode_conversation(self, instruction: str, answer: str | None = None,
+                            add_eos: bool = True) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)`` of one conversation; labels keep the answer tokens (and ``</s>``) only."""
+        prompt = build_prompt(instruction, self.image_seq_length, self.use_im_start_end)
+        prompt_ids = self.tokenizer(prompt)["input_ids"]
+        if answer is None:
+            return prompt_ids, [IGNORE_INDEX] * len(prompt_ids)
+        full = f"{prompt} {answer}" + (self.tokenizer.eos_token if add_eos else "")
+        ids = self.tokenizer(full)["input_ids"]
+        n_prompt = 0
+        while n_prompt < min(len(ids), len(prompt_ids)) and ids[n_prompt] == prompt_ids[n_prompt]:
+            n_prompt += 1
+        return ids, [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
+
+    def pad(self, sequences: list[list[int]], labels: list[list[int]] | None, padding_side: str = "right"):
+        """Pads to the longest row; ``labels`` get -100 and ``attention_mask`` 0 on padding."""
+        length = max(len(s) for s in sequences)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+        att = torch.zeros((len(sequences), length), dtype=torch.long)
+        lab = torch.full((len(sequences), length), IGNORE_INDEX, dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            cols = slice(0, len(seq)) if padding_side == "right" else slice(length - len(seq), length)
+            ids[row, cols] = torch.tensor(seq)
+            att[row, cols] = 1
+            if labels is not None:
+                lab[row, cols] = torch.tensor(labels[row])
+        out = {"input_ids": ids, "attention_mask": att}
+        if labels is not None:
+            out["labels"] = lab
+        return out
+
+    def __call__(self, images: Sequence, instructions: Sequence[str], answers: Sequence[str] | None = None,
+                 image_index: Sequence[int] | None = None, padding_side: str = "right", add_eos: bool = True,
+                 rng: np.random.Generator | None = None, **kwargs) -> BatchFeature:
+        """One batch. ``image_index[i]`` names the image of instruction ``i`` (default: ``images[i]``)."""
+        if isinstance(instructions, str):
+            instructions = [instructions]
+        if image_index is None:
+            if len(images) != len(instructions):
+                raise ValueError(f"{len(instructions)} instructions for {len(images)} images: pass image_index")
+            image_index = list(range(len(instructions)))
+        if answers is not None and len(answers) != len(instructions):
+            raise ValueError(f"{len(answers)} answers for {len(instructions)} instructions")
+        encoded = [self.encode_conversation(ins, None if answers is None else answers[i], add_eos)
+                   for i, ins in enumerate(instructions)]
+        batch = self.pad([e[0] for e in encoded], None if answers is None else [e[1] for e in encoded], padding_side)
+        batch.update(self.prepare_images(images, rng))
+        batch["image_index"] = torch.as_tensor(list(image_index), dtype=torch.long)
+        return BatchFeature(batch)
+
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+def _register() -> None:
+    from rosalia_hf.configuration_rosalia import RosaliaConfig
+
+    AutoProcessor.register(RosaliaConfig, RosaliaProcessor, exist_ok=True)
+
+
+_register()
+
+__all__ = ["RosaliaProcessor", "add_rosalia_tokens", "build_prompt", "equalize_histogram", "resize_longest_shape",
+           "sam_pixel_values", "to_rgb_uint8", "LLAVA_V1_SYSTEM", "IGNORE_INDEX"]

@@ -1,0 +1,15 @@
+"""``mimic-ils build``: resumable, sharded, deterministic build of MIMIC-ILS into a ``datasets`` folder.
+
+Entry points: :func:`build` (process a shard and merge), :class:`BuildConfig`, :func:`demo_overlays`.
+Modules: ``config`` (YAML config), ``workdir`` (atomic, checksummed cache), ``shard`` (stable hashing, launcher
+env), ``stages`` (the stage protocol and the real wiring), ``pipeline`` (per-study processing), ``ledger``,
+``writer`` (Parquet and PNG placement), ``merge``, ``card`` (dataset card), ``overlays`` (demo pictures).
+"""
+
+from __future__ import annotations
+
+from mimic_ils.build.config import BuildConfig
+from mimic_ils.build.orchestrate import build, default_work_dir
+from mimic_ils.build.overlays import demo_overlays
+
+__all__ = ["BuildConfig", "build", "default_work_dir", "demo_overlays"]

@@ -1,0 +1,85 @@
+"""The dataset card of a built folder: YAML ``configs:`` (imagefolder with metadata files) + counts + provenance.
+
+Each config lists, per split, its metadata Parquet files and the split's ``images/*`` (the images glob makes
+``datasets`` pick the ``imagefolder`` loader, which turns ``*_file_name`` columns into ``Image`` features resolved
+relative to the metadata file, so the folder is relocatable). ``metadata_filenames`` tells the loader which Parquet
+files are metadata of that config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mimic_ils.schema import SPLITS
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "builders" / "mimic_ils" / "README.md"
+CONFIGS = ("pairs", "images")
+
+
+def configs_yaml(files: dict[str, dict[str, list[str]]]) -> list[dict[str, Any]]:
+    """``configs:`` entries from ``{split: {"pairs": [names], "images": [names]}}`` (splits without rows absent)."""
+    entries = []
+    for config in CONFIGS:
+        names = sorted({name for split in files for name in files[split][config]})
+        data_files = [
+            {"split": split, "path": [f"{split}/{name}" for name in files[split][config]] + [f"{split}/images/*"]}
+            for split in SPLITS if split in files
+        ]
+        entry = {"config_name": config, "data_files": data_files, "metadata_filenames": names, "drop_labels": True}
+        if config == "pairs":
+            entry["default"] = True
+        entries.append(entry)
+    return entries
+
+
+def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
+    header = "| split | pairs | positive | negative | images | unique masks | studies |\n|---|---|---|---|---|---|---|"
+    lines = [header]
+    for split, row in counts.items():
+        lines.append(
+            f"| {split} | {row['pairs']:,} | {row['positive']:,} | {row['negative']:,} | {row['images']:,} | "
+            f"{row['masks']:,} | {row['studies']:,} |"
+        )
+    return "\n".join(lines)
+
+
+def render_card(
+    files: dict[str, dict[str, list[str]]], counts: dict[str, dict[str, int]], info: dict[str, Any]
+) -> str:
+    """The README.md text of a built folder."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    total = sum(row["pairs"] for row in counts.values())
+    card_data = DatasetCardData(
+        pretty_name="MIMIC-ILS",
+        license="other",
+        license_name="physionet-credentialed-health-data-1.5.0",
+        language=["en"],
+        annotations_creators=["machine-generated"],
+        language_creators=["expert-generated"],
+        source_datasets=["extended|mimic-cxr"],
+        task_categories=["image-segmentation"],
+        size_categories=[_size_category(total)],
+        tags=["medical", "chest-x-ray", "instruction-guided-segmentation", "mimic-cxr"],
+        configs=configs_yaml(files),
+    )
+    template = TEMPLATE if TEMPLATE.exists() else None
+    card = DatasetCard.from_template(
+        card_data, template_path=str(template) if template else None, folder_hint="path/to/this/folder",
+        counts_table=counts_markdown(counts), provenance=_provenance_markdown(info),
+    )
+    return str(card)
+
+
+def _provenance_markdown(info: dict[str, Any]) -> str:
+    body = json.dumps({key: info[key] for key in sorted(info) if key != "counts"}, indent=2, sort_keys=True)
+    return f"Built by `mimic_ils` {info.get('code_version', '?')} with:\n\n```json\n{body}\n```"
+
+
+def _size_category(count: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if count < limit:
+            return name
+    return "1M<n<10M"

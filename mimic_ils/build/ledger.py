@@ -1,0 +1,49 @@
+"""The ledger: every study and image of the source metadata with its fate, and every finding grounding dropped.
+
+Rows: ``kind`` (study / image / finding), ``study_id``, ``dicom_id`` (None for studies), ``split``, ``fate``
+(used / excluded / dropped), ``reason`` (one line; None when used). For studies, used + excluded = the number of
+studies in the metadata (of the ``--limit`` selection).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def ledger_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ledger rows from study results (sorted by study id, then dicom id)."""
+    rows = []
+    for result in sorted(results, key=lambda item: item["study_id"]):
+        base = {"study_id": result["study_id"], "split": result["split"]}
+        rows.append({"kind": "study", **base, "dicom_id": None, "fate": result["fate"], "reason": result["reason"]})
+        for image in result["images"]:
+            rows.append({"kind": "image", **base, "dicom_id": image["dicom_id"], "fate": image["fate"],
+                         "reason": image["reason"]})
+        for finding in result["findings"]:
+            rows.append({"kind": "finding", **base, "dicom_id": finding["dicom_id"], "fate": "dropped",
+                         "reason": f"{finding['what']}: {finding['reason']}"})
+    return rows
+
+
+def reason_class(reason: str | None) -> str:
+    """A reason without its specifics (ids, numbers, quoted text), so that equal causes count together."""
+    if not reason:
+        return ""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "…", reason)
+    text = re.sub(r"(?<![\w-])\d+(\.\d+)?(?!\w)", "N", text)
+    return text.split(" (")[0] if text.startswith("no usable frontal image") else text
+
+
+def summarize_ledger(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Counts of fates per kind and of reason classes per kind (for the card, ``stats`` and the tests)."""
+    fates: Counter = Counter()
+    reasons: Counter = Counter()
+    for row in rows:
+        fates[f"{row['kind']}:{row['fate']}"] += 1
+        if row["reason"]:
+            reasons[f"{row['kind']}: {reason_class(row['reason'])}"] += 1
+    ordered_reasons = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    return {"fates": dict(sorted(fates.items())), "reasons": dict(ordered_reasons)}

@@ -1,0 +1,92 @@
+"""Assemble the study artifacts of every shard into the output folder (atomically: built aside, then swapped in)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mimic_ils.build.card import render_card
+from mimic_ils.build.ledger import ledger_rows, summarize_ledger
+from mimic_ils.build.pipeline import load_study_result
+from mimic_ils.build.workdir import WorkDir, atomic_write_bytes
+from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, write_parquet, write_split
+from mimic_ils.schema import SPLITS, MimicIlsError, Study
+
+
+def collect_results(work: WorkDir, studies: Sequence[Study]) -> list[dict[str, Any]]:
+    """Every study's cached result, sorted by study id; a clear error when some shard has not finished."""
+    results, missing = [], []
+    for study in sorted(studies, key=lambda item: item.study_id):
+        result = load_study_result(work, study.study_id)
+        (missing.append(study.study_id) if result is None else results.append(result))
+    if missing:
+        raise MimicIlsError(
+            f"{len(missing)} of {len(studies)} studies have no valid result in {work.root} (first: {missing[0]}); "
+            "run (or rerun) the build for the missing shards before --merge"
+        )
+    return results
+
+
+def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Write the dataset folder ``out`` from the work folder; returns the counts per split."""
+    import pyarrow as pa
+
+    out = Path(out)
+    results = collect_results(work, studies)
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    files, counts = {}, {}
+    for split in SPLITS:
+        rows = _split_rows(results, split)
+        if not rows:
+            continue
+        _place_split_files(work, partial / split, rows)
+        files[split] = write_split(partial / split, rows)
+        counts[split] = _counts(rows, [result for result in results if result["split"] == split])
+    if not files:
+        raise MimicIlsError(f"no instruction-answer pair in any of the {len(results)} studies; nothing to write")
+    ledger = ledger_rows(results)
+    write_parquet(pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), partial / "ledger.parquet")
+    info = {**info, "counts": counts, "ledger": summarize_ledger(ledger)}
+    atomic_write_bytes(partial / "build_info.json", json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
+    atomic_write_bytes(partial / "README.md", render_card(files, counts, info).encode("utf-8"))
+    _swap_in(partial, out)
+    return info
+
+
+def _split_rows(results: Sequence[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+    return [{**row, "split": split} for result in results if result["split"] == split for row in result["pairs"]]
+
+
+def _place_split_files(work: WorkDir, folder: Path, rows: Sequence[dict[str, Any]]) -> None:
+    names = {row["image_file_name"] for row in rows} | {row["mask_file_name"] for row in rows if row["mask_file_name"]}
+    for name in sorted(names):
+        place_file(work.root / name, folder / name)
+
+
+def _counts(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> dict[str, int]:
+    return {
+        "pairs": len(rows),
+        "positive": sum(row["polarity"] == "positive" for row in rows),
+        "negative": sum(row["polarity"] == "negative" for row in rows),
+        "images": len({row["dicom_id"] for row in rows}),
+        "masks": len({row["mask_file_name"] for row in rows if row["mask_file_name"]}),
+        "studies": sum(result["fate"] == "used" for result in results),
+    }
+
+
+def _swap_in(partial: Path, out: Path) -> None:
+    """Replace ``out`` by ``partial`` (the old folder is removed only once the new one is complete)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        partial.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        partial.rename(out)
+

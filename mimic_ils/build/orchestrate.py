@@ -1,0 +1,91 @@
+"""``build()``: run this process's shard of a build, then (when it is the last step) merge into the output folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from mimic_ils.build.config import BuildConfig
+from mimic_ils.build.merge import merge
+from mimic_ils.build.pipeline import run_shard, select_studies
+from mimic_ils.build.shard import Shard, resolve_shard, shard_from_env
+from mimic_ils.build.stages import ProjectStages, Stages
+from mimic_ils.build.workdir import WorkDir, atomic_write_bytes
+from mimic_ils.schema import MimicIlsError
+
+logger = logging.getLogger(__name__)
+
+
+def default_work_dir(out: str | Path) -> Path:
+    """The work folder beside the output folder: ``<out>.work``."""
+    out = Path(out)
+    return out.parent / f"{out.name}.work"
+
+
+def build(
+    mimic_root: str | Path,
+    out: str | Path,
+    *,
+    config: BuildConfig | None = None,
+    work: str | Path | None = None,
+    shard: str | Shard | None = None,
+    limit: int | None = None,
+    merge_step: bool | None = None,
+    process: bool = True,
+    stages: Stages | None = None,
+    progress: bool = True,
+    shard_wait_s: float = 0.0,
+) -> dict[str, Any]:
+    """Build MIMIC-ILS from ``mimic_root`` into ``out``; resumable (rerun to continue) and shardable.
+
+    ``shard``: ``"i/N"`` or a Shard; default from ``RANK``/``WORLD_SIZE`` or the whole cohort. ``merge_step``:
+    assemble the output after processing (default: when this process covers the whole cohort, or is rank 0 of a
+    launcher, which then waits up to ``shard_wait_s`` for the other shards). ``process=False`` only merges.
+    Returns ``{"processed": {...}, "info": {...} or None}``.
+    """
+    config = config or BuildConfig()
+    stages = stages or ProjectStages(mimic_root, config)
+    current = shard if isinstance(shard, Shard) else resolve_shard(shard)
+    workdir = WorkDir(work or default_work_dir(out))
+    workdir.bind_config(config.fingerprint())
+    studies = select_studies(stages.studies(), Shard(), limit)
+    processed = {}
+    if process:
+        mine = [study for study in studies if current.owns(study.study_id)]
+        processed = run_shard(stages, workdir, mine, progress=progress)
+        atomic_write_bytes(workdir.shard_done_path(current.index, current.count), b"done\n")
+    if merge_step is None:
+        merge_step = current.count == 1 or (shard_from_env() is not None and current.index == 0 and shard is None)
+    info = None
+    if merge_step or not process:
+        if process and current.count > 1:
+            _wait_for_shards(workdir, current.count, shard_wait_s)
+        info = merge(workdir, studies, out, build_info(config, stages, limit))
+    return {"processed": processed, "info": info}
+
+
+def build_info(config: BuildConfig, stages: Stages, limit: int | None) -> dict[str, Any]:
+    """Provenance written into ``build_info.json`` and the card: never the shard count or a time stamp."""
+    from mimic_ils import __version__
+
+    return {
+        "code_version": __version__,
+        "config": config.fingerprint(),
+        "backends": stages.provenance(),
+        "limit": limit,
+    }
+
+
+def _wait_for_shards(work: WorkDir, count: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [index for index in range(count) if not work.shard_done_path(index, count).exists()]
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise MimicIlsError(
+                f"shards {missing} of {count} have not finished; rerun them, then `mimic-ils build --merge`"
+            )
+        time.sleep(5.0)

@@ -1,0 +1,198 @@
+"""Run the stages over the studies of one shard, caching every result in the work folder.
+
+Per chunk of studies: report stage (cached per study) → vision cues (cached per image by the runner) →
+grounding + QC + pairs per frontal image → one checked study artifact (the commit point, written after its image
+and mask PNGs). A study whose artifact is valid, with every file it names intact, is skipped on a rerun; anything
+else is recomputed. Every study ends with a fate (used, or excluded with the reason from whichever stage failed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from mimic_ils.build.shard import Shard
+from mimic_ils.build.stages import Stages
+from mimic_ils.build.workdir import WorkDir, encode_png, mask_digest, read_checked_json, write_checked_json
+from mimic_ils.schema import Finding, MimicIlsError, Section, StructuredReport, Study
+
+logger = logging.getLogger(__name__)
+
+STUDY_ARTIFACT_VERSION = 1
+
+
+def select_studies(studies: Iterable[Study], shard: Shard, limit: int | None = None) -> list[Study]:
+    """The studies of ``shard``, sorted by study id; ``limit`` keeps the first N of the whole cohort (before sharding),
+    so ``--limit`` picks the same studies whatever the shard count."""
+    ordered = sorted(studies, key=lambda study: study.study_id)
+    if limit is not None:
+        ordered = ordered[:limit]
+    return [study for study in ordered if shard.owns(study.study_id)]
+
+
+def run_shard(
+    stages: Stages, work: WorkDir, studies: Sequence[Study], *, chunk_size: int = 16, progress: bool = True
+) -> dict[str, int]:
+    """Process ``studies`` (skipping valid cached ones); returns counts ``{"cached", "computed"}``."""
+    todo = [study for study in studies if load_study_result(work, study.study_id) is None]
+    counts = {"cached": len(studies) - len(todo), "computed": 0}
+    bars = _Bars(progress, total_studies=len(todo), total_images=sum(len(s.frontal_images) for s in todo))
+    try:
+        for start in range(0, len(todo), chunk_size):
+            for result in _run_chunk(stages, work, todo[start:start + chunk_size], bars):
+                write_checked_json(work.study_path(result["study_id"]), result)
+                counts["computed"] += 1
+    finally:
+        bars.close()
+    return counts
+
+
+def _run_chunk(stages: Stages, work: WorkDir, chunk: Sequence[Study], bars: _Bars) -> list[dict[str, Any]]:
+    reports = {study.study_id: cached_report(stages, work, study) for study in chunk}
+    bars.update("report", len(chunk))
+    usable = [study for study in chunk if not isinstance(reports[study.study_id], str)]
+    frontal = [image for study in usable for image in study.frontal_images]
+    cues = stages.cues(frontal, work.vision_dir) if frontal else {}
+    bars.update("vision", sum(len(study.frontal_images) for study in chunk))
+    results = []
+    for study in chunk:
+        results.append(study_result(stages, work, study, reports[study.study_id], cues))
+        bars.update("grounding", len(study.frontal_images))
+    return results
+
+
+def cached_report(stages: Stages, work: WorkDir, study: Study) -> StructuredReport | str:
+    """The structured report of ``study`` (from the cache or computed), or ``"report: <reason>"``."""
+    path = work.report_path(study.study_id)
+    cached = read_checked_json(path)
+    if cached is None:
+        try:
+            cached = {"report": report_to_dict(stages.structure(study))}
+        except MimicIlsError as error:
+            cached = {"error": f"report: {error}"}
+        write_checked_json(path, cached)
+    return cached["error"] if "error" in cached else report_from_dict(cached["report"])
+
+
+def study_result(
+    stages: Stages, work: WorkDir, study: Study, report: StructuredReport | str, cues: dict[str, Any]
+) -> dict[str, Any]:
+    """Ground every frontal image of a study and write its PNGs; the JSON-able study artifact."""
+    images, pairs, findings, files = [], [], [], {}
+    for image in sorted(study.images, key=lambda record: record.dicom_id):
+        entry = {"dicom_id": image.dicom_id, "view": image.view, "fate": "excluded", "reason": None}
+        if not image.is_frontal:
+            entry["reason"] = f"qc: view {image.view or 'unknown'} is not frontal (PA/AP)"
+        elif isinstance(report, str):
+            entry["reason"] = "study excluded: report stage failed"
+        else:
+            image_pairs, image_findings, reason = _ground_one(stages, work, study, image, report, cues, files)
+            pairs += image_pairs
+            findings += image_findings
+            entry.update(fate="used" if image_pairs else "excluded", reason=reason if not image_pairs else None)
+        images.append(entry)
+    fate, reason = _study_fate(report, images)
+    return {
+        "version": STUDY_ARTIFACT_VERSION, "study_id": study.study_id, "subject_id": study.subject_id,
+        "split": study.split, "fate": fate, "reason": reason, "images": images, "pairs": pairs,
+        "findings": findings, "files": dict(sorted(files.items())),
+    }
+
+
+def _ground_one(stages, work, study, image, report, cues, files) -> tuple[list[dict], list[dict], str | None]:
+    image_cues = cues.get(image.dicom_id, "vision: no cues produced")
+    if isinstance(image_cues, str):
+        return [], [], image_cues
+    try:
+        grounded = stages.ground(report, image_cues, study, image)
+    except MimicIlsError as error:
+        return [], [], f"grounding: {error}"
+    findings = [{"dicom_id": image.dicom_id, "what": what, "reason": why} for what, why in grounded.exclusions]
+    if grounded.excluded:
+        return [], findings, f"qc: {grounded.excluded}"
+    if not grounded.pairs:
+        return [], findings, "pairs: no instruction-answer pair for this image"
+    image_file = f"images/{image.dicom_id}.png"
+    files[image_file] = work.write_file_checked(work.root / image_file, encode_png(image_cues.image))
+    rows = [_pair_row(k, pair, grounded.masks, work, files, image_file) for k, pair in enumerate(grounded.pairs)]
+    return rows, findings, None
+
+
+def _pair_row(index, pair, masks, work: WorkDir, files: dict[str, str], image_file: str) -> dict[str, Any]:
+    mask_file = None
+    if pair.mask_key is not None:
+        if pair.mask_key not in masks:
+            raise MimicIlsError(f"pair {pair.instruction!r} names mask {pair.mask_key!r} that grounding did not give")
+        digest = mask_digest(masks[pair.mask_key])
+        mask_file = f"masks/{digest}.png"
+        if mask_file not in files:
+            files[mask_file] = work.write_file_checked(work.mask_path(digest), encode_png(masks[pair.mask_key]))
+    return {
+        "id": f"{pair.dicom_id}-{index:03d}", "image_file_name": image_file, "mask_file_name": mask_file,
+        "instruction": pair.instruction, "answer": pair.answer, "target": pair.target, "lesion": pair.lesion,
+        "question_type": pair.question_type, "polarity": pair.polarity, "locations": list(pair.locations),
+        "certainty": pair.certainty, "study_id": pair.study_id, "dicom_id": pair.dicom_id,
+    }
+
+
+def _study_fate(report: StructuredReport | str, images: list[dict]) -> tuple[str, str | None]:
+    if isinstance(report, str):
+        return "excluded", report
+    if any(entry["fate"] == "used" for entry in images):
+        return "used", None
+    reasons = [entry["reason"] for entry in images if entry["reason"]]
+    frontal_reasons = [reason for reason in reasons if not reason.startswith("qc: view")]
+    if not images:
+        return "excluded", "ingest: study has no image"
+    return "excluded", f"no usable frontal image ({(frontal_reasons or reasons)[0]})"
+
+
+def load_study_result(work: WorkDir, study_id: str, *, verify_files: bool = True) -> dict[str, Any] | None:
+    """The cached study artifact if valid and every PNG it names is intact; else None (recompute it)."""
+    result = read_checked_json(work.study_path(study_id))
+    if result is None or result.get("version") != STUDY_ARTIFACT_VERSION:
+        return None
+    if verify_files:
+        for relative, digest in result["files"].items():
+            if not work.file_ok(work.root / relative, digest):
+                logger.warning("study %s: %s is missing or corrupted; recomputing the study", study_id, relative)
+                return None
+    return result
+
+
+def report_to_dict(report: StructuredReport) -> dict[str, Any]:
+    return asdict(report)
+
+
+def report_from_dict(data: dict[str, Any]) -> StructuredReport:
+    findings = tuple(
+        Finding(**{**finding, "locations": tuple(finding.get("locations", ()))}) for finding in data["findings"]
+    )
+    return StructuredReport(section=Section(**data["section"]), findings=findings)
+
+
+class _Bars:
+    """One tqdm bar per stage (report: studies; vision and grounding: images) with rates and ETA."""
+
+    def __init__(self, enabled: bool, *, total_studies: int, total_images: int) -> None:
+        self.bars = {}
+        if not enabled:
+            return
+        from tqdm.auto import tqdm
+
+        for position, (name, total, unit) in enumerate(
+            (("report", total_studies, "study"), ("vision", total_images, "img"), ("grounding", total_images, "img"))
+        ):
+            self.bars[name] = tqdm(total=total, desc=f"{name:>9}", unit=unit, position=position, leave=True,
+                                   dynamic_ncols=True)
+
+    def update(self, name: str, count: int) -> None:
+        if name in self.bars:
+            self.bars[name].update(count)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+

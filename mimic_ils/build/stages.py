@@ -1,0 +1,130 @@
+"""The stages a build runs, behind one small protocol, and the real implementation over the project's modules.
+
+``Stages`` is what :func:`mimic_ils.build.pipeline.run_shard` drives. ``ProjectStages`` wires the real code:
+ingest (``mimic_ils.ingest``), the report stage (``mimic_ils.report``), the vision runner
+(``mimic_ils.vision.runner``) and grounding + pairs (``mimic_ils.grounding``). Tests drive the same machinery
+with small fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mimic_ils.build.config import BuildConfig
+from mimic_ils.schema import ImageRecord, MimicIlsError, Pair, StructuredReport, Study, VisionCues
+
+
+@dataclass
+class Grounded:
+    """What grounding gives for one image: pairs, masks by ``mask_key`` (HxW bool), finding exclusions."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    exclusions: list[tuple[str, str]] = field(default_factory=list)
+    excluded: str | None = None
+
+
+class Stages(Protocol):
+    def studies(self) -> list[Study]:
+        """Every study of the cohort's metadata (the ledger accounts for each)."""
+
+    def structure(self, study: Study) -> StructuredReport:
+        """The structured report; raises a MimicIlsError with a one-line reason."""
+
+    def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, VisionCues | str]:
+        """Vision cues per dicom id, or the one-line reason the image has none. Cached under ``vision_dir``."""
+
+    def ground(self, report: StructuredReport, cues: VisionCues, study: Study, image: ImageRecord) -> Grounded:
+        """Grounding, QC and pairs of one frontal image."""
+
+    def provenance(self) -> dict[str, Any]:
+        """Backends, options and model checksums, for the dataset card."""
+
+
+class ProjectStages:
+    """The real stages over a MIMIC-CXR root, configured by a :class:`BuildConfig`."""
+
+    def __init__(self, mimic_root: str | Path, config: BuildConfig) -> None:
+        self.root = Path(mimic_root)
+        self.config = config
+        self._backend = None
+        self._vision_config = None
+        self._grounding_config = None
+
+    def studies(self) -> list[Study]:
+        from mimic_ils import ingest
+
+        ingest.open_cohort(self.root)
+        return list(ingest.iter_studies(self.root))
+
+    def structure(self, study: Study) -> StructuredReport:
+        from mimic_ils import ingest
+        from mimic_ils.report import get_backend, structure_report
+
+        if self._backend is None:
+            self._backend = get_backend(self.config.report_backend, **self.config.report_options)
+        text = ingest.read_report(self.root, study)
+        return structure_report(text, study_id=study.study_id, backend=self._backend)
+
+    def vision_config(self):
+        from mimic_ils.vision.runner import VisionConfig
+
+        if self._vision_config is None:
+            self._vision_config = make_vision_config(VisionConfig, self.config, self.root)
+        return self._vision_config
+
+    def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, VisionCues | str]:
+        from mimic_ils.vision import runner
+
+        statuses = runner.run_cues(self.root, list(images), vision_dir, self.vision_config()) or {}
+        out: dict[str, VisionCues | str] = {}
+        for image in images:
+            status = statuses.get(image.dicom_id) if isinstance(statuses, dict) else None
+            if isinstance(status, (str, Exception)) and not _is_ok(status):
+                out[image.dicom_id] = f"vision: {status}"
+                continue
+            try:
+                out[image.dicom_id] = runner.load_cues(vision_dir / image.dicom_id)
+            except (MimicIlsError, OSError, ValueError, KeyError) as error:
+                out[image.dicom_id] = f"vision: {error}"
+        return out
+
+    def ground(self, report: StructuredReport, cues: VisionCues, study: Study, image: ImageRecord) -> Grounded:
+        from mimic_ils.grounding import GroundingConfig, ground_image
+
+        if self._grounding_config is None:
+            self._grounding_config = GroundingConfig(**self.config.grounding)
+        result = ground_image(
+            report, cues, study_id=study.study_id, dicom_id=image.dicom_id, view=image.view,
+            config=self._grounding_config,
+        )
+        return Grounded(list(result.pairs), dict(result.masks), list(result.exclusions), result.excluded)
+
+    def provenance(self) -> dict[str, Any]:
+        vision = self.vision_config()
+        describe = getattr(vision, "provenance", None) or getattr(vision, "to_dict", None)
+        return {
+            "report_backend": self.config.report_backend,
+            "vision": describe() if callable(describe) else repr(vision),
+        }
+
+
+def _is_ok(status: object) -> bool:
+    return isinstance(status, str) and status in {"ok", "done", "cached", "complete"}
+
+
+def make_vision_config(vision_config_cls: type, config: BuildConfig, mimic_root: Path) -> object:
+    """A ``VisionConfig`` from the build config's ``vision`` (preset name or mapping), on this process's device."""
+    from mimic_ils.build.shard import process_device
+
+    device = config.device or process_device()
+    spec = config.vision if isinstance(config.vision, dict) else {"preset": config.vision}
+    spec = dict(spec)
+    preset = spec.pop("preset", "real")
+    factory = getattr(vision_config_cls, "preset", None) or vision_config_cls.from_preset
+    return factory(preset, cohort_root=mimic_root, device=device, batch_size=config.batch_size, **spec)

@@ -1,0 +1,160 @@
+"""The work folder: atomic writes (temp file + rename) and checksummed cached artifacts.
+
+Layout of a work folder (shared by every shard and process of one build; study ids never overlap across shards)::
+
+    work/
+      config.json                 the build config fingerprint; a different config refuses to reuse the folder
+      reports/<study_id>.json     checked artifact: structured report, or the one-line reason it failed
+      vision/...                  the vision runner's per-image artifact folders
+      studies/<study_id>.json     checked artifact: the study's final result (ledger entries, pair rows, files)
+      images/<dicom_id>.png       8-bit greyscale PNG of the image in the original frame
+      masks/<digest>.png          one PNG (0/255) per unique mask, named by the digest of its pixels
+      shards/<i>-of-<n>.done      written when a shard has processed all its studies
+
+A checked artifact is ``MILS1 <sha256 hex of payload>\\n`` followed by the payload. Reading one that is truncated or
+altered returns None (and it is recomputed): killing a process at any moment never leaves a file that is trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+_MAGIC = b"MILS1 "
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checked(path: str | os.PathLike, payload: bytes) -> None:
+    """Atomically write a checked artifact (magic, sha256 of the payload, payload)."""
+    atomic_write_bytes(path, _MAGIC + sha256_bytes(payload).encode() + b"\n" + payload)
+
+
+def read_checked(path: str | os.PathLike) -> bytes | None:
+    """The payload of a checked artifact; None when missing, and None (with a warning) when corrupted."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    header, _, payload = data.partition(b"\n")
+    if not header.startswith(_MAGIC) or header[len(_MAGIC):].decode("ascii", "replace") != sha256_bytes(payload):
+        logger.warning("cached artifact %s is corrupted; recomputing it", path)
+        return None
+    return payload
+
+
+def write_checked_json(path: str | os.PathLike, obj: Any) -> None:
+    write_checked(path, canonical_json(obj))
+
+
+def read_checked_json(path: str | os.PathLike) -> Any | None:
+    payload = read_checked(path)
+    return None if payload is None else json.loads(payload)
+
+
+def canonical_json(obj: Any) -> bytes:
+    """JSON with sorted keys and no whitespace variation: equal objects give equal bytes."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """Deterministic PNG bytes of an ``HxW uint8`` (or bool, stored 0/255) array; no metadata chunks."""
+    from PIL import Image
+
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    """Content digest of an ``HxW bool`` mask (shape and pixels): equal masks share one PNG."""
+    mask = np.asarray(mask, dtype=bool)
+    header = np.asarray(mask.shape, dtype=np.int64).tobytes()
+    return sha256_bytes(header + np.packbits(mask).tobytes())[:24]
+
+
+class WorkDir:
+    """Paths and checked reads/writes of one work folder (see the module docstring for the layout)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def report_path(self, study_id: str) -> Path:
+        return self.root / "reports" / f"{study_id}.json"
+
+    def study_path(self, study_id: str) -> Path:
+        return self.root / "studies" / f"{study_id}.json"
+
+    def image_path(self, dicom_id: str) -> Path:
+        return self.root / "images" / f"{dicom_id}.png"
+
+    def mask_path(self, digest: str) -> Path:
+        return self.root / "masks" / f"{digest}.png"
+
+    @property
+    def vision_dir(self) -> Path:
+        return self.root / "vision"
+
+    def shard_done_path(self, index: int, count: int) -> Path:
+        return self.root / "shards" / f"{index}-of-{count}.done"
+
+    def bind_config(self, fingerprint: dict) -> None:
+        """Record the config of this work folder; refuse a folder made with another config (cached results differ)."""
+        from mimic_ils.schema import MimicIlsError
+
+        path = self.root / "config.json"
+        existing = read_checked_json(path)
+        if existing is not None and existing != fingerprint:
+            raise MimicIlsError(
+                f"work folder {self.root} was made with another build config; pass a new --work folder or delete it"
+            )
+        if existing is None:
+            write_checked_json(path, fingerprint)
+
+    def write_file_checked(self, path: Path, data: bytes) -> str:
+        """Write a PNG (image or mask) unless an identical one is there; return its sha256."""
+        digest = sha256_bytes(data)
+        if not (path.exists() and sha256_file(path) == digest):
+            atomic_write_bytes(path, data)
+        return digest
+
+    def file_ok(self, path: Path, digest: str) -> bool:
+        return path.exists() and sha256_file(path) == digest

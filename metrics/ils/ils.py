@@ -16,7 +16,8 @@ from .ils_answers import ParsedAnswer, ignoring_certainty, parse_answer, parsed_
 
 _CITATION = """\
 @inproceedings{choi2026ils,
-  title     = {Instruction-Guided Lesion Segmentation for Chest X-rays with Automatically Generated Large-Scale Dataset},
+  title     = {Instruction-Guided Lesion Segmentation for Chest X-rays with Automatically Generated
+               Large-Scale Dataset},
   author    = {Choi, Geon and Yoon, Hangyul and Shin, Hyunju and Park, Hyunki and Seo, Sang Hoon and Yang, Eunho
                and Choi, Edward},
   booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
@@ -100,6 +101,7 @@ SAMPLE_KEYS = (
     "certainties",
 )
 NO_TEXT = -1
+STAT_NAMES = ("intersection", "union", "prediction_area", "reference_area")
 
 # --------------------------------------------------------------------------------------------------------------
 # Masks -> per-sample statistics
@@ -185,7 +187,7 @@ def batch_statistics(predictions: Any, references: Any) -> np.ndarray:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     rows = np.zeros((len(predictions), 4), dtype=np.int64)
-    for index, (prediction, reference) in enumerate(zip(predictions, references)):
+    for index, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
         try:
             rows[index] = mask_statistics(prediction, reference)
         except (ValueError, OSError) as error:
@@ -232,8 +234,9 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator) / float(denominator) if denominator else math.nan
 
 
-def segmentation_figures(intersection: np.ndarray, union: np.ndarray, prediction_area: np.ndarray,
-                         reference_area: np.ndarray) -> dict[str, Any]:
+def segmentation_figures(
+    intersection: np.ndarray, union: np.ndarray, prediction_area: np.ndarray, reference_area: np.ndarray
+) -> dict[str, Any]:
     """gIoU, cIoU and N-Acc (fractions; NaN for an empty group) and the counts, from per-sample statistics."""
     positive = reference_area > 0
     num_positive, num_negative = int(positive.sum()), int((~positive).sum())
@@ -280,13 +283,16 @@ def _text_figures(columns: dict[str, np.ndarray], positive: np.ndarray) -> dict[
     }
 
 
+def _as_keys(values: np.ndarray) -> np.ndarray:
+    return np.array(["" if value is None else str(value) for value in values], dtype=object)
+
+
 def summarize(columns: dict[str, Sequence[Any]]) -> dict[str, Any]:
     """All figures from the per-sample statistic columns (the metric's features); the core of ``_compute``."""
     columns = {name: np.asarray(values) for name, values in columns.items()}
-    stats = [columns[name].astype(np.int64) for name in ("intersection", "union", "prediction_area", "reference_area")]
-    lesions = np.array(["" if value is None else str(value) for value in columns["lesion"]], dtype=object)
-    question_types = np.array(["" if value is None else str(value) for value in columns["question_type"]], dtype=object)
-    columns["lesion"], columns["question_type"] = lesions, question_types
+    stats = [columns[name].astype(np.int64) for name in STAT_NAMES]
+    lesions = columns["lesion"] = _as_keys(columns["lesion"])
+    question_types = columns["question_type"] = _as_keys(columns["question_type"])
     results = segmentation_figures(*stats)
     results["per_lesion"] = {
         lesion: segmentation_figures(*(s[lesions == lesion] for s in stats))
@@ -337,7 +343,7 @@ def statistics_batch(predictions: Any, references: Any, **sample_inputs: Any) ->
     rows = batch_statistics(predictions, references)
     samples = _sample_fields(sample_inputs, len(rows))
     columns: dict[str, list] = {name: [] for name in STAT_FEATURES}
-    for index, (row, sample) in enumerate(zip(rows, samples)):
+    for index, (row, sample) in enumerate(zip(rows, samples, strict=True)):
         polarity = "positive" if row[3] > 0 else "negative"
         given = sample.get("polarities")
         if given is not None and given != polarity:
@@ -347,10 +353,10 @@ def statistics_batch(predictions: Any, references: Any, **sample_inputs: Any) ->
             strict, lenient = text_verdict(sample, polarity)
         except (ValueError, KeyError) as error:
             raise ValueError(f"sample {index}: {error}") from None
-        for name, value in zip(("intersection", "union", "prediction_area", "reference_area"), row):
+        for name, value in zip(STAT_NAMES, row, strict=True):
             columns[name].append(int(value))
-        columns["lesion"].append(sample.get("lesions"))
-        columns["question_type"].append(sample["question_types"])
+        columns["lesion"].append(sample.get("lesions") or "")  # Arrow string columns take no None
+        columns["question_type"].append(sample["question_types"] or "")
         columns["text_correct"].append(strict)
         columns["text_correct_ignoring_certainty"].append(lenient)
     return columns
@@ -398,8 +404,13 @@ class ILS(evaluate.Metric):
 
 
 def _plural(name: str) -> str:
-    mapping = {"lesion": "lesions", "question_type": "question_types", "polarity": "polarities",
-               "predicted_answer": "predicted_answers", "reference_answer": "reference_answers",
-               "target": "targets", "certainty": "certainties"}
+    mapping = {
+        "lesion": "lesions",
+        "question_type": "question_types",
+        "polarity": "polarities",
+        "predicted_answer": "predicted_answers",
+        "reference_answer": "reference_answers",
+        "target": "targets",
+        "certainty": "certainties",
+    }
     return mapping.get(name, name)
-

@@ -99,7 +99,9 @@ def expected_template(question_type: str, polarity: str, certainty: str | None =
         ]
     if question_type == "lesion_inference":
         if certainty not in ("definitive", "tentative"):
-            raise ValueError(f"a positive lesion-inference answer needs certainty definitive/tentative, got {certainty!r}")
+            raise ValueError(
+                f"a positive lesion-inference answer needs certainty definitive or tentative: {certainty!r}"
+            )
         return certainty
     return {"basic": "seg", "global": "located_in"}[question_type]
 
@@ -136,7 +138,8 @@ def parsed_reference(
     certainty: str | None = None,
 ) -> ParsedAnswer:
     """The :class:`ParsedAnswer` a correct prediction must equal, built from structured variables."""
-    text = render_answer(question_type, polarity, target=target, locations=locations, lesion=lesion, certainty=certainty)
+    variables = {"target": target, "locations": locations, "lesion": lesion, "certainty": certainty}
+    text = render_answer(question_type, polarity, **variables)
     parsed = parse_answer(text)
     if parsed is None:  # a variable that contains a period, e.g. "lung."; the template cannot carry it
         raise ValueError(f"structured variables render to an unparsable answer: {text!r}")

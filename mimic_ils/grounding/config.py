@@ -1,0 +1,172 @@
+"""Every constant of grounding, quality control and pair generation, in one dataclass loadable from a dict.
+
+The thresholds of Algorithm 1 are those of the paper's Table 7; the Refine constants (Appendix A.5) and the
+quality-control tolerances (Appendix D) are not given numerically in the paper, so the values here are ours and
+each is documented where it is declared. Distances are in original-frame pixels unless the name says "fraction".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from mimic_ils.schema import LESION_TYPES
+
+# VinBigData detector classes that are kept as hyperintense lesion boxes (aortic enlargement, other lesion and
+# pneumothorax are dropped by the detector backend). Used only when ``use_class_table`` is switched on.
+DEFAULT_CLASS_TABLE: dict[str, tuple[str, ...]] = {
+    "cardiomegaly": ("Cardiomegaly",),
+    "pneumonia": ("Consolidation", "Infiltration", "Lung Opacity"),
+    "atelectasis": ("Atelectasis",),
+    "opacity": (
+        "Atelectasis",
+        "Calcification",
+        "Consolidation",
+        "ILD",
+        "Infiltration",
+        "Lung Opacity",
+        "Nodule/Mass",
+        "Pleural thickening",
+        "Pulmonary fibrosis",
+    ),
+    "consolidation": ("Consolidation", "Lung Opacity"),
+    "edema": ("Infiltration", "Lung Opacity", "ILD"),
+    "effusion": ("Pleural effusion",),
+}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Algorithm 1 thresholds (paper Table 7, "general" column).
+
+    ``tau_ano``: anomaly threshold on ``(x - x_hat) / 255`` (Eq. 1). ``tau_anatomy``: c1, IoU of the box with the
+    union of the finding's anatomy masks. ``tau_conf``: c2, detector confidence. ``tau_signal``: c3, fraction of
+    the box covered by the anomaly map. ``tau_size``: c4, IoU of the box with the right or the left lung.
+    """
+
+    tau_ano: float = 0.10
+    tau_anatomy: float = 0.25
+    tau_conf: float = 0.20
+    tau_signal: float = 0.20
+    tau_size: float = 0.10
+
+
+def _default_lesion_thresholds() -> dict[str, Thresholds]:
+    # Table 7, "edema" column: faint, diffuse signal, so the anomaly and confidence thresholds are lowered.
+    return {"edema": Thresholds(tau_ano=0.01, tau_conf=0.01)}
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Constants of Refine (Appendix A.5); the paper names the operations, the numbers are ours.
+
+    ``noise_radius``: half-width of the square structuring element of the opening (erosion then dilation) that
+    removes scattered noise from the anomaly map before filtering and from each lesion mask; 0 disables it.
+    ``grow_steps``: rounds of expansion, each adding the 8-connected neighbours of the mask whose intensity in the
+    original image is within ``grow_tolerance * 255`` of the mask's mean intensity; 0 disables expansion.
+    ``effusion_min_row_fraction``: for effusion touching a lung base, the lung mask is filled from the lesion's
+    top row down to the costophrenic angle (the lung's lowest row), but the fill never starts above this fraction
+    of the lung's height (0 = apex, 1 = base), so a tall component cannot flood the whole lung.
+    """
+
+    noise_radius: int = 1
+    grow_steps: int = 4
+    grow_tolerance: float = 0.04
+    effusion_min_row_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class QcConfig:
+    """Quality control (Appendix D); tolerances are ours, as fractions of the image size.
+
+    An image is excluded when HybridGNet and CXAS disagree on the outermost x of either lung by more than
+    ``lung_x_tolerance * width`` or on the lowest y of the heart by more than ``heart_y_tolerance * height``.
+    Cardiomegaly negatives are only made when the cardiothoracic ratio (HybridGNet heart width over the distance
+    between the outer edges of the two HybridGNet lungs) is at most ``ctr_negative_max``.
+    """
+
+    lung_x_tolerance: float = 0.05
+    heart_y_tolerance: float = 0.05
+    ctr_negative_max: float = 0.45
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    """All grounding settings. ``GroundingConfig.from_dict(config.to_dict())`` round-trips.
+
+    ``thresholds`` apply to every lesion type except those in ``lesion_thresholds`` (edema by default).
+    With ``use_class_table`` False (the paper), any kept box can ground any finding through c1-c4; with it True, a
+    box grounds a finding only if its detector class is listed in ``class_table[lesion_type]``.
+    ``negative_conflicts`` lists, per lesion type, the types whose presence makes a study-level negative of it
+    false ("there is no opacity" while atelectasis is reported): such a type gets negatives only in empty
+    locations; types in ``conflicts_with_untyped`` are treated the same way when a positive finding outside the seven
+    types sits in the lungs (a nodule is an opacity). ``opacity_inference_types`` are the types that yield
+    lesion-inference pairs (Appendix C).
+    """
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    lesion_thresholds: dict[str, Thresholds] = field(default_factory=_default_lesion_thresholds)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    qc: QcConfig = field(default_factory=QcConfig)
+    use_class_table: bool = False
+    class_table: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_CLASS_TABLE))
+    negative_conflicts: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"opacity": ("pneumonia", "atelectasis", "consolidation", "edema")}
+    )
+    conflicts_with_untyped: tuple[str, ...] = ("opacity",)
+    opacity_inference_types: tuple[str, ...] = ("pneumonia", "atelectasis", "edema")
+
+    def __post_init__(self) -> None:
+        unknown = set(self.lesion_thresholds) | set(self.class_table) | set(self.negative_conflicts)
+        unknown -= set(LESION_TYPES)
+        if unknown:
+            raise ValueError(f"unknown lesion types in grounding config: {sorted(unknown)}")
+
+    def thresholds_for(self, lesion_type: str) -> Thresholds:
+        """The Table 7 thresholds that apply to ``lesion_type``."""
+        return self.lesion_thresholds.get(lesion_type, self.thresholds)
+
+    def box_allowed(self, lesion_type: str, class_name: str) -> bool:
+        """Whether a box of detector class ``class_name`` may ground a finding of ``lesion_type``."""
+        return not self.use_class_table or class_name in self.class_table.get(lesion_type, ())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/YAML-safe apart from tuples) of every setting."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GroundingConfig:
+        """Build from a (partial) dict; missing keys keep their defaults, unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown grounding config keys: {sorted(unknown)}")
+        config = cls()
+        updates: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "thresholds":
+                updates[key] = _sub(Thresholds, value)
+            elif key == "lesion_thresholds":
+                updates[key] = {lesion: _sub(Thresholds, item) for lesion, item in value.items()}
+            elif key == "refine":
+                updates[key] = _sub(RefineConfig, value)
+            elif key == "qc":
+                updates[key] = _sub(QcConfig, value)
+            elif key in ("class_table", "negative_conflicts"):
+                updates[key] = {lesion: tuple(names) for lesion, names in value.items()}
+            elif key in ("opacity_inference_types", "conflicts_with_untyped"):
+                updates[key] = tuple(value)
+            else:
+                updates[key] = value
+        return replace(config, **updates)
+
+
+def _sub(kind: type, value: Any) -> Any:
+    """A nested config dataclass from a dict (or the instance itself)."""
+    if isinstance(value, kind):
+        return value
+    known = {f.name for f in fields(kind)}
+    unknown = set(value) - known
+    if unknown:
+        raise ValueError(f"unknown {kind.__name__} keys: {sorted(unknown)}")
+    return kind(**value)

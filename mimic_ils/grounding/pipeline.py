@@ -1,0 +1,202 @@
+"""Grounding of one frontal image: quality control, Algorithm 1 per finding, verification, pairs.
+
+:func:`ground_image` is the single entry point the build calls. It never raises for bad input: an image that fails
+quality control (or has malformed cues) comes back with ``excluded`` set and no pairs, and every dropped finding
+or skipped negative is listed in ``exclusions`` with a one-line reason. Exclusion texts name lesion types and
+sentence numbers, never report text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mimic_ils.grounding import qc, verify
+from mimic_ils.grounding.algorithm1 import BoxDecision, ImageContext, box_window, run_algorithm1
+from mimic_ils.grounding.anomaly import AnomalyField
+from mimic_ils.grounding.config import GroundingConfig
+from mimic_ils.pairs import FindingOutcome, generate_pairs
+from mimic_ils.schema import HEART_LABEL, LESION_TYPES, Box, Finding, Pair, StructuredReport, VisionCues
+
+
+@dataclass
+class ImageGrounding:
+    """Everything grounding produced for one image.
+
+    ``masks`` maps each positive pair's ``mask_key`` (``f"{dicom_id}_{lesion}_{k}"``, or
+    ``f"{dicom_id}_{lesion}_global"`` for a union) to an ``HxW bool`` mask in the original frame. ``exclusions``
+    are ``(what, reason)``; ``excluded`` is the reason when quality control dropped the whole image.
+    ``findings`` are the outcomes of the report's positive findings, ``empty_locations`` the lung regions no
+    positive finding touches, ``ctr`` the cardiothoracic ratio (None when not measured).
+    """
+
+    pairs: list[Pair] = field(default_factory=list)
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    exclusions: list[tuple[str, str]] = field(default_factory=list)
+    excluded: str | None = None
+    findings: list[FindingOutcome] = field(default_factory=list)
+    empty_locations: tuple[str, ...] = ()
+    ctr: float | None = None
+
+
+def ground_image(
+    report: StructuredReport,
+    cues: VisionCues,
+    *,
+    study_id: str,
+    dicom_id: str,
+    view: str,
+    config: GroundingConfig | None = None,
+) -> ImageGrounding:
+    """Ground a structured report on one image and turn the result into instruction-answer pairs."""
+    config = config or GroundingConfig()
+    reason = qc.view_reason(view) or cues_problem(cues) or qc.discrepancy_reason(cues, config.qc)
+    if reason is not None:
+        return ImageGrounding(exclusions=[(f"image {dicom_id}", reason)], excluded=reason)
+    findings = canonical_findings(report.findings)
+    ctx = ImageContext(
+        image=cues.image,
+        lungs={"right": cues.lung_right, "left": cues.lung_left},
+        anatomy=cues.anatomy,
+        boxes=sorted(cues.boxes, key=_box_key),
+        field=AnomalyField(
+            cues.image,
+            cues.pseudo_normal,
+            {"right": cues.lung_right, "left": cues.lung_left},
+            noise_radius=config.refine.noise_radius,
+        ),
+        config=config,
+    )
+    result = ImageGrounding(ctr=qc.cardiothoracic_ratio(cues.lung_right, cues.lung_left, cues.heart))
+    masks = _ground_findings(findings, ctx, cues.heart, dicom_id, result)
+    result.empty_locations = verify.empty_locations(findings, cues.anatomy)
+    plan = generate_pairs(
+        result.findings,
+        study_id=study_id,
+        dicom_id=dicom_id,
+        empty_locations=result.empty_locations,
+        cardiomegaly_negative_reason=qc.cardiomegaly_negative_reason(result.ctr, config.qc),
+        config=config,
+    )
+    for key, parts in plan.mask_unions.items():
+        masks[key] = np.logical_or.reduce([masks[part] for part in parts])
+    used = {pair.mask_key for pair in plan.pairs if pair.mask_key is not None}
+    result.pairs = plan.pairs
+    result.masks = {key: mask for key, mask in masks.items() if key in used}
+    result.exclusions.extend(plan.skipped)
+    return result
+
+
+def cues_problem(cues: VisionCues) -> str | None:
+    """Why the cues cannot be grounded (wrong dtype or shape), or None. Masks must be ``HxW bool``."""
+    image = cues.image
+    if image.ndim != 2 or image.dtype != np.uint8:
+        return f"image must be HxW uint8, got {image.dtype} {image.shape}"
+    if cues.pseudo_normal.shape != image.shape or cues.pseudo_normal.dtype != np.uint8:
+        pseudo = cues.pseudo_normal
+        return f"pseudo-normal must be HxW uint8 like the image, got {pseudo.dtype} {pseudo.shape}"
+    named = {"lung_right": cues.lung_right, "lung_left": cues.lung_left, "heart": cues.heart, **cues.anatomy}
+    for name, mask in named.items():
+        if mask.shape != image.shape or mask.dtype != bool:
+            return f"mask {name!r} must be HxW bool like the image, got {mask.dtype} {mask.shape}"
+    return None
+
+
+_FINDING_ORDER = {lesion: index for index, lesion in enumerate(LESION_TYPES)}
+
+
+def _finding_key(finding: Finding) -> tuple:
+    return (
+        not finding.is_positive,
+        _FINDING_ORDER.get(finding.lesion_type, len(LESION_TYPES)),
+        verify.reported_locations(finding),
+        finding.certainty != "definitive",
+        finding.sentence_index,
+        finding.entity,
+        finding.location or "",
+        finding.predicted_lesion_type or "",
+    )
+
+
+def canonical_findings(findings: Sequence[Finding]) -> list[Finding]:
+    """Findings in a canonical order; of positive findings with the same type and places, the definitive is kept."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    kept = []
+    for finding in sorted(findings, key=_finding_key):
+        if finding.is_positive and finding.lesion_type in LESION_TYPES:
+            signature = (finding.lesion_type, verify.reported_locations(finding))
+            if signature in seen:
+                continue
+            seen.add(signature)
+        kept.append(finding)
+    return kept
+
+
+def _box_key(box: Box) -> tuple:
+    return (box.x0, box.y0, box.x1, box.y1, box.confidence, box.class_id, box.class_name)
+
+
+def _ground_findings(
+    findings: Sequence[Finding], ctx: ImageContext, heart: np.ndarray, dicom_id: str, result: ImageGrounding
+) -> dict[str, np.ndarray]:
+    """Run Algorithm 1 on every positive finding; fill ``result.findings``/``exclusions``; return the masks."""
+    masks: dict[str, np.ndarray] = {}
+    counters = dict.fromkeys(LESION_TYPES, 0)
+    for finding in findings:
+        if not finding.is_positive:
+            continue
+        what = f"{finding.lesion_type or 'untyped'} finding (sentence {finding.sentence_index})"
+        outcome, mask, reason = _ground_one(finding, ctx, heart)
+        if mask is not None:
+            key = f"{dicom_id}_{finding.lesion_type}_{counters[finding.lesion_type]}"
+            counters[finding.lesion_type] += 1
+            masks[key] = mask
+            outcome = FindingOutcome(outcome.lesion, outcome.certainty, outcome.reported, outcome.grounded, key)
+        if reason is not None:
+            result.exclusions.append((what, reason))
+        result.findings.append(outcome)
+    return masks
+
+
+def _ground_one(
+    finding: Finding, ctx: ImageContext, heart: np.ndarray
+) -> tuple[FindingOutcome, np.ndarray | None, str | None]:
+    """One positive finding -> (outcome without mask key, mask or None, exclusion reason or None)."""
+    reported = verify.reported_locations(finding)
+    outcome = FindingOutcome(finding.lesion_type, finding.certainty, reported)
+    if finding.lesion_type not in LESION_TYPES:
+        return outcome, None, None
+    if finding.lesion_type == "cardiomegaly":
+        outcome = FindingOutcome("cardiomegaly", finding.certainty, (HEART_LABEL,), (HEART_LABEL,))
+        return (outcome, heart.copy(), None) if heart.any() else (outcome, None, "heart mask is empty")
+    if not reported:
+        return outcome, None, "no lung location reported"
+    missing = [label for label in reported if label not in ctx.anatomy]
+    if missing:
+        return outcome, None, f"anatomy mask missing for {', '.join(missing)}"
+    found = run_algorithm1(finding.lesion_type, reported, ctx)
+    if not found.kept:
+        return outcome, None, _rejection_summary(found.decisions)
+    if found.mask is None or not found.mask.any():
+        return outcome, None, "kept boxes hold no anomaly component"
+    windows = [box_window(decision.box, ctx.shape) for decision in found.kept]
+    grounded = verify.grounded_locations(reported, ctx.anatomy, windows)
+    outcome = FindingOutcome(finding.lesion_type, finding.certainty, reported, grounded)
+    return outcome, found.mask, None
+
+
+def _rejection_summary(decisions: Sequence[BoxDecision]) -> str:
+    """One line on why no box passed c1-c4."""
+    if not decisions:
+        return "no lesion box on the image"
+    failed = {
+        "class": sum(not d.class_allowed for d in decisions),
+        "c1": sum(d.anatomy_iou is not None and not d.c1 for d in decisions),
+        "c2": sum(d.anatomy_iou is not None and not d.c2 for d in decisions),
+        "c3": sum(d.signal is not None and not d.c3 for d in decisions),
+        "c4": sum(d.lung_iou is not None and not d.c4 for d in decisions),
+    }
+    parts = ", ".join(f"{name} failed for {count}" for name, count in failed.items() if count)
+    return f"no box passes c1-c4 ({len(decisions)} boxes; {parts})"

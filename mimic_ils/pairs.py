@@ -1,0 +1,390 @@
+"""Instruction-answer pairs (paper Table 2, Sec. 3.2, Appendix C). Pure Python, no arrays.
+
+Templates (exact strings of Table 2):
+
+* basic: ``Segment the [Target] in the [Location].`` -> ``[SEG]`` / ``[SEG] There is no [Target] in the
+  [Location].``
+* global: ``Segment the [Target].`` -> ``[SEG] It is located in the [Location].`` / ``[SEG] There is no
+  [Target].``
+* lesion inference: ``Segment the opacity in the [Location] and predict its type.`` -> ``[SEG] It is highly
+  suggestive of [Lesion].`` (definitive) / ``[SEG] It possibly reflects [Lesion].`` (tentative) / ``[SEG] There
+  is no opacity in the [Location].``
+
+Rules (Appendix C), per image of a study:
+
+* one basic positive per grounded finding, at its grounded locations; a tentative finding's target is "opacity";
+* one global positive per lesion type when every positive finding of that type is definitive and grounded at
+  exactly its reported locations (its mask is the union of theirs); cardiomegaly is global only, located in the
+  heart, and its mask is the heart;
+* a lesion-inference positive from every basic positive of pneumonia, atelectasis and edema, whatever the
+  certainty, with the answer carrying it;
+* negatives: for each of the seven types with no positive finding (not mentioned or explicitly negated) one
+  random basic negative in a lung region or one global negative; for each type with basic positives, one
+  negative made by putting an empty location into one of its positives' basic (or lesion-inference)
+  instruction; at most one negative per lesion type; cardiomegaly negatives only when the CTR rule allows.
+
+Locations are lung labels; lobes are not valid instruction locations (Table 8), so a lobe is named by its lung,
+and zones of a lung that is named as a whole are dropped. Several locations are joined as "right lung base and
+left lung base" ("a, b and c" for three). All random choices come from ``numpy.random.default_rng`` seeded with a
+SHA-256 hash of the study id, drawn in a fixed order, so the output does not depend on processing order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mimic_ils.schema import HEART_LABEL, LESION_TYPES, LUNG_LABELS, LUNG_REGIONS, ZONE_LABELS, Pair
+
+if TYPE_CHECKING:  # the grounding package imports this module; a runtime import here would be circular
+    from mimic_ils.grounding.config import GroundingConfig
+
+BASIC_INSTRUCTION = "Segment the {target} in the {location}."
+BASIC_POSITIVE = "[SEG]"
+BASIC_NEGATIVE = "[SEG] There is no {target} in the {location}."
+GLOBAL_INSTRUCTION = "Segment the {target}."
+GLOBAL_POSITIVE = "[SEG] It is located in the {location}."
+GLOBAL_NEGATIVE = "[SEG] There is no {target}."
+INFERENCE_INSTRUCTION = "Segment the opacity in the {location} and predict its type."
+INFERENCE_DEFINITIVE = "[SEG] It is highly suggestive of {lesion}."
+INFERENCE_TENTATIVE = "[SEG] It possibly reflects {lesion}."
+INFERENCE_NEGATIVE = "[SEG] There is no opacity in the {location}."
+
+OPACITY = "opacity"
+_ORDER = {label: index for index, label in enumerate(LUNG_LABELS)}
+LOBE_SIDE = {
+    "lung lower lobe left": "left lung",
+    "lung upper lobe left": "left lung",
+    "lung lower lobe right": "right lung",
+    "lung middle lobe right": "right lung",
+    "lung upper lobe right": "right lung",
+}
+SIDE_ZONES = {
+    "right lung": tuple(zone for zone in ZONE_LABELS if zone.startswith("right ")),
+    "left lung": tuple(zone for zone in ZONE_LABELS if zone.startswith("left ")),
+}
+
+
+def study_seed(study_id: str) -> int:
+    """A stable 64-bit seed from the study id (SHA-256; Python's ``hash`` is salted per process)."""
+    return int.from_bytes(hashlib.sha256(study_id.encode("utf-8")).digest()[:8], "little")
+
+
+def study_rng(study_id: str) -> np.random.Generator:
+    """The generator every random choice for one study comes from."""
+    return np.random.default_rng(study_seed(study_id))
+
+
+def instruction_locations(labels: Iterable[str]) -> tuple[str, ...]:
+    """Lung labels as valid instruction locations: lobes become their lung; zones of a named lung are dropped."""
+    mapped = {LOBE_SIDE.get(label, label) for label in labels if label in _ORDER}
+    for side, zones in SIDE_ZONES.items():
+        if side in mapped:
+            mapped -= set(zones)
+    return tuple(sorted(mapped, key=_ORDER.__getitem__))
+
+
+def join_locations(labels: Sequence[str]) -> str:
+    """``("right lung base", "left lung base")`` -> ``"right lung base and left lung base"``."""
+    if not labels:
+        raise ValueError("an instruction needs at least one location")
+    if len(labels) == 1:
+        return labels[0]
+    return f"{', '.join(labels[:-1])} and {labels[-1]}"
+
+
+@dataclass(frozen=True)
+class FindingOutcome:
+    """A positive finding after grounding: ``mask_key`` is None when it was not grounded.
+
+    ``lesion`` is one of LESION_TYPES or None (findings outside the seven types only matter for conflicts);
+    ``reported``/``grounded`` are canonical lung labels (``("heart",)`` for cardiomegaly).
+    """
+
+    lesion: str | None
+    certainty: str
+    reported: tuple[str, ...] = ()
+    grounded: tuple[str, ...] = ()
+    mask_key: str | None = None
+
+    @property
+    def fully_grounded(self) -> bool:
+        return self.mask_key is not None and bool(self.grounded) and set(self.grounded) == set(self.reported)
+
+
+@dataclass
+class PairPlan:
+    """Pairs of one image, the union masks global positives need (new key -> keys to unite), and skips."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    mask_unions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Builder:
+    study_id: str
+    dicom_id: str
+    plan: PairPlan = field(default_factory=PairPlan)
+
+    def add(
+        self,
+        instruction: str,
+        answer: str,
+        *,
+        target: str,
+        lesion: str,
+        question_type: str,
+        polarity: str,
+        locations: tuple[str, ...],
+        certainty: str | None,
+        mask_key: str | None,
+    ) -> Pair:
+        pair = Pair(
+            instruction=instruction,
+            answer=answer,
+            target=target,
+            lesion=lesion,
+            question_type=question_type,
+            polarity=polarity,
+            locations=locations,
+            certainty=certainty,
+            mask_key=mask_key,
+            study_id=self.study_id,
+            dicom_id=self.dicom_id,
+        )
+        self.plan.pairs.append(pair)
+        return pair
+
+
+def generate_pairs(
+    outcomes: Sequence[FindingOutcome],
+    *,
+    study_id: str,
+    dicom_id: str,
+    empty_locations: Sequence[str],
+    cardiomegaly_negative_reason: str | None,
+    config: GroundingConfig | None = None,
+) -> PairPlan:
+    """All pairs of one image from the outcomes of its report's positive findings.
+
+    ``empty_locations`` are the lung regions no positive finding touches; ``cardiomegaly_negative_reason`` is
+    None when the CTR rule allows a cardiomegaly negative.
+    """
+    if config is None:
+        from mimic_ils.grounding.config import GroundingConfig
+
+        config = GroundingConfig()
+    outcomes = sorted(outcomes, key=_outcome_key)
+    builder = _Builder(study_id, dicom_id)
+    rng = study_rng(study_id)
+    basics: dict[str, list[Pair]] = {lesion: [] for lesion in LESION_TYPES}
+    for outcome in outcomes:
+        if outcome.lesion in LESION_TYPES and outcome.lesion != "cardiomegaly" and outcome.mask_key:
+            basics[outcome.lesion].append(_positives(builder, outcome, config))
+    for lesion in LESION_TYPES:
+        mine = [outcome for outcome in outcomes if outcome.lesion == lesion]
+        if lesion == "cardiomegaly":
+            _cardiomegaly(builder, mine, cardiomegaly_negative_reason)
+            continue
+        _global_positive(builder, lesion, mine)
+        if mine:
+            _substitution_negative(builder, rng, lesion, basics[lesion], empty_locations, config)
+        else:
+            _absent_negative(builder, rng, lesion, outcomes, empty_locations, config)
+    return builder.plan
+
+
+def _outcome_key(outcome: FindingOutcome) -> tuple:
+    lesion_rank = LESION_TYPES.index(outcome.lesion) if outcome.lesion in LESION_TYPES else len(LESION_TYPES)
+    return (lesion_rank, outcome.reported, outcome.grounded, outcome.certainty, outcome.mask_key or "")
+
+
+def _positives(builder: _Builder, outcome: FindingOutcome, config: GroundingConfig) -> Pair:
+    """The basic positive of a grounded finding, and its lesion-inference positive where the type allows."""
+    locations = instruction_locations(outcome.grounded)
+    text = join_locations(locations)
+    target = outcome.lesion if outcome.certainty == "definitive" else OPACITY
+    basic = builder.add(
+        BASIC_INSTRUCTION.format(target=target, location=text),
+        BASIC_POSITIVE,
+        target=target,
+        lesion=outcome.lesion,
+        question_type="basic",
+        polarity="positive",
+        locations=locations,
+        certainty=outcome.certainty,
+        mask_key=outcome.mask_key,
+    )
+    if outcome.lesion in config.opacity_inference_types:
+        template = INFERENCE_DEFINITIVE if outcome.certainty == "definitive" else INFERENCE_TENTATIVE
+        builder.add(
+            INFERENCE_INSTRUCTION.format(location=text),
+            template.format(lesion=outcome.lesion),
+            target=OPACITY,
+            lesion=outcome.lesion,
+            question_type="lesion_inference",
+            polarity="positive",
+            locations=locations,
+            certainty=outcome.certainty,
+            mask_key=outcome.mask_key,
+        )
+    return basic
+
+
+def _global_positive(builder: _Builder, lesion: str, mine: Sequence[FindingOutcome]) -> None:
+    """Global positive when every positive finding of the type is definitive and grounded == reported."""
+    if not mine or not all(o.fully_grounded and o.certainty == "definitive" for o in mine):
+        return
+    locations = instruction_locations(label for outcome in mine for label in outcome.grounded)
+    keys = tuple(outcome.mask_key for outcome in mine)
+    mask_key = keys[0]
+    if len(keys) > 1:
+        mask_key = f"{builder.dicom_id}_{lesion}_global"
+        builder.plan.mask_unions[mask_key] = keys
+    builder.add(
+        GLOBAL_INSTRUCTION.format(target=lesion),
+        GLOBAL_POSITIVE.format(location=join_locations(locations)),
+        target=lesion,
+        lesion=lesion,
+        question_type="global",
+        polarity="positive",
+        locations=locations,
+        certainty="definitive",
+        mask_key=mask_key,
+    )
+
+
+def _cardiomegaly(builder: _Builder, mine: Sequence[FindingOutcome], negative_reason: str | None) -> None:
+    """Cardiomegaly is global only: positive on the heart mask, negative only under the CTR rule."""
+    grounded = [outcome for outcome in mine if outcome.mask_key]
+    if grounded:
+        outcome = grounded[0]
+        builder.add(
+            GLOBAL_INSTRUCTION.format(target="cardiomegaly"),
+            GLOBAL_POSITIVE.format(location=HEART_LABEL),
+            target="cardiomegaly",
+            lesion="cardiomegaly",
+            question_type="global",
+            polarity="positive",
+            locations=(HEART_LABEL,),
+            certainty=outcome.certainty,
+            mask_key=outcome.mask_key,
+        )
+    elif mine:
+        return
+    elif negative_reason is not None:
+        builder.plan.skipped.append(("cardiomegaly negative", negative_reason))
+    else:
+        _global_negative(builder, "cardiomegaly")
+
+
+def _global_negative(builder: _Builder, lesion: str) -> None:
+    builder.add(
+        GLOBAL_INSTRUCTION.format(target=lesion),
+        GLOBAL_NEGATIVE.format(target=lesion),
+        target=lesion,
+        lesion=lesion,
+        question_type="global",
+        polarity="negative",
+        locations=(),
+        certainty=None,
+        mask_key=None,
+    )
+
+
+def _basic_negative(builder: _Builder, lesion: str, target: str, location: str) -> None:
+    builder.add(
+        BASIC_INSTRUCTION.format(target=target, location=location),
+        BASIC_NEGATIVE.format(target=target, location=location),
+        target=target,
+        lesion=lesion,
+        question_type="basic",
+        polarity="negative",
+        locations=(location,),
+        certainty=None,
+        mask_key=None,
+    )
+
+
+def _inference_negative(builder: _Builder, lesion: str, location: str) -> None:
+    builder.add(
+        INFERENCE_INSTRUCTION.format(location=location),
+        INFERENCE_NEGATIVE.format(location=location),
+        target=OPACITY,
+        lesion=lesion,
+        question_type="lesion_inference",
+        polarity="negative",
+        locations=(location,),
+        certainty=None,
+        mask_key=None,
+    )
+
+
+def _substitution_negative(
+    builder: _Builder,
+    rng: np.random.Generator,
+    lesion: str,
+    positives: Sequence[Pair],
+    empty: Sequence[str],
+    config: GroundingConfig,
+) -> None:
+    """Put an empty location into one of the type's basic positives (or its lesion-inference twin)."""
+    if not positives:
+        return
+    if not empty:
+        builder.plan.skipped.append((f"{lesion} negative", "no empty location to substitute"))
+        return
+    positive = positives[int(rng.integers(len(positives)))]
+    location = empty[int(rng.integers(len(empty)))]
+    if lesion in config.opacity_inference_types and rng.integers(2) == 1:
+        _inference_negative(builder, lesion, location)
+    else:
+        _basic_negative(builder, lesion, positive.target, location)
+
+
+def _conflicts(lesion: str, outcomes: Sequence[FindingOutcome], config: GroundingConfig) -> list[str]:
+    """Reported types (or "an untyped lung finding") that make "there is no <lesion>" false study-wide."""
+    blocking = set(config.negative_conflicts.get(lesion, ()))
+    found = sorted({o.lesion for o in outcomes if o.lesion in blocking})
+    if lesion in config.conflicts_with_untyped and any(o.lesion is None and o.reported for o in outcomes):
+        found.append("an untyped lung finding")
+    return found
+
+
+def _absent_negative(
+    builder: _Builder,
+    rng: np.random.Generator,
+    lesion: str,
+    outcomes: Sequence[FindingOutcome],
+    empty: Sequence[str],
+    config: GroundingConfig,
+) -> None:
+    """One negative for a type the report does not affirm: random basic (lung region) or global."""
+    conflicts = _conflicts(lesion, outcomes, config)
+    if conflicts:
+        if not empty:
+            builder.plan.skipped.append((f"{lesion} negative", f"{', '.join(conflicts)} reported, no empty location"))
+            return
+        _basic_negative(builder, lesion, lesion, empty[int(rng.integers(len(empty)))])
+        return
+    if rng.integers(2) == 1:
+        _global_negative(builder, lesion)
+    else:
+        _basic_negative(builder, lesion, lesion, LUNG_REGIONS[int(rng.integers(len(LUNG_REGIONS)))])
+
+
+def limit_study_negatives(pairs: Iterable[Pair]) -> list[Pair]:
+    """Keep at most one negative per (study, lesion) across a study's images (the smallest dicom id wins)."""
+    pairs = list(pairs)
+    chosen: dict[tuple[str, str], str] = {}
+    for pair in sorted(pairs, key=lambda p: p.dicom_id):
+        if pair.polarity == "negative":
+            chosen.setdefault((pair.study_id, pair.lesion), pair.dicom_id)
+    return [
+        pair for pair in pairs if pair.polarity == "positive" or chosen[(pair.study_id, pair.lesion)] == pair.dicom_id
+    ]

@@ -81,17 +81,15 @@ class ProjectStages:
     def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, VisionCues | str]:
         from mimic_ils.vision import runner
 
-        statuses = runner.run_cues(self.root, list(images), vision_dir, self.vision_config()) or {}
         out: dict[str, VisionCues | str] = {}
-        for image in images:
-            status = statuses.get(image.dicom_id) if isinstance(statuses, dict) else None
-            if isinstance(status, (str, Exception)) and not _is_ok(status):
-                out[image.dicom_id] = f"vision: {status}"
+        for dicom_id, status in runner.run_cues(self.root, list(images), vision_dir, self.vision_config()):
+            if status not in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS):
+                out[dicom_id] = f"vision: {status}"
                 continue
             try:
-                out[image.dicom_id] = runner.load_cues(vision_dir / image.dicom_id)
+                out[dicom_id] = runner.load_cues(vision_dir / dicom_id)
             except (MimicIlsError, OSError, ValueError, KeyError) as error:
-                out[image.dicom_id] = f"vision: {error}"
+                out[dicom_id] = f"vision: {error}"
         return out
 
     def ground(self, report: StructuredReport, cues: VisionCues, study: Study, image: ImageRecord) -> Grounded:
@@ -106,25 +104,44 @@ class ProjectStages:
         return Grounded(list(result.pairs), dict(result.masks), list(result.exclusions), result.excluded)
 
     def provenance(self) -> dict[str, Any]:
-        vision = self.vision_config()
-        describe = getattr(vision, "provenance", None) or getattr(vision, "to_dict", None)
+        vision = self.vision_config().to_dict()
+        vision.pop("device", None)
+        vision.pop("batch_size", None)
+        option_sets = [self.config.report_options, *[step["options"] for step in vision["steps"].values()]]
         return {
-            "report_backend": self.config.report_backend,
-            "vision": describe() if callable(describe) else repr(vision),
+            "report_backend": {"name": self.config.report_backend, "options": self.config.report_options},
+            "vision": vision,
+            "model_checksums": model_checksums(option_sets),
         }
 
 
-def _is_ok(status: object) -> bool:
-    return isinstance(status, str) and status in {"ok", "done", "cached", "complete"}
+def model_checksums(option_sets: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """sha256 of every option value that is a local weight file (a folder: of its files' names and digests)."""
+    from mimic_ils.build.workdir import sha256_bytes, sha256_file
+
+    out = {}
+    for options in option_sets:
+        for key, value in options.items():
+            path = Path(str(value)) if isinstance(value, (str, Path)) and key != "cohort_root" else None
+            if path is None or not path.exists() or str(value) in out:
+                continue
+            if path.is_file():
+                out[str(value)] = sha256_file(path)
+            else:
+                listing = [f"{item.relative_to(path)}:{sha256_file(item)}" for item in sorted(path.rglob("*"))
+                           if item.is_file()]
+                out[str(value)] = sha256_bytes("\n".join(listing).encode())
+    return out
 
 
 def make_vision_config(vision_config_cls: type, config: BuildConfig, mimic_root: Path) -> object:
-    """A ``VisionConfig`` from the build config's ``vision`` (preset name or mapping), on this process's device."""
+    """A ``VisionConfig`` from the build config's ``vision`` (a preset name, ``{preset, weights_dir}``, or a full
+    ``{steps: ...}`` mapping), on this process's device (``cuda:LOCAL_RANK`` under a launcher)."""
     from mimic_ils.build.shard import process_device
 
     device = config.device or process_device()
-    spec = config.vision if isinstance(config.vision, dict) else {"preset": config.vision}
-    spec = dict(spec)
-    preset = spec.pop("preset", "real")
-    factory = getattr(vision_config_cls, "preset", None) or vision_config_cls.from_preset
-    return factory(preset, cohort_root=mimic_root, device=device, batch_size=config.batch_size, **spec)
+    spec = dict(config.vision) if isinstance(config.vision, dict) else {"preset": config.vision}
+    common = {"device": device, "batch_size": config.batch_size}
+    if "steps" in spec:
+        return vision_config_cls.from_dict({**spec, **common})
+    return vision_config_cls.preset(spec.get("preset", "real"), weights_dir=spec.get("weights_dir"), **common)

@@ -1,0 +1,164 @@
+"""The build machinery (fake stages: resume, shards, determinism, corruption, ledger) and the real pipeline on a
+synthetic cohort with phantom backends (both configs load with the documented features; every pair obeys Table 2
+and Appendix C)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from mimic_ils.build import BuildConfig, build
+from mimic_ils.build.shard import Shard, parse_shard, resolve_shard, shard_of
+from mimic_ils.build.workdir import WorkDir, read_checked, write_checked
+from mimic_ils.features import images_features, pairs_features
+from mimic_ils.schema import MimicIlsError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _build_helpers import FakeStages  # noqa: E402
+
+N_FAKE = 12
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a built folder (relative path → bytes)."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def fake_build(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("fake") / "out"
+    build(None, out, stages=FakeStages(N_FAKE), progress=False)
+    return out
+
+
+def test_both_configs_load_with_documented_features_after_moving(fake_build, tmp_path, monkeypatch):
+    moved = tmp_path / "elsewhere" / "mimic-ils"
+    shutil.copytree(fake_build, moved)
+    monkeypatch.chdir(tmp_path)
+    pairs = datasets.load_dataset(str(moved), "pairs")
+    images = datasets.load_dataset(str(moved), "images")
+    assert set(pairs) == {"train", "validate", "test"}
+    assert pairs["train"].features == pairs_features()
+    assert images["train"].features == images_features()
+    row = pairs["train"][0]
+    assert row["image"].size == (56, 48) and row["split"] == "train"
+    negatives = [r for r in pairs["train"] if r["polarity"] == "negative"]
+    assert negatives and all(r["mask"] is None for r in negatives)
+    image_row = images["train"][0]
+    assert len(image_row["pairs"]) == 3 and image_row["pairs"][0]["mask"].size == (56, 48)
+    assert sum(len(r["pairs"]) for r in images["train"]) == pairs["train"].num_rows
+
+
+def test_images_and_masks_stored_once(fake_build):
+    for split in ("train", "validate", "test"):
+        table = pq.read_table(fake_build / split / "pairs-00000.parquet").to_pylist()
+        assert len({r["image_file_name"] for r in table}) == len(list((fake_build / split / "images").iterdir()))
+        masks = {r["mask_file_name"] for r in table if r["mask_file_name"]}
+        assert len(masks) == len(list((fake_build / split / "masks").iterdir())) < len(table)
+
+
+def test_ledger_accounts_for_every_study(fake_build):
+    ledger = pq.read_table(fake_build / "ledger.parquet").to_pylist()
+    studies = [row for row in ledger if row["kind"] == "study"]
+    assert len(studies) == N_FAKE == len({row["study_id"] for row in studies})
+    excluded = {row["study_id"]: row["reason"] for row in studies if row["fate"] == "excluded"}
+    assert excluded["50000000"].startswith("report: ")
+    assert "vision: lungs_heart backend failed" in excluded[str(50000000 + 7919 * 4)]
+    images = [row for row in ledger if row["kind"] == "image"]
+    assert any(row["reason"] == "qc: view LATERAL is not frontal (PA/AP)" for row in images)
+    assert all((row["fate"] == "used") == (row["reason"] is None) for row in studies + images)
+
+
+def test_one_vs_three_shards_byte_identical(fake_build, tmp_path):
+    work = tmp_path / "work"
+    for index in range(3):
+        result = build(None, tmp_path / "sharded", stages=FakeStages(N_FAKE), work=work, shard=f"{index}/3",
+                       progress=False)
+        assert result["info"] is None
+    with pytest.raises(MimicIlsError, match="have no valid result"):
+        build(None, tmp_path / "partial", stages=FakeStages(N_FAKE + 4), work=work, process=False)
+    build(None, tmp_path / "sharded", stages=FakeStages(N_FAKE), work=work, process=False)
+    assert folder_bytes(tmp_path / "sharded") == folder_bytes(fake_build)
+
+
+def test_resume_after_kill_is_byte_identical(fake_build, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    helper = Path(__file__).parent / "_build_helpers.py"
+    command = [sys.executable, str(helper), str(out), str(work), str(N_FAKE), "0.15"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    process = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + 60
+    while len(list((work / "studies").glob("*.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    done_before = len(list((work / "studies").glob("*.json")))
+    assert 3 <= done_before < N_FAKE and not out.exists()
+    stages = FakeStages(N_FAKE)
+    result = build(None, out, stages=stages, work=work, progress=False)
+    assert result["processed"]["cached"] >= done_before
+    assert folder_bytes(out) == folder_bytes(fake_build)
+
+
+def test_corrupted_cache_is_detected_and_recomputed(fake_build, tmp_path):
+    out, work = tmp_path / "out", WorkDir(tmp_path / "work")
+    build(None, out, stages=FakeStages(N_FAKE), work=work.root, progress=False)
+    study_file = sorted((work.root / "studies").glob("*.json"))[3]
+    study_file.write_bytes(study_file.read_bytes()[:-5] + b"XXXXX")
+    mask = sorted((work.root / "masks").glob("*.png"))[0]
+    mask.write_bytes(b"not a png")
+    result = build(None, out, stages=FakeStages(N_FAKE), work=work.root, progress=False)
+    assert result["processed"]["computed"] >= 2
+    assert folder_bytes(out) == folder_bytes(fake_build)
+
+
+def test_checked_artifact_roundtrip_and_truncation(tmp_path):
+    path = tmp_path / "a.bin"
+    write_checked(path, b"payload")
+    assert read_checked(path) == b"payload"
+    path.write_bytes(path.read_bytes()[:-1])
+    assert read_checked(path) is None
+    assert read_checked(tmp_path / "missing") is None
+
+
+def test_work_folder_refuses_another_config(tmp_path):
+    build(None, tmp_path / "out", stages=FakeStages(4), work=tmp_path / "work", progress=False)
+    other = BuildConfig(seed=1)
+    with pytest.raises(MimicIlsError, match="another build config"):
+        build(None, tmp_path / "out", config=other, stages=FakeStages(4), work=tmp_path / "work", progress=False)
+
+
+def test_shards_partition_studies_and_read_launcher_env():
+    ids = [str(50000000 + k) for k in range(300)]
+    owners = [[Shard(i, 4).owns(study_id) for i in range(4)] for study_id in ids]
+    assert all(sum(row) == 1 for row in owners)
+    assert all(40 < sum(row[i] for row in owners) < 110 for i in range(4))
+    assert shard_of("50414267", 1) == 0
+    assert parse_shard("2/5") == Shard(2, 5)
+    assert resolve_shard(None, {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == Shard(3, 8)
+    assert resolve_shard("1/2", {"RANK": "3", "WORLD_SIZE": "8"}) == Shard(1, 2)
+    assert resolve_shard(None, {}) == Shard(0, 1)
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(MimicIlsError):
+            parse_shard(bad)
+
+
+def test_build_config_yaml_and_backends(tmp_path):
+    path = tmp_path / "build.yaml"
+    path.write_text("seed: 3\nreport:\n  backend: rules\nvision: phantom\ngrounding: {tau_ano: 0.2}\nbatch_size: 2\n")
+    config = BuildConfig.from_yaml(path)
+    assert (config.seed, config.report_backend, config.batch_size) == (3, "rules", 2)
+    assert config.grounding == {"tau_ano": 0.2}
+    assert config.with_backends("real").vision == "real" and config.vision == "phantom"
+    assert "batch_size" not in config.fingerprint()
+    path.write_text("sed: 3\n")
+    with pytest.raises(MimicIlsError, match="unknown build config keys: sed"):
+        BuildConfig.from_yaml(path)

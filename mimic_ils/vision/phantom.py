@@ -32,24 +32,9 @@ from scipy import ndimage
 
 from mimic_ils.schema import HEART_LABEL, LUNG_LABELS, BackendError, Box, CohortError
 from mimic_ils.vision import base
+from mimic_ils.vision.yolo import VINBIG_CLASSES
 
 SIDECAR_DIR = "phantom_truth"
-VINBIG_CLASSES = (
-    "Aortic enlargement",
-    "Atelectasis",
-    "Calcification",
-    "Cardiomegaly",
-    "Consolidation",
-    "ILD",
-    "Infiltration",
-    "Lung Opacity",
-    "Nodule/Mass",
-    "Other lesion",
-    "Pleural effusion",
-    "Pleural thickening",
-    "Pneumothorax",
-    "Pulmonary fibrosis",
-)
 # Which VinBigData classes a detector would plausibly fire for each MIMIC-ILS lesion type (first = most likely).
 LESION_TO_VINBIG = {
     "cardiomegaly": ("Cardiomegaly",),

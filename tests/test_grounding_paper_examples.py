@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from _grounding_helpers import Chest, by_type, finding, report
+
 from mimic_ils.grounding import ground_image
 from mimic_ils.schema import LESION_TYPES
 

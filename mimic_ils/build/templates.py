@@ -1,0 +1,114 @@
+"""Read an instruction-answer pair back through the paper's templates (Table 2), and Appendix C's rules.
+
+``parse_pair`` recovers question type, polarity, target, locations, lesion and certainty from the exact strings;
+the release importer uses it to derive the fields the authors' JSON does not carry, and the tests use it (with
+``appendix_c_problems``) to check every pair of a built folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mimic_ils.schema import HEART_LABEL, LESION_TYPES, LUNG_LABELS, MimicIlsError
+
+INFERENCE_LESIONS = ("pneumonia", "atelectasis", "edema")
+_LOCATION = "|".join(re.escape(label) for label in sorted((*LUNG_LABELS, HEART_LABEL), key=len, reverse=True))
+_LOCATIONS = rf"(?P<loc>(?:{_LOCATION})(?: and (?:{_LOCATION}))*)"
+_TARGET = rf"(?P<target>{'|'.join(LESION_TYPES)})"
+_LESION = rf"(?P<lesion>{'|'.join(LESION_TYPES)})"
+
+_INSTRUCTIONS = (
+    ("lesion_inference", re.compile(rf"Segment the opacity in the {_LOCATIONS} and predict its type\.")),
+    ("basic", re.compile(rf"Segment the {_TARGET} in the {_LOCATIONS}\.")),
+    ("global", re.compile(rf"Segment the {_TARGET}\.")),
+)
+
+
+@dataclass(frozen=True)
+class ParsedPair:
+    question_type: str
+    polarity: str
+    target: str
+    lesion: str | None
+    locations: tuple[str, ...]
+    certainty: str | None
+
+
+def split_locations(text: str | None) -> tuple[str, ...]:
+    return tuple(text.split(" and ")) if text else ()
+
+
+def parse_pair(instruction: str, answer: str) -> ParsedPair:
+    """The fields a Table 2 pair carries in its text; raises MimicIlsError for a string off the templates."""
+    for question_type, pattern in _INSTRUCTIONS:
+        match = pattern.fullmatch(instruction)
+        if match:
+            groups = match.groupdict()
+            target = groups.get("target") or "opacity"
+            return _parse_answer(question_type, target, split_locations(groups.get("loc")), answer, instruction)
+    raise MimicIlsError(f"instruction {instruction!r} matches no Table 2 template")
+
+
+def _parse_answer(question_type: str, target: str, locations: tuple[str, ...], answer: str, instruction: str):
+    place = " and ".join(locations)
+    if question_type == "lesion_inference":
+        for certainty, phrase in (("definitive", "It is highly suggestive of"), ("tentative", "It possibly reflects")):
+            match = re.fullmatch(rf"\[SEG\] {phrase} {_LESION}\.", answer)
+            if match:
+                return ParsedPair(question_type, "positive", target, match["lesion"], locations, certainty)
+        if answer == f"[SEG] There is no opacity in the {place}.":
+            return ParsedPair(question_type, "negative", target, None, locations, None)
+    elif question_type == "basic":
+        if answer == "[SEG]":
+            return ParsedPair(question_type, "positive", target, target, locations, None)
+        if answer == f"[SEG] There is no {target} in the {place}.":
+            return ParsedPair(question_type, "negative", target, target, locations, None)
+    else:
+        match = re.fullmatch(rf"\[SEG\] It is located in the {_LOCATIONS}\.", answer)
+        if match or answer == "[SEG]":
+            return ParsedPair(question_type, "positive", target, target, split_locations(match and match["loc"]), None)
+        if answer == f"[SEG] There is no {target}.":
+            return ParsedPair(question_type, "negative", target, target, (), None)
+    raise MimicIlsError(f"answer {answer!r} does not fit the template of {instruction!r}")
+
+
+def appendix_c_problems(rows: Iterable[dict]) -> list[str]:
+    """Violations of Table 2 / Appendix C among pair rows (dicts with the ``pairs`` config's fields, masks as
+    ``mask_file_name`` or ``mask``). An empty list means every rule holds."""
+    rows = list(rows)
+    problems = []
+    for row in rows:
+        problems += [f"{row['id']}: {problem}" for problem in _row_problems(row)]
+    negatives = Counter((row["dicom_id"], row["lesion"]) for row in rows if row["polarity"] == "negative")
+    problems += [f"{key}: {count} negatives of one lesion type" for key, count in negatives.items() if count > 1]
+    return problems
+
+
+def _row_problems(row: dict) -> list[str]:
+    try:
+        parsed = parse_pair(row["instruction"], row["answer"])
+    except MimicIlsError as error:
+        return [str(error)]
+    problems = []
+    for name in ("question_type", "polarity", "target"):
+        if getattr(parsed, name) != row[name]:
+            problems.append(f"{name} {row[name]!r} but the text says {getattr(parsed, name)!r}")
+    if parsed.locations and tuple(row["locations"]) != parsed.locations:
+        problems.append(f"locations {row['locations']} but the text says {list(parsed.locations)}")
+    has_mask = bool(row.get("mask_file_name") or row.get("mask"))
+    if has_mask != (row["polarity"] == "positive"):
+        problems.append("positive pairs need a mask and negatives must have none")
+    if row["lesion"] not in LESION_TYPES:
+        problems.append(f"lesion {row['lesion']!r} is not one of the seven types")
+    if row["lesion"] == "cardiomegaly" and row["question_type"] != "global":
+        problems.append("cardiomegaly pairs are global only")
+    if row["question_type"] == "lesion_inference" and row["lesion"] not in INFERENCE_LESIONS:
+        problems.append(f"lesion inference about {row['lesion']!r}")
+    if parsed.lesion and row["question_type"] == "lesion_inference" and parsed.lesion != row["lesion"]:
+        problems.append(f"answer infers {parsed.lesion!r} but lesion is {row['lesion']!r}")
+    if parsed.certainty and parsed.certainty != row["certainty"]:
+        problems.append(f"certainty {row['certainty']!r} but the answer says {parsed.certainty!r}")
+    return problems

@@ -1,0 +1,132 @@
+"""``mimic-ils stats``: the paper's Tables 9-11 (pairs per lesion × question type × polarity, per split), counts of
+images and unique masks, the ledger's exclusion reasons, and a bar chart like the paper's Fig. 4.
+
+Reads only the Parquet files of a built folder (no image decoding), so it runs in seconds on the full dataset.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from mimic_ils.build.ledger import summarize_ledger
+from mimic_ils.schema import LESION_TYPES, POLARITY, QUESTION_TYPES, SPLITS, MimicIlsError
+
+COLUMNS = tuple((question_type, polarity) for question_type in QUESTION_TYPES for polarity in POLARITY)
+_COLUMN_NAMES = {"basic": "basic", "global": "global", "lesion_inference": "lesion inf."}
+
+
+def read_pairs(out: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Per split, the pairs rows (text columns and file names only)."""
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    columns = ["lesion", "question_type", "polarity", "dicom_id", "study_id", "mask_file_name"]
+    split_rows = {}
+    for split in SPLITS:
+        files = sorted((out / split).glob("pairs-*.parquet"))
+        if files:
+            split_rows[split] = [row for path in files for row in pq.read_table(path, columns=columns).to_pylist()]
+    if not split_rows:
+        raise MimicIlsError(f"{out} is not a built MIMIC-ILS folder (no <split>/pairs-*.parquet)")
+    return split_rows
+
+
+def compute_stats(out: str | Path) -> dict[str, Any]:
+    """Tables (``tables[split][lesion]["basic/positive"]``...), counts per split, ledger summary."""
+    import pyarrow.parquet as pq
+
+    split_rows = read_pairs(out)
+    tables, counts = {}, {}
+    for split, rows in split_rows.items():
+        tally = Counter((row["lesion"], row["question_type"], row["polarity"]) for row in rows)
+        tables[split] = {
+            lesion: {f"{q}/{p}": tally[(lesion, q, p)] for q, p in COLUMNS} for lesion in LESION_TYPES
+        }
+        counts[split] = {
+            "pairs": len(rows),
+            "positive": sum(row["polarity"] == "positive" for row in rows),
+            "negative": sum(row["polarity"] == "negative" for row in rows),
+            "images": len({row["dicom_id"] for row in rows}),
+            "studies": len({row["study_id"] for row in rows}),
+            "unique_masks": len({row["mask_file_name"] for row in rows if row["mask_file_name"]}),
+        }
+    ledger_path = Path(out) / "ledger.parquet"
+    ledger = summarize_ledger(pq.read_table(ledger_path).to_pylist()) if ledger_path.exists() else None
+    return {"tables": tables, "counts": counts, "ledger": ledger}
+
+
+def tables_markdown(stats: dict[str, Any]) -> str:
+    """Tables 9-11 and the counts as Markdown."""
+    parts = []
+    header = "| lesion | " + " | ".join(f"{_COLUMN_NAMES[q]} {p[:3]}." for q, p in COLUMNS) + " | total |"
+    rule = "|---" * (len(COLUMNS) + 2) + "|"
+    for split, table in stats["tables"].items():
+        lines = [f"### Pairs per lesion, question type and polarity — {split}", "", header, rule]
+        totals = Counter()
+        for lesion, row in table.items():
+            values = [row[f"{q}/{p}"] for q, p in COLUMNS]
+            totals.update(row)
+            lines.append(f"| {lesion} | " + " | ".join(f"{v:,}" for v in values) + f" | {sum(values):,} |")
+        column_totals = [totals[f"{q}/{p}"] for q, p in COLUMNS]
+        lines.append("| **total** | " + " | ".join(f"{v:,}" for v in column_totals) + f" | {sum(column_totals):,} |")
+        parts.append("\n".join(lines))
+    count_lines = ["### Counts", "", "| split | pairs | positive | negative | images | studies | unique masks |",
+                   "|---|---|---|---|---|---|---|"]
+    for split, row in stats["counts"].items():
+        count_lines.append(f"| {split} | " + " | ".join(f"{row[key]:,}" for key in
+                           ("pairs", "positive", "negative", "images", "studies", "unique_masks")) + " |")
+    parts.append("\n".join(count_lines))
+    if stats["ledger"]:
+        reason_lines = ["### Ledger: fates and exclusion reasons", "", "| what | count |", "|---|---|"]
+        reason_lines += [f"| {key} | {value:,} |" for key, value in stats["ledger"]["fates"].items()]
+        reason_lines += [f"| {key} | {value:,} |" for key, value in stats["ledger"]["reasons"].items()]
+        parts.append("\n".join(reason_lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def plot_pairs_per_lesion(stats: dict[str, Any], path: str | Path) -> Path:
+    """Fig. 4-like chart: pairs per lesion type (all splits), stacked by question type and polarity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = {("basic", "positive"): "#1f77b4", ("basic", "negative"): "#aec7e8",
+              ("global", "positive"): "#ff7f0e", ("global", "negative"): "#ffbb78",
+              ("lesion_inference", "positive"): "#2ca02c", ("lesion_inference", "negative"): "#98df8a"}
+    figure, axis = plt.subplots(figsize=(8, 4.2), dpi=110)
+    bottom = np.zeros(len(LESION_TYPES))
+    for question_type, polarity in COLUMNS:
+        values = np.array([sum(table[lesion][f"{question_type}/{polarity}"] for table in stats["tables"].values())
+                           for lesion in LESION_TYPES], dtype=float)
+        axis.bar(LESION_TYPES, values, bottom=bottom, color=colors[(question_type, polarity)],
+                 label=f"{_COLUMN_NAMES[question_type]} ({polarity})")
+        bottom += values
+    for x, total in enumerate(bottom):
+        axis.text(x, total, f"{int(total):,}", ha="center", va="bottom", fontsize=8)
+    axis.set_ylabel("instruction-answer pairs")
+    axis.set_title("MIMIC-ILS pairs per lesion type (all splits)")
+    axis.legend(fontsize=7, ncol=3, loc="upper right")
+    axis.tick_params(axis="x", labelrotation=20)
+    axis.set_ylim(0, max(bottom.max() * 1.25, 1))
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def write_stats(out: str | Path, dest: str | Path | None = None) -> dict[str, Path]:
+    """Write ``stats.json``, ``stats.md`` and ``pairs_per_lesion.png`` into ``dest`` (default ``OUT/stats``)."""
+    stats = compute_stats(out)
+    dest = Path(dest) if dest else Path(out) / "stats"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    (dest / "stats.md").write_text(tables_markdown(stats))
+    return {"json": dest / "stats.json", "markdown": dest / "stats.md",
+            "figure": plot_pairs_per_lesion(stats, dest / "pairs_per_lesion.png")}

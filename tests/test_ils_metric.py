@@ -382,3 +382,30 @@ def test_loads_offline_from_another_directory(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "0.5"
     cached = list((tmp_path / "hf").rglob("ils_answers.py"))
     assert cached, "evaluate did not copy the parser next to the module"
+
+
+def test_round_trips_the_answers_mimic_ils_pairs_generates(answers):
+    pairs = pytest.importorskip("mimic_ils.pairs")
+    three = ("right upper zone lung", "right mid zone lung", "left upper zone lung")
+    outcomes = [
+        pairs.FindingOutcome("pneumonia", "definitive", ("right lung base", "left lung base"),
+                             ("right lung base", "left lung base"), "k1"),
+        pairs.FindingOutcome("atelectasis", "tentative", ("left mid zone lung",), ("left mid zone lung",), "k2"),
+        pairs.FindingOutcome("edema", "definitive", three, three, "k3"),
+        pairs.FindingOutcome("cardiomegaly", "definitive", ("heart",), ("heart",), "k4"),
+    ]
+    plan = pairs.generate_pairs(outcomes, study_id="s1", dicom_id="d1", cardiomegaly_negative_reason=None,
+                                empty_locations=("left apical zone lung", "right apical zone lung"))
+    templates_seen = set()
+    for pair in plan.pairs:
+        variables = {"target": pair.target, "locations": pair.locations, "lesion": pair.lesion,
+                     "certainty": pair.certainty}
+        assert answers.render_answer(pair.question_type, pair.polarity, **variables) == pair.answer
+        parsed = answers.parse_answer(pair.answer)
+        assert parsed == answers.parsed_reference(pair.question_type, pair.polarity, **variables)
+        if parsed.locations:
+            assert parsed.locations == tuple(pair.locations)
+        templates_seen.add(parsed.template)
+    assert templates_seen >= {"seg", "located_in", "definitive", "tentative", "absent_in_location"}
+    for labels in (("right lung",), ("right lung base", "left lung base"), three):
+        assert answers.join_locations(labels) == pairs.join_locations(labels)

@@ -12,8 +12,8 @@ The six answer forms, by template name::
     definitive          "[SEG] It is highly suggestive of {lesion}."     lesion inference, positive, definitive
     tentative           "[SEG] It possibly reflects {lesion}."           lesion inference, positive, tentative
 
-``{location}`` is one or more lung labels joined with ``" and "`` ("right lung base and left lung base"); the
-parser also splits on ``", "`` so "a, b and c" reads as three labels. Matching is exact: case, articles and the
+``{location}`` is one or more lung labels (or "heart" for cardiomegaly) joined as "right lung base and left lung
+base" or "a, b and c"; the parser splits on both separators. Matching is exact: case, articles and the
 final period count, and only surrounding whitespace is ignored, so a paraphrase parses to ``None``.
 """
 
@@ -59,10 +59,12 @@ class ParsedAnswer:
 
 
 def join_locations(locations: tuple[str, ...] | list[str]) -> str:
-    """``("right lung base", "left lung base")`` -> ``"right lung base and left lung base"``."""
+    """``("right lung base", "left lung base")`` -> ``"right lung base and left lung base"``; three or more read
+    ``"a, b and c"`` (as ``mimic_ils.pairs`` writes them)."""
     if not locations:
         raise ValueError("an answer with a location needs at least one location")
-    return " and ".join(locations)
+    locations = tuple(locations)
+    return locations[0] if len(locations) == 1 else f"{', '.join(locations[:-1])} and {locations[-1]}"
 
 
 def split_locations(text: str) -> tuple[str, ...]:

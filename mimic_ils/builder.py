@@ -1,0 +1,121 @@
+"""``MimicIls``: the ``datasets`` builder class, for users who prefer the ``datasets`` cache.
+
+``data_dir`` is either a folder made by ``mimic-ils build`` / ``mimic-ils import-release`` (read as is), or a
+MIMIC-CXR root (then the builder first runs the build, resumably, into ``<cache_dir>/mimic_ils_builds/<key>``
+with the ``build_config`` YAML and ``backends`` given to the builder). Both give the features of
+:mod:`mimic_ils.features`::
+
+    from mimic_ils.builder import MimicIls
+    builder = MimicIls(config_name="pairs", data_dir="/data/mimic-ils")       # or a MIMIC-CXR root
+    builder.download_and_prepare()
+    pairs = builder.as_dataset()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from datasets.builder import Key
+
+from mimic_ils.features import images_features, pairs_features
+from mimic_ils.schema import SPLITS, MimicIlsError
+
+_DESCRIPTION = (
+    "MIMIC-ILS: instruction-guided lesion segmentation pairs for chest X-rays (arXiv 2511.15186), regenerated from "
+    "a local MIMIC-CXR copy. Annotations are machine-generated; the source is MIMIC-CXR (extended)."
+)
+_CITATION = """@inproceedings{mimicils2026,
+  title={Instruction-Guided Lesion Segmentation for Chest X-rays with Automatically Generated Large-Scale Dataset},
+  booktitle={CVPR},
+  year={2026}
+}"""
+_HOMEPAGE = "https://physionet.org/content/mimic-cxr/2.1.0/"
+
+
+@dataclass
+class MimicIlsConfig(datasets.BuilderConfig):
+    """``build_config``: build YAML used when ``data_dir`` is a MIMIC-CXR root; ``backends``: phantom | real | FILE."""
+
+    build_config: str | None = None
+    backends: str | None = None
+
+
+class MimicIls(datasets.GeneratorBasedBuilder):
+    """MIMIC-ILS with two configurations: ``pairs`` (one row per pair) and ``images`` (one row per image)."""
+
+    BUILDER_CONFIG_CLASS = MimicIlsConfig
+    BUILDER_CONFIGS = [
+        MimicIlsConfig(name="pairs", description="one row per instruction-answer pair"),
+        MimicIlsConfig(name="images", description="one row per frontal image with the list of its pairs"),
+    ]
+    DEFAULT_CONFIG_NAME = "pairs"
+
+    @property
+    def manual_download_instructions(self) -> str:
+        return (
+            "MIMIC-ILS is regenerated from MIMIC-CXR, which needs a credentialed PhysioNet account and the signed "
+            "data use agreement. Download from https://physionet.org/content/mimic-cxr/2.1.0/ the report archive "
+            "`mimic-cxr-reports.zip` (files/pXX/pSUBJECT/sSTUDY.txt), the DICOMs under `files/`, and from "
+            "https://physionet.org/content/mimic-cxr-jpg/2.1.0/ `mimic-cxr-2.0.0-metadata.csv.gz` and "
+            "`mimic-cxr-2.0.0-split.csv.gz`, into one root folder. Then pass `data_dir=<that root>` (the builder "
+            "runs the build; vision backends need local weights, see `backends`) or first run `mimic-ils build "
+            "--mimic-root <root> --out <folder>` and pass `data_dir=<folder>`. The authors' release "
+            "(https://physionet.org/content/mimic-cxr-ext-ils/1.0.0/: mimic_ils_instruction_answer.json and "
+            "lesion_mask/) can be converted with `mimic-ils import-release` and passed the same way."
+        )
+
+    def _info(self) -> datasets.DatasetInfo:
+        features = images_features() if self.config.name == "images" else pairs_features()
+        return datasets.DatasetInfo(
+            description=_DESCRIPTION, features=features, homepage=_HOMEPAGE, citation=_CITATION,
+            license="PhysioNet Credentialed Health Data License 1.5.0",
+        )
+
+    def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
+        data_dir = dl_manager.manual_dir or self.config.data_dir
+        if not data_dir or not os.path.isdir(data_dir):
+            raise MimicIlsError(f"data_dir {data_dir!r} is not a folder.\n{self.manual_download_instructions}")
+        folder = self._built_folder(Path(data_dir).expanduser().resolve())
+        stem = "images" if self.config.name == "images" else "pairs"
+        files = {split: sorted((folder / split).glob(f"{stem}-*.parquet")) for split in SPLITS}
+        return [
+            datasets.SplitGenerator(name=split, gen_kwargs={"files": files[split]}) for split in SPLITS if files[split]
+        ]
+
+    def _built_folder(self, data_dir: Path) -> Path:
+        if any((data_dir / split).glob("pairs-*.parquet") for split in SPLITS):
+            return data_dir
+        from mimic_ils.build import BuildConfig, build
+
+        config = BuildConfig.from_yaml(self.config.build_config) if self.config.build_config else BuildConfig()
+        config = config.with_backends(self.config.backends or ("real" if isinstance(config.vision, str) else None))
+        key = json.dumps({"root": str(data_dir), "config": config.fingerprint()}, sort_keys=True)
+        out = Path(self._cache_dir_root) / "mimic_ils_builds" / hashlib.sha256(key.encode()).hexdigest()[:16]
+        if not (out / "README.md").exists():
+            build(data_dir, out, config=config)
+        return out
+
+    def _generate_examples(self, files: list[Path]):
+        import pyarrow.parquet as pq
+
+        for shard, path in enumerate(files):
+            for index, row in enumerate(pq.read_table(path).to_pylist()):
+                yield Key(shard, index), _resolve(row, path.parent)
+
+
+def _resolve(row: dict, folder: Path) -> dict:
+    """Metadata row → example: ``*_file_name`` columns become the ``image`` / ``mask`` paths (None stays None)."""
+    out = {}
+    for name, value in row.items():
+        if name.endswith("_file_name"):
+            out[name[: -len("_file_name")]] = str(folder / value) if value else None
+        elif name == "pairs":
+            out[name] = [_resolve(pair, folder) for pair in value]
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,223 @@
+"""Rule location mapper: a location phrase → coarse category (step 1) → the 15 lung categories (step 2).
+
+The paper maps each finding's location phrase in two LLM steps (Fig. 10): first to one or more of 16 coarse
+anatomical categories, and only phrases placed in ``lung`` go on to the second step, which picks among the 15 lung
+categories of :data:`mimic_ils.schema.LUNG_LABELS` (CXAS label names). This module is the rule twin of both steps.
+
+Step 1 — coarse categories (:data:`COARSE_CATEGORIES`): ``lung`` when the phrase names a lung place (table below)
+or only a side ("right", "bilateral"); otherwise the first category whose keyword it contains (heart: heart,
+cardiac, pericardial, atrium, ventricle; mediastinum: mediastinum, paratracheal, subcarinal; hilum: hilar, hilum,
+hila; pleura: pleura(l), fissure; trachea; bronchus: bronchus, bronchi, bronchial; aorta: aorta, aortic; diaphragm:
+(hemi)diaphragm, subdiaphragmatic; abdomen: abdomen, stomach, bowel, liver, spleen, upper quadrant, colon; spine:
+spine, vertebra(e), vertebral body, thoracic spine, spinal; rib: rib(s); clavicle; shoulder: shoulder, humerus,
+humeral, scapula, glenohumeral, acromioclavicular; soft tissue: soft tissue, chest wall, axilla, breast, neck,
+subcutaneous); else ``other``. Only ``lung`` yields labels.
+
+Step 2 — lung categories. A phrase is read as sides x places (``R`` = right, ``L`` = left, ``R+L`` = both):
+
+===================================================  ===========================================================
+phrase (examples)                                    labels
+===================================================  ===========================================================
+right / left upper lobe                              lung upper lobe right / lung upper lobe left
+(right) middle lobe, right mid lobe                  lung middle lobe right (the left lung has none → left lung)
+right / left lower lobe                              lung lower lobe right / lung lower lobe left
+lingula, lingular                                    lung upper lobe left
+upper lobes, lower lobes, both lower lobes           the lobe on both sides
+right upper and middle lobes                         lung upper lobe right, lung middle lobe right
+right / left upper lung (zone, field)                right / left upper zone lung
+right / left mid(dle) lung (zone), midlung           right / left mid zone lung
+right / left lower lung (zone), lung base, base      right / left lung base
+basilar, basal, costophrenic angle                   right / left lung base (side given, else both)
+bibasilar, bibasal, lower lungs, bases, lung bases   right lung base, left lung base
+apex, apical, apical zone                            right / left apical zone lung (side given, else both)
+biapical, apices                                     right apical zone lung, left apical zone lung
+perihilar                                            right / left mid zone lung (side given, else both)
+infrahilar / suprahilar                              lung base / upper zone lung of the side (else both)
+retrocardiac                                         left lung base
+right / left lung, hemithorax, right-sided, "on the right"  right lung / left lung
+bilateral, bilaterally, both lungs, lungs            right lung, left lung
+"lower lobes bilaterally", "base on the right"       a side-only phrase gives its side to a side-less place
+a singular place with no side ("the lower lobe")     nothing (the side is unknown)
+no location phrase                                   nothing
+===================================================  ===========================================================
+
+Multi-place phrases combine ("right mid and lower lung zones" → right mid zone lung, right lung base). Labels come
+in the order the phrase names them, without duplicates.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mimic_ils.schema import LUNG_LABELS
+
+COARSE_CATEGORIES = (
+    "lung", "pleura", "heart", "mediastinum", "hilum", "trachea", "bronchus", "aorta", "diaphragm", "abdomen",
+    "spine", "rib", "clavicle", "shoulder", "soft tissue", "other",
+)
+_COARSE_KEYWORDS = (
+    ("heart", r"heart|cardiac|pericardial|pericardium|atrium|atrial|ventricle|ventricular"),
+    ("mediastinum", r"mediastin\w*|paratracheal|subcarinal|aortopulmonary"),
+    ("hilum", r"hilar|hilum|hila"),
+    ("pleura", r"pleura|pleural|fissures?"),
+    ("trachea", r"trachea|tracheal|carina"),
+    ("bronchus", r"bronchus|bronchi|bronchial"),
+    ("aorta", r"aorta|aortic"),
+    ("diaphragm", r"hemidiaphragms?|diaphragms?|diaphragmatic|subdiaphragmatic"),
+    ("abdomen", r"abdomen|abdominal|stomach|bowel|liver|spleen|upper quadrant|colon|gastric"),
+    ("spine", r"spine|vertebrae?|vertebral|spinal"),
+    ("rib", r"ribs?"),
+    ("clavicle", r"clavicles?|clavicular"),
+    ("shoulder", r"shoulders?|humerus|humeral|scapulae?|glenohumeral|acromioclavicular"),
+    ("soft tissue", r"soft tissues?|chest wall|axillae?|axillary|breasts?|neck|subcutaneous"),
+)
+_NON_LUNG_WORDS = "|".join(pattern for _, pattern in _COARSE_KEYWORDS)
+NON_LUNG_PATTERN = re.compile(rf"(?<![\w-])(?:(?:right|left|bilateral)\s+)?(?:{_NON_LUNG_WORDS})(?![\w-])")
+_COARSE_REGEXES = tuple((name, re.compile(rf"(?<![\w-])(?:{pattern})(?![\w-])")) for name, pattern in _COARSE_KEYWORDS)
+
+_SIDE = r"(?:right|left|bilateral|both|b/l)"
+_SIDES = rf"{_SIDE}(?:\s*(?:and|/|,|or)\s*{_SIDE})?"
+_LEVEL = r"(?:upper|middle|mid|lower|apical|basilar|basal)"
+_LEVELS = rf"{_LEVEL}(?:\s*(?:,\s*and|,|and|/|or|-?to-?|through|-)\s*{_LEVEL})*"
+_ANCHOR = (r"lobes?|lungs?(?:\s+(?:zones?|fields?|bases?|apex|apices|regions?))?|zones?|fields?|hemithora(?:x|ces)"
+           r"|bases?|apex|apices|costophrenic\s+angles?|cp\s+angles?|lingula")
+_ADJECTIVE = (r"bibasilar|bibasal|bibasally|basilar|basally|basal|biapical|apical|perihilar|retrocardiac|infrahilar"
+              r"|suprahilar|lingular|midlung|mid-lung")
+_SIDE_ONLY = r"bilaterally|bilateral|both sides|right-sided|left-sided|right|left|b/l"
+LOCATION_PATTERN = re.compile(
+    rf"(?<![\w-])(?:(?:(?:the\s+)?(?P<sides>{_SIDES})\s+)?(?:(?P<levels>{_LEVELS})\s+)?(?:(?:lung|lobar)\s+)?"
+    rf"(?P<anchor>{_ANCHOR})|(?:(?P<asides>{_SIDES})\s+)?(?P<adjective>{_ADJECTIVE})|(?P<side_only>{_SIDE_ONLY}))"
+    r"(?![\w-])"
+)
+
+_LEVEL_PLACE = {"upper": "upper", "middle": "mid", "mid": "mid", "lower": "base", "basilar": "base",
+                "basal": "base", "apical": "apical"}
+_ADJECTIVE_PLACE = {"bibasilar": "base", "bibasal": "base", "bibasally": "base", "basilar": "base", "basally": "base",
+                    "basal": "base", "biapical": "apical", "apical": "apical", "perihilar": "mid",
+                    "retrocardiac": "base", "infrahilar": "base", "suprahilar": "upper", "lingular": "upper lobe",
+                    "midlung": "mid", "mid-lung": "mid"}
+_ZONE_LABEL = {("R", "apical"): "right apical zone lung", ("R", "upper"): "right upper zone lung",
+               ("R", "mid"): "right mid zone lung", ("R", "base"): "right lung base", ("R", "lung"): "right lung",
+               ("L", "apical"): "left apical zone lung", ("L", "upper"): "left upper zone lung",
+               ("L", "mid"): "left mid zone lung", ("L", "base"): "left lung base", ("L", "lung"): "left lung",
+               ("R", "upper lobe"): "lung upper lobe right", ("R", "middle lobe"): "lung middle lobe right",
+               ("R", "lower lobe"): "lung lower lobe right", ("L", "upper lobe"): "lung upper lobe left",
+               ("L", "lower lobe"): "lung lower lobe left"}
+_LOBE_OF_LEVEL = {"upper": "upper lobe", "middle": "middle lobe", "mid": "middle lobe", "lower": "lower lobe",
+                  "apical": "upper lobe", "basilar": "lower lobe", "basal": "lower lobe"}
+BOTH = ("R", "L")
+assert set(_ZONE_LABEL.values()) == set(LUNG_LABELS)
+
+
+@dataclass(frozen=True)
+class LocationSpan:
+    """One location mention: its character span, explicit sides (None when unsaid), default sides and places."""
+
+    start: int
+    end: int
+    sides: tuple[str, ...] | None
+    default_sides: tuple[str, ...]
+    places: tuple[str, ...]
+
+    @property
+    def side_only(self) -> bool:
+        return not self.places
+
+
+def _parse_sides(text: str | None) -> tuple[str, ...] | None:
+    if not text:
+        return None
+    if any(word in text for word in ("bilateral", "both", "b/l")) or ("right" in text and "left" in text):
+        return BOTH
+    return ("R",) if "right" in text else ("L",) if "left" in text else None
+
+
+def _split_levels(text: str | None) -> list[str]:
+    return re.findall(_LEVEL, text) if text else []
+
+
+def _anchor_span(match: re.Match) -> LocationSpan:
+    anchor = " ".join(match.group("anchor").split())
+    sides, levels = _parse_sides(match.group("sides")), _split_levels(match.group("levels"))
+    plural = bool(re.search(r"(?:lobes|lungs|zones|fields|bases|apices|angles|hemithoraces)$", anchor))
+    default = BOTH if plural else ()
+    if anchor == "lingula":
+        return LocationSpan(match.start(), match.end(), sides, ("L",), ("upper lobe",))
+    if anchor.startswith("lobe"):
+        places = tuple(dict.fromkeys(_LOBE_OF_LEVEL[level] for level in levels)) or ("lung",)
+        if places == ("middle lobe",):
+            default = ("R",)
+    elif anchor.endswith(("base", "bases")) or "angle" in anchor:
+        places = ("base",)
+    elif anchor.endswith(("apex", "apices")):
+        places = ("apical",)
+    else:
+        places = tuple(dict.fromkeys(_LEVEL_PLACE[level] for level in levels)) or ("lung",)
+    return LocationSpan(match.start(), match.end(), sides, default, places)
+
+
+def _adjective_span(match: re.Match) -> LocationSpan:
+    adjective = match.group("adjective")
+    sides = _parse_sides(match.group("asides"))
+    if adjective.startswith("bi"):
+        sides = BOTH
+    default = ("L",) if adjective in ("retrocardiac", "lingular") else BOTH
+    return LocationSpan(match.start(), match.end(), sides, default, (_ADJECTIVE_PLACE[adjective],))
+
+
+def find_location_spans(text: str) -> list[LocationSpan]:
+    """All lung location mentions in lower-cased ``text``, left to right."""
+    spans = []
+    for match in LOCATION_PATTERN.finditer(text):
+        if match.group("anchor"):
+            spans.append(_anchor_span(match))
+        elif match.group("adjective"):
+            spans.append(_adjective_span(match))
+        else:
+            sides = _parse_sides(match.group("side_only"))
+            if sides:
+                spans.append(LocationSpan(match.start(), match.end(), sides, sides, ()))
+    return spans
+
+
+def labels_for_spans(spans: list[LocationSpan]) -> tuple[str, ...]:
+    """Lung labels of a finding's location spans; a side-only span lends its side to side-less places."""
+    lent = next((span.sides for span in spans if span.side_only), None)
+    labels: list[str] = []
+    for span in spans:
+        if span.side_only:
+            continue
+        sides = span.sides or lent or span.default_sides
+        for side in sides:
+            for place in span.places:
+                labels.append(_ZONE_LABEL.get((side, place)) or _ZONE_LABEL[(side, "lung")])
+    if not labels and lent and all(span.side_only for span in spans):
+        labels = [_ZONE_LABEL[(side, "lung")] for side in lent]
+    return tuple(dict.fromkeys(labels))
+
+
+def coarse_category(phrase: str | None) -> str | None:
+    """Step 1: the coarse anatomical category of a location phrase (one of COARSE_CATEGORIES), None if no phrase."""
+    if not phrase or not phrase.strip():
+        return None
+    text = " ".join(phrase.lower().split())
+    spans = find_location_spans(text)
+    if any(not span.side_only for span in spans):
+        return "lung"
+    for name, regex in _COARSE_REGEXES:
+        if regex.search(text):
+            return name
+    return "lung" if spans else "other"
+
+
+def map_lung_labels(phrase: str) -> tuple[str, ...]:
+    """Step 2: the LUNG_LABELS a lung location phrase names (see the module table)."""
+    return labels_for_spans(find_location_spans(" ".join(phrase.lower().split())))
+
+
+def map_location(phrase: str | None) -> tuple[str, ...]:
+    """Both steps: LUNG_LABELS for a free location phrase; empty for no phrase or a non-lung place."""
+    if coarse_category(phrase) != "lung":
+        return ()
+    return map_lung_labels(phrase)

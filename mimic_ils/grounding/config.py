@@ -136,7 +136,14 @@ class GroundingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GroundingConfig:
-        """Build from a (partial) dict; missing keys keep their defaults, unknown keys raise ``ValueError``."""
+        """Build from a (partial) dict; missing keys keep their defaults, unknown keys raise ``ValueError``.
+
+        Top-level Table 7 keys (``{"tau_ano": 0.2}``) are accepted as a shorthand for ``{"thresholds": {...}}``.
+        """
+        data = dict(data)
+        flat = {name: data.pop(name) for name in [f.name for f in fields(Thresholds)] if name in data}
+        if flat:
+            data["thresholds"] = {**asdict(_sub(Thresholds, data.get("thresholds", {}))), **flat}
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

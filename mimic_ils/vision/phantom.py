@@ -1,7 +1,8 @@
 """``phantom`` backends of the four vision cues: the synthetic cohort's ground truth plus controlled, seeded noise.
 
 For the demo and tests only, never for real data: every backend reads ``<cohort_root>/phantom_truth/`` (the sidecar
-that :mod:`mimic_ils.synth` writes, see the sidecar contract) and refuses to start without it.
+that :mod:`mimic_ils.synth` writes) through ``synth.load_truth`` / ``synth.load_image_truth`` and refuses to start
+(``CohortError``) on a cohort without it.
 
 Noise model (all amplitudes in original-frame pixels are relative to the image's shorter side, so the same options
 fit a 128 px test phantom and a 3000 px one):
@@ -22,7 +23,6 @@ hash, so reruns are byte-identical.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,6 @@ from mimic_ils.schema import HEART_LABEL, LUNG_LABELS, BackendError, Box, Cohort
 from mimic_ils.vision import base
 from mimic_ils.vision.yolo import VINBIG_CLASSES
 
-SIDECAR_DIR = "phantom_truth"
 # Which VinBigData classes a detector would plausibly fire for each MIMIC-ILS lesion type (first = most likely).
 LESION_TO_VINBIG = {
     "cardiomegaly": ("Cardiomegaly",),
@@ -72,55 +71,53 @@ class PhantomTruth:
     """Read access to a synthetic cohort's ``phantom_truth/`` sidecar, shared by the four phantom backends."""
 
     def __init__(self, cohort_root: str | Path) -> None:
+        from mimic_ils import synth
+
         self.root = Path(cohort_root)
-        truth_file = self.root / SIDECAR_DIR / "truth.jsonl"
-        if not truth_file.is_file():
-            raise CohortError(
-                f"{self.root} has no phantom_truth sidecar: phantom backends run only on a synthetic cohort"
-            )
         self._lesion_types: dict[str, tuple[str, ...]] = {}
-        for line in truth_file.read_text().splitlines():
-            if line.strip():
-                study = json.loads(line)
-                types = tuple(lesion["lesion_type"] for lesion in study.get("lesions", []))
-                for image in study.get("images", []):
-                    self._lesion_types[image["dicom_id"]] = types
+        for study in synth.load_truth(self.root).values():  # CohortError when the sidecar is missing
+            types = tuple(lesion["lesion_type"] for lesion in study.get("lesions", []))
+            for image in study.get("images", []):
+                self._lesion_types[image["dicom_id"]] = types
 
     def load(self, dicom_id: str) -> _ImageTruth:
         """The truth of one frontal image; raises ``BackendError`` when the sidecar has none for it."""
-        path = self.root / SIDECAR_DIR / f"{dicom_id}.npz"
-        if not path.is_file():
-            raise BackendError(f"phantom sidecar has no frontal image {dicom_id!r} ({path.name} missing)")
-        with np.load(path) as arrays:
-            data = {key: arrays[key] for key in arrays.files}
-        lesions = data.get("lesions", np.zeros((0, *data["display"].shape), bool))
+        from mimic_ils import synth
+
+        try:
+            truth = synth.load_image_truth(self.root, dicom_id)
+        except CohortError as error:
+            raise BackendError(f"phantom: {error}") from None
         return _ImageTruth(
-            display=data["display"],
-            normal=data["normal"],
-            lung_right=data["lung_right"].astype(bool),
-            lung_left=data["lung_left"].astype(bool),
-            heart=data["heart"].astype(bool),
-            anatomy=data["anatomy"].astype(bool),
-            lesions=lesions.astype(bool),
-            lesion_types=self._lesion_types.get(dicom_id, ("opacity",) * len(lesions))[: len(lesions)],
+            display=truth.display,
+            normal=truth.normal,
+            lung_right=truth.lung_right.astype(bool),
+            lung_left=truth.lung_left.astype(bool),
+            heart=truth.heart.astype(bool),
+            anatomy=truth.anatomy.astype(bool),
+            lesions=truth.lesions.astype(bool),
+            lesion_types=self._lesion_types.get(dicom_id, ("opacity",) * len(truth.lesions))[: len(truth.lesions)],
         )
 
 
 def smooth_displacement(shape: tuple[int, int], amplitude: float, rng: np.random.Generator) -> np.ndarray:
-    """A (2, H, W) float field of smooth random shifts whose typical size is ``amplitude`` pixels."""
-    sigma = max(2.0, min(shape) / 8.0)
-    field = np.stack([ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="reflect") for _ in range(2)])
+    """A (2, H, W) float field of smooth random shifts whose typical size is ``amplitude`` pixels.
+
+    White noise on a coarse 8x8 grid, upsampled with a cubic spline: wavelengths of about an eighth of the image.
+    """
+    from skimage.transform import resize
+
+    field = np.stack([resize(rng.standard_normal((8, 8)), shape, order=3, mode="reflect") for _ in range(2)])
     scale = field.std() or 1.0
     return field / scale * amplitude
 
 
 def warp_masks(masks: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     """Warp a (N, H, W) bool stack by a (2, H, W) displacement field (nearest neighbour, same frame)."""
-    rows, cols = np.meshgrid(np.arange(masks.shape[1]), np.arange(masks.shape[2]), indexing="ij")
-    coordinates = np.stack([rows + displacement[0], cols + displacement[1]])
-    return np.stack(
-        [ndimage.map_coordinates(mask.astype(np.uint8), coordinates, order=0, mode="nearest") > 0 for mask in masks]
-    )
+    height, width = masks.shape[1:]
+    rows = np.clip(np.rint(np.arange(height)[:, None] + displacement[0]), 0, height - 1).astype(np.intp)
+    cols = np.clip(np.rint(np.arange(width)[None, :] + displacement[1]), 0, width - 1).astype(np.intp)
+    return masks[:, rows, cols]
 
 
 def _check_frame(image: np.ndarray, truth: _ImageTruth, dicom_id: str) -> None:
@@ -160,7 +157,7 @@ class PhantomLungsHeart(_PhantomBackend):
 
     step = "lungs_heart"
 
-    def __init__(self, cohort_root: str | Path, seed: int = 0, jitter: float = 0.012, **options: object) -> None:
+    def __init__(self, cohort_root: str | Path, seed: int = 0, jitter: float = 0.01, **options: object) -> None:
         super().__init__(cohort_root, seed, **options)
         self.jitter = jitter
 

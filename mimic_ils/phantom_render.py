@@ -3,8 +3,9 @@
 Everything is rendered in the *display* domain, the image as the radiologist sees it: a float map in [0, 1]
 (lungs dark, bones bright) quantised to ``HxW uint8`` (``I_max = 255``). Masks are ``HxW bool`` in the same frame;
 "right" is the patient's right, which is the image's left half. A lesion raises the intensity of the normal image
-by a known increment; its mask is where that increment is at least ``LESION_MASK_LEVEL`` (about 31 grey levels, above
-the anomaly threshold 0.10 of the paper's Eq. 1), so ``(display - normal) / 255`` is the lesion's anomaly map.
+by a known increment; its mask is where that increment is at least ``LESION_MASK_LEVEL`` (0.10, i.e. 25.5 grey
+levels, the anomaly threshold of the paper's Eq. 1), so thresholding ``(display - normal) / 255`` at 0.10 gives the
+lesion masks.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from scipy import ndimage
 
 from mimic_ils.schema import LUNG_LABELS
 
-LESION_MASK_LEVEL = 0.12  # display units (x 255 = grey levels) a lesion must add to belong to its mask
+LESION_MASK_LEVEL = 0.10  # display units a lesion must add to belong to its mask: the anomaly threshold of Eq. 1
 ZONE_BANDS = (("apical zone lung", 0.0, 0.16), ("upper zone lung", 0.16, 0.40), ("mid zone lung", 0.40, 0.66),
               ("lung base", 0.66, 1.01))  # fractions of each lung's height, top to bottom
 CARDIOMEGALY_SCALE = (1.42, 1.16)  # heart semi-axes x, y relative to the normal heart
@@ -151,6 +152,11 @@ def _soften(mask: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(mask.astype(np.float32), sigma, truncate=2.0)
 
 
+def _soften_inside(mask: np.ndarray) -> np.ndarray:
+    """A soft version of ``mask`` that is ~0 outside it, so a lesion's increment never leaks past its region."""
+    return _soften(ndimage.binary_erosion(mask, iterations=2), 1.0)
+
+
 def _ribs_and_clavicles(geometry: FrontalGeometry) -> np.ndarray:
     """HxW float32 bone map in [0, 1]: posterior rib arcs on both sides and the clavicles."""
     yy, xx = _grid(geometry.height, geometry.width)
@@ -218,7 +224,7 @@ def _focal_increment(region: np.ndarray, rng: np.random.Generator, strength: flo
         blob += np.exp(-0.5 * (((yy - cy - dy) / sy) ** 2 + ((xx - cx - dx) / sx) ** 2))
     blob /= blob.max()
     peak = float(rng.uniform(0.30, 0.40)) * strength
-    return peak * blob * _soften(region, 1.5)
+    return peak * blob * _soften_inside(region)
 
 
 def _effusion_increment(lung: np.ndarray, base: np.ndarray, side: str, rng: np.random.Generator,
@@ -232,7 +238,7 @@ def _effusion_increment(lung: np.ndarray, base: np.ndarray, side: str, rng: np.r
     level = bottom - rng.uniform(0.16, 0.26) * (bottom - top)
     meniscus = level - 0.07 * (bottom - top) * lateral**2
     fluid = base & (yy >= meniscus)
-    return float(rng.uniform(0.34, 0.42)) * strength * _soften(fluid, 1.5) * lung
+    return float(rng.uniform(0.34, 0.42)) * strength * _soften_inside(fluid)
 
 
 def _edema_increment(geometry: FrontalGeometry, lungs: np.ndarray, rng: np.random.Generator,
@@ -242,7 +248,7 @@ def _edema_increment(geometry: FrontalGeometry, lungs: np.ndarray, rng: np.rando
     perihilar = np.exp(-(((np.abs(xx - 0.5) - 0.1) / 0.2) ** 2 + ((yy - 0.5) / 0.25) ** 2))
     patchy = _smooth_noise(rng, lungs.shape, 0.02 * geometry.width)
     haze = (0.09 + 0.13 * perihilar + 0.025 * patchy) * strength
-    return np.clip(haze, 0.0, None) * _soften(lungs, 1.5)
+    return np.clip(haze, 0.0, None) * _soften_inside(lungs)
 
 
 def _lesion_increment(spec: LesionSpec, geometry: FrontalGeometry, anatomy: dict[str, np.ndarray],

@@ -28,6 +28,9 @@ class BalancedPolarityBatchSampler(Sampler[list[int]]):
         image_ids: optional per-index image key; with ``group_by_image`` pairs of one image stay together.
         num_replicas, rank: the distributed world; read from ``torch.distributed`` when initialised, else 1 and 0.
         seed: base seed; the order of epoch ``e`` depends only on ``(seed, e)``.
+        shard: yield only this rank's batches. ``False`` yields the batches of every rank in order (still a multiple
+            of ``num_replicas``), for a loader that ``accelerate`` shards itself: rank ``r`` then gets batches
+            ``r, r + num_replicas, ...``, the same ones as with ``shard=True``.
 
     >>> sampler = BalancedPolarityBatchSampler([True, False, True, False, False, True], batch_size=2, seed=0)
     >>> [sorted(batch, key=lambda i: not [True, False, True, False, False, True][i]) == batch for batch in sampler]
@@ -44,6 +47,7 @@ class BalancedPolarityBatchSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
         seed: int = 0,
+        shard: bool = True,
     ) -> None:
         if batch_size < 2 or batch_size % 2:
             raise ValueError(f"batch_size must be even and >= 2 for 1:1 batches, got {batch_size}")
@@ -62,6 +66,7 @@ class BalancedPolarityBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.seed = seed
+        self.shard = shard
         self.epoch = 0
         half = batch_size // 2
         per_class = int(min(self.positive.sum(), (~self.positive).sum()))
@@ -76,8 +81,13 @@ class BalancedPolarityBatchSampler(Sampler[list[int]]):
         """Make the next iteration draw the order of ``epoch`` (call it before each epoch, as with DistributedSampler)."""
         self.epoch = epoch
 
+    @property
+    def sampler(self) -> BalancedPolarityBatchSampler:
+        # accelerate's BatchSamplerShard forwards set_epoch to ``batch_sampler.sampler``; point it back here.
+        return self
+
     def __len__(self) -> int:
-        return self.total_batches // self.num_replicas
+        return self.total_batches // self.num_replicas if self.shard else self.total_batches
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -85,7 +95,8 @@ class BalancedPolarityBatchSampler(Sampler[list[int]]):
         positives = order[self.positive[order]]
         negatives = order[~self.positive[order]]
         half = self.batch_size // 2
-        for batch in range(self.rank, self.total_batches, self.num_replicas):
+        first, step = (self.rank, self.num_replicas) if self.shard else (0, 1)
+        for batch in range(first, self.total_batches, step):
             window = slice(batch * half, (batch + 1) * half)
             yield positives[window].tolist() + negatives[window].tolist()
 

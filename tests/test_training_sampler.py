@@ -83,3 +83,12 @@ def test_grouping_puts_pairs_of_one_image_together():
 def test_rejects_impossible_configurations(positive, batch_size, message):
     with pytest.raises(ValueError, match=message):
         BalancedPolarityBatchSampler(positive, batch_size)
+
+
+def test_unsharded_order_deals_the_same_batches_to_each_rank():
+    positive, image_ids = _dataset()
+    every = list(BalancedPolarityBatchSampler(positive, 4, image_ids=image_ids, num_replicas=2, rank=0, shard=False))
+    assert len(every) % 2 == 0
+    for rank in range(2):
+        own = list(BalancedPolarityBatchSampler(positive, 4, image_ids=image_ids, num_replicas=2, rank=rank))
+        assert every[rank::2] == own

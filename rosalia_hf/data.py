@@ -1,0 +1,137 @@
+"""Training data for ROSALIA: pair-level access to a built MIMIC-ILS folder and the batch collator.
+
+A built folder has two configurations (``mimic_ils/features.py``): ``pairs`` (one row per pair) and ``images``
+(one row per image with its list of pairs). :class:`RosaliaPairs` indexes *pairs* over either of them; with the
+``images`` configuration an image row (the image and all its masks) is decoded once and reused by every pair of
+that image while it stays in a small cache, which is what the image-grouping sampler arranges.
+
+:class:`RosaliaCollator` groups the pairs of a batch by image, so CLIP and SAM run once per unique image
+(``image_index`` maps each instruction to its image row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import Dataset
+
+from rosalia_hf.processing_rosalia import RosaliaProcessor, equalize_histogram
+
+
+class RosaliaPairs(Dataset):
+    """Pair-level view of a ``pairs`` or ``images`` split (a ``datasets.Dataset`` with the MIMIC-ILS features).
+
+    Items are dicts: ``image_key`` (dicom id), ``image`` (``HxW uint8``), ``instruction``, ``answer``, ``mask``
+    (``HxW bool``, all False for negatives), ``positive`` (bool), ``lesion`` and ``question_type``.
+    ``positive`` and ``image_keys`` are read from the Arrow columns without decoding any image.
+    """
+
+    def __init__(self, dataset, cache_size: int = 16) -> None:
+        self.dataset = dataset
+        self.grouped = "pairs" in dataset.column_names
+        table = dataset.with_format("arrow")[:]
+        if self.grouped:
+            pairs = table.column("pairs")
+            lengths = pc.list_value_length(pairs).to_numpy(zero_copy_only=False)
+            self._row = np.repeat(np.arange(len(lengths)), lengths)
+            self._slot = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) else np.zeros(0, int)
+            polarity = pc.struct_field(pc.list_flatten(pairs), "polarity")
+            self.image_keys = np.repeat(np.asarray(table.column("dicom_id").to_pylist()), lengths).tolist()
+        else:
+            self._row = np.arange(table.num_rows)
+            self._slot = np.zeros(table.num_rows, dtype=int)
+            polarity = table.column("polarity")
+            self.image_keys = table.column("dicom_id").to_pylist()
+        self.positive = [value == "positive" for value in polarity.to_pylist()]
+        self._cache: OrderedDict[int, dict] = OrderedDict()
+        self._cache_size = cache_size
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self._decoded_row(int(self._row[index]))
+        pair = row["pairs"][int(self._slot[index])] if self.grouped else row
+        image = _gray_uint8(row["image"])
+        mask = np.zeros(image.shape, bool) if pair["mask"] is None else _gray_uint8(pair["mask"]) > 127
+        if mask.shape != image.shape:
+            raise ValueError(f"pair {pair['id']}: mask is {mask.shape}, image is {image.shape}")
+        return {
+            "image_key": row["dicom_id"], "image": image, "instruction": pair["instruction"],
+            "answer": pair["answer"], "mask": mask, "positive": self.positive[index],
+            "lesion": pair["lesion"], "question_type": pair["question_type"],
+        }
+
+    def _decoded_row(self, row: int) -> dict:
+        if row in self._cache:
+            self._cache.move_to_end(row)
+            return self._cache[row]
+        decoded = self.dataset[row]
+        self._cache[row] = decoded
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return decoded
+
+
+@dataclass
+class RosaliaCollator:
+    """Collates pair items into a :class:`~rosalia_hf.RosaliaForSegmentation` batch, one image row per image.
+
+    Histogram equalisation (probability ``histogram_equalization_prob``, training only) is drawn per image from a
+    generator seeded by ``seed`` and the batch's pair keys, so a batch is reproducible whatever the worker.
+
+    >>> from rosalia_hf.testing import tiny_processor
+    >>> collate = RosaliaCollator(tiny_processor())
+    >>> image = np.zeros((40, 60), np.uint8)
+    >>> item = lambda key, pos: {"image_key": key, "image": image, "instruction": "Segment the edema.",
+    ...                          "answer": "[SEG]", "mask": np.full((40, 60), pos), "positive": pos}
+    >>> batch = collate([item("a", True), item("b", False), item("a", False)])
+    >>> batch["image_index"].tolist(), batch["mask_positive"].tolist(), tuple(batch["sam_pixel_values"].shape)
+    ([0, 1, 0], [True, False, False], (2, 3, 64, 64))
+    >>> batch["original_sizes"].tolist(), [tuple(m.shape) for m in batch["masks"]]
+    ([[40, 60], [40, 60]], [(40, 60), (40, 60), (40, 60)])
+    """
+
+    processor: RosaliaProcessor
+    histogram_equalization_prob: float = 0.0
+    group_by_image: bool = True
+    seed: int = 0
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor | list]:
+        keys = [item["image_key"] if self.group_by_image else f"{i}:{item['image_key']}" for i, item in
+                enumerate(items)]
+        unique = list(dict.fromkeys(keys))
+        first = {key: keys.index(key) for key in unique}
+        rng = np.random.default_rng(_stable_seed(self.seed, keys, [item["instruction"] for item in items]))
+        images = [self._augment(items[first[key]]["image"], rng) for key in unique]
+        batch = dict(self.processor(
+            images, [item["instruction"] for item in items], [item["answer"] for item in items],
+            image_index=[unique.index(key) for key in keys],
+        ))
+        batch["masks"] = [torch.from_numpy(np.ascontiguousarray(item["mask"])) for item in items]
+        batch["mask_positive"] = torch.tensor([bool(item["positive"]) for item in items])
+        return batch
+
+    def _augment(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.histogram_equalization_prob > 0 and rng.random() < self.histogram_equalization_prob:
+            return equalize_histogram(image)
+        return image
+
+
+def _gray_uint8(image) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim == 3:
+        array = np.round(array[..., :3].astype(np.float32).mean(axis=2)).astype(np.uint8)
+    return array.astype(np.uint8, copy=False)
+
+
+def _stable_seed(seed: int, keys: Sequence[str], texts: Sequence[str]) -> list[int]:
+    digest = hashlib.sha256("\x00".join([*keys, *texts]).encode()).digest()
+    return [seed, int.from_bytes(digest[:8], "little")]

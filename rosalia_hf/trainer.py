@@ -1,0 +1,178 @@
+"""``RosaliaTrainer``: the paper's loss, exact 1:1 batches, LoRA through ``peft``, ILS metrics during evaluation.
+
+Trainable set (paper Sec. 5): LoRA adapters on the language model's linear layers, the SAM mask decoder,
+``text_hidden_fcs``, and the embedding and output rows of the added tokens (``[SEG]``, image tokens) through
+``peft``'s ``trainable_token_indices``. CLIP, the projector, the SAM image and prompt encoders and every other
+language-model weight stay frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch.utils.data import DataLoader
+from transformers import Trainer
+
+from rosalia_hf.data import RosaliaCollator, RosaliaPairs
+from rosalia_hf.sampler import BalancedPolarityBatchSampler
+from rosalia_hf.trainer_config import RosaliaTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+LOSS_PARTS = ("ce_loss", "mask_bce_loss", "mask_dice_loss")
+FULLY_TRAINED_MODULES = ["mask_decoder", "text_hidden_fcs"]
+
+
+def lora_config(args: RosaliaTrainingArguments, processor) -> LoraConfig:
+    """LoRA on the language model (``args.lora_*``), mask decoder and ``text_hidden_fcs`` fully trained, and the
+    rows of the tokens the processor added (``[SEG]`` and the image tokens) trainable in the embeddings."""
+    added = sorted(set(processor.tokenizer.get_added_vocab().values()))
+    return LoraConfig(
+        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_regex, modules_to_save=list(FULLY_TRAINED_MODULES),
+        trainable_token_indices={"embed_tokens": added, "lm_head": added}, bias="none",
+    )
+
+
+def prepare_model_for_training(model, args: RosaliaTrainingArguments, processor) -> PeftModel:
+    """Wraps ``model`` with LoRA as configured; logs the trainable parameters per top-level part."""
+    if isinstance(model, PeftModel):
+        return model
+    peft_model = get_peft_model(model, lora_config(args, processor))
+    for line in describe_trainable(peft_model):
+        logger.info(line)
+    return peft_model
+
+
+def describe_trainable(model: torch.nn.Module) -> list[str]:
+    """One line per group of parameters (LoRA, mask decoder, ...) with counts, then the total, for the start log."""
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for name, parameter in model.named_parameters():
+        group = _parameter_group(name)
+        groups[group][0] += parameter.numel()
+        groups[group][1] += parameter.numel() if parameter.requires_grad else 0
+    lines = [f"{group:<28} trainable {train:>12,} of {total:>14,}" for group, (total, train) in sorted(groups.items())]
+    total = sum(v[0] for v in groups.values())
+    trainable = sum(v[1] for v in groups.values())
+    lines.append(f"{'total':<28} trainable {trainable:>12,} of {total:>14,} ({100 * trainable / max(total, 1):.2f}%)")
+    return lines
+
+
+def _parameter_group(name: str) -> str:
+    for marker, group in (("lora_", "lora adapters"), ("trainable_tokens", "added token rows"),
+                          ("mask_decoder", "sam mask decoder"), ("text_hidden_fcs", "text_hidden_fcs"),
+                          ("vision_encoder", "sam image encoder"), ("prompt_encoder", "sam prompt encoder"),
+                          ("vision_tower", "clip vision tower"), ("multi_modal_projector", "projector"),
+                          ("language_model", "language model"), ("lm_head", "language model")):
+        if marker in name:
+            return group
+    return "other"
+
+
+class RosaliaTrainer(Trainer):
+    """``Trainer`` with ROSALIA's data pipeline, loss logging and ILS evaluation.
+
+    ``train_dataset`` / ``eval_dataset``: ``datasets.Dataset`` splits of a built MIMIC-ILS folder, either
+    configuration (``pairs`` or ``images``); training pairs are drawn in exact 1:1 batches. Evaluation runs
+    ``predict`` in segment-only mode and reports ``giou``, ``ciou`` and ``n_acc`` through ``metrics/ils``.
+    """
+
+    def __init__(self, model, args: RosaliaTrainingArguments, processor, train_dataset=None, eval_dataset=None,
+                 data_collator=None, **kwargs) -> None:
+        model = prepare_model_for_training(model, args, processor)
+        self.processor = processor
+        self.raw_eval_dataset = eval_dataset
+        collator = data_collator or RosaliaCollator(processor, args.histogram_equalization_prob,
+                                                    args.group_by_image, args.seed)
+        train_pairs = RosaliaPairs(train_dataset) if train_dataset is not None else None
+        super().__init__(model=model, args=args, train_dataset=train_pairs, eval_dataset=eval_dataset,
+                         data_collator=collator, processing_class=processor, **kwargs)
+        self._loss_parts: dict[str, list[float]] = defaultdict(list)
+        self.last_eval_metrics: dict[str, float] = {}
+
+    # --- data ---
+    def get_train_dataloader(self) -> DataLoader:
+        dataset: RosaliaPairs = self.train_dataset
+        sampler = BalancedPolarityBatchSampler(
+            dataset.positive, self._train_batch_size, image_ids=dataset.image_keys,
+            group_by_image=self.args.group_by_image, num_replicas=self.accelerator.num_processes,
+            seed=self.args.seed, shard=False,
+        )
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+        return self.accelerator.prepare(loader)
+
+    # --- loss ---
+    def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        with torch.no_grad():
+            parts = torch.stack([_scalar(getattr(outputs, name), outputs.loss) for name in LOSS_PARTS])
+            parts = self.accelerator.gather_for_metrics(parts[None]).mean(dim=0)
+            for name, value in zip(LOSS_PARTS, parts.tolist(), strict=True):
+                self._loss_parts[name].append(value)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:
+            for name, values in self._loss_parts.items():
+                if values:
+                    logs[name] = round(sum(values) / len(values), 6)
+            self._loss_parts.clear()
+        super().log(logs, *args, **kwargs)
+
+    # --- evaluation ---
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """gIoU / cIoU / N-Acc of segment-only prediction on the evaluation pairs (main process; others wait)."""
+        dataset = eval_dataset if eval_dataset is not None else self.raw_eval_dataset
+        if dataset is None:
+            raise ValueError("RosaliaTrainer.evaluate needs an eval_dataset (a `pairs` split)")
+        metrics: dict[str, float] = {}
+        if self.accelerator.is_main_process:
+            metrics = self.ils_metrics(dataset, metric_key_prefix)
+        self.accelerator.wait_for_everyone()
+        if metrics:
+            self.log(dict(metrics))
+        self.last_eval_metrics = metrics
+        return metrics
+
+    def ils_metrics(self, dataset, prefix: str = "eval") -> dict[str, float]:
+        from rosalia_hf.evaluation import evaluate_model
+
+        if self.args.eval_max_samples is not None:
+            dataset = dataset.select(range(min(len(dataset), self.args.eval_max_samples)))
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            result = evaluate_model(model, self.processor, dataset, batch_size=self.args.per_device_eval_batch_size,
+                                    segment_only=True, progress=False, num_cases=0)
+        finally:
+            model.train(was_training)
+        figures = result["metrics"]
+        return {f"{prefix}_{key}": float(figures[key]) for key in ("giou", "ciou", "n_acc")}
+
+    # --- saving ---
+    def save_adapters(self, output_dir: str | Path) -> Path:
+        """LoRA adapters + fully trained modules + added token rows only (``PeftModel.save_pretrained``)."""
+        output_dir = Path(output_dir)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        self.processor.save_pretrained(output_dir)
+        return output_dir
+
+    def save_merged(self, output_dir: str | Path) -> Path:
+        """The full model with LoRA merged into the language model, loadable by ``RosaliaForSegmentation``."""
+        output_dir = Path(output_dir)
+        peft_model = self.accelerator.unwrap_model(self.model)
+        merged = peft_model.merge_and_unload()
+        merged.save_pretrained(output_dir)
+        self.processor.save_pretrained(output_dir)
+        return output_dir
+
+
+def _scalar(value: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return value.detach().float().reshape(()) if value is not None else torch.zeros((), device=like.device)

@@ -1,0 +1,83 @@
+"""RosaliaTrainer: trainable set, a real 2-step run through Trainer with accumulation, evaluation, saving."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from _training_helpers import tiny_images_dataset, tiny_pairs_dataset
+from rosalia_hf import RosaliaForSegmentation
+from rosalia_hf.testing import tiny_rosalia
+from rosalia_hf.trainer import RosaliaTrainer, describe_trainable, prepare_model_for_training
+from rosalia_hf.trainer_config import RosaliaTrainingArguments
+
+
+def _args(tmp_path, **overrides) -> RosaliaTrainingArguments:
+    values = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                  global_train_batch_size=None, max_steps=2, learning_rate=1e-2, warmup_steps=0, bf16=False,
+                  use_cpu=True, report_to="none", logging_steps=1, save_strategy="no", lora_r=4, lora_alpha=8,
+                  per_device_eval_batch_size=4, dataloader_num_workers=0, seed=0)
+    values.update(overrides)
+    return RosaliaTrainingArguments(**values)
+
+
+def _trainable_names(model) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+def test_trainable_set_is_lora_mask_decoder_text_fcs_and_added_rows(tmp_path):
+    model, processor = tiny_rosalia(seed=0)
+    peft_model = prepare_model_for_training(model, _args(tmp_path), processor)
+    names = _trainable_names(peft_model)
+    lora = [n for n in names if "lora_" in n]
+    assert lora and all(".language_model." in n for n in lora)
+    assert any("mask_decoder" in n for n in names) and any("text_hidden_fcs" in n for n in names)
+    assert any("trainable_tokens" in n and "embed_tokens" in n for n in names)
+    assert any("trainable_tokens" in n and "lm_head" in n for n in names)
+    allowed = re.compile(r"lora_|mask_decoder|text_hidden_fcs|trainable_tokens")
+    assert [n for n in names if not allowed.search(n)] == []
+    frozen_parts = ("vision_tower", "vision_encoder", "prompt_encoder", "multi_modal_projector")
+    assert not [n for n in names if any(part in n for part in frozen_parts)]
+    summary = describe_trainable(peft_model)
+    assert summary[-1].startswith("total") and any(line.startswith("lora adapters") for line in summary)
+
+
+@pytest.mark.parametrize("dataset_factory", [tiny_pairs_dataset, tiny_images_dataset])
+def test_two_steps_with_accumulation_update_exactly_the_trainable_set(tmp_path, dataset_factory):
+    model, processor = tiny_rosalia(seed=0)
+    trainer = RosaliaTrainer(model, _args(tmp_path), processor, train_dataset=dataset_factory(12, seed=1))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n].detach())}
+    trainable = set(_trainable_names(trainer.model))
+    assert changed <= trainable
+    for part in ("lora_B", "mask_decoder", "text_hidden_fcs", "trainable_tokens"):
+        assert any(part in n for n in changed), f"no {part} parameter changed"
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert {"loss", "ce_loss", "mask_bce_loss", "mask_dice_loss"} <= logged
+    assert trainer.state.global_step == 2
+
+
+def test_evaluate_reports_ils_figures_and_saves_load_back(tmp_path):
+    model, processor = tiny_rosalia(seed=0)
+    eval_pairs = tiny_pairs_dataset(4, seed=7, split="validate")
+    trainer = RosaliaTrainer(model, _args(tmp_path, max_steps=1), processor,
+                             train_dataset=tiny_pairs_dataset(8, seed=1), eval_dataset=eval_pairs)
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert set(metrics) == {"eval_giou", "eval_ciou", "eval_n_acc"}
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
+
+    image = np.asarray(eval_pairs[0]["image"])
+    expected = trainer.model.predict([image], [eval_pairs[0]["instruction"]], processor=processor,
+                                     segment_only=True)[0]["mask"]
+    adapters = trainer.save_adapters(tmp_path / "adapters")
+    assert (adapters / "adapter_model.safetensors").is_file()
+    merged_dir = trainer.save_merged(tmp_path / "merged")
+    merged = RosaliaForSegmentation.from_pretrained(merged_dir).eval()
+    mask = merged.predict([image], [eval_pairs[0]["instruction"]], processor=processor, segment_only=True)[0]["mask"]
+    assert mask.shape == image.shape and np.array_equal(mask, expected)

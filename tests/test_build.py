@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -162,3 +163,87 @@ def test_build_config_yaml_and_backends(tmp_path):
     path.write_text("sed: 3\n")
     with pytest.raises(MimicIlsError, match="unknown build config keys: sed"):
         BuildConfig.from_yaml(path)
+
+
+# --- the real stages on a synthetic cohort with phantom vision backends and the rules report backend ---
+
+N_COHORT = 30
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    synth = pytest.importorskip("mimic_ils.synth")
+    return synth.generate_cohort(tmp_path_factory.mktemp("cohort") / "mimic", N_COHORT, 0, workers=1)
+
+
+@pytest.fixture(scope="module")
+def phantom_build(cohort, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom") / "out"
+    build(cohort, out, config=BuildConfig(vision="phantom"), progress=False)
+    return out
+
+
+def test_phantom_build_loads_with_documented_features(phantom_build, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(phantom_build, moved)
+    pairs = datasets.load_dataset(str(moved), "pairs")
+    images = datasets.load_dataset(str(moved), "images")
+    assert pairs["train"].features == pairs_features() and images["train"].features == images_features()
+    total = sum(split.num_rows for split in pairs.values())
+    assert total == sum(sum(len(row) for row in split["pairs"]) for split in images.values()) > N_COHORT
+    positive = next(row for row in pairs["train"] if row["polarity"] == "positive")
+    assert positive["mask"].size == positive["image"].size and positive["image"].mode == "L"
+
+
+def test_every_pair_obeys_table2_and_appendix_c(phantom_build):
+    from PIL import Image
+
+    from mimic_ils.build.templates import appendix_c_problems
+
+    rows = []
+    for path in sorted(phantom_build.glob("*/pairs-*.parquet")):
+        rows += [{**row, "_folder": path.parent} for row in pq.read_table(path).to_pylist()]
+    assert {row["question_type"] for row in rows} >= {"basic", "global"}
+    assert appendix_c_problems(rows) == []
+    for row in rows:
+        if row["mask_file_name"]:
+            mask = np.asarray(Image.open(row["_folder"] / row["mask_file_name"]))
+            image = Image.open(row["_folder"] / row["image_file_name"])
+            assert mask.shape == image.size[::-1] and mask.any() and set(np.unique(mask)) <= {0, 255}
+
+
+def test_phantom_ledger_accounts_for_every_metadata_study(cohort, phantom_build):
+    from mimic_ils import ingest
+
+    metadata_studies = {study.study_id for study in ingest.iter_studies(cohort)}
+    ledger = pq.read_table(phantom_build / "ledger.parquet").to_pylist()
+    fates = {row["study_id"]: row["fate"] for row in ledger if row["kind"] == "study"}
+    assert set(fates) == metadata_studies and set(fates.values()) <= {"used", "excluded"}
+    metadata_images = {image.dicom_id for study in ingest.iter_studies(cohort) for image in study.images}
+    assert {row["dicom_id"] for row in ledger if row["kind"] == "image"} == metadata_images
+
+
+def test_phantom_kill_resume_equals_three_shards(cohort, tmp_path):
+    """A CLI build killed mid-way and rerun gives the bytes of a fresh 3-shard build (first 8 studies)."""
+    limit, config = 8, tmp_path / "build.yaml"
+    config.write_text("vision: phantom\nbatch_size: 2\n")
+    work = tmp_path / "work3"
+    for index in range(3):
+        build(cohort, tmp_path / "sharded", config=BuildConfig.from_yaml(config), work=work, shard=f"{index}/3",
+              limit=limit, progress=False)
+    build(cohort, tmp_path / "sharded", config=BuildConfig.from_yaml(config), work=work, process=False, limit=limit)
+    out, work = tmp_path / "resumed", tmp_path / "work1"
+    command = [sys.executable, "-m", "mimic_ils", "build", "--mimic-root", str(cohort), "--out", str(out),
+               "--config", str(config), "--limit", str(limit), "--work", str(work), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("WORLD_SIZE", None)
+    process = subprocess.Popen(command, env=env)
+    deadline = time.monotonic() + 120
+    while not list((work / "studies").glob("*.json")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    assert not out.exists() and list((work / "studies").glob("*.json"))
+    assert subprocess.run(command, env=env).returncode == 0
+    resumed, sharded = folder_bytes(out), folder_bytes(tmp_path / "sharded")
+    assert [name for name in resumed if name.endswith(".parquet")] and resumed == sharded

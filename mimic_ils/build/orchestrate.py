@@ -54,7 +54,8 @@ def build(
     processed = {}
     if process:
         mine = [study for study in studies if current.owns(study.study_id)]
-        processed = run_shard(stages, workdir, mine, progress=progress)
+        chunk_size = max(4, config.batch_size)  # studies per step: bounds memory and the work lost to a kill
+        processed = run_shard(stages, workdir, mine, chunk_size=chunk_size, progress=progress)
         atomic_write_bytes(workdir.shard_done_path(current.index, current.count), b"done\n")
     if merge_step is None:
         merge_step = current.count == 1 or (shard_from_env() is not None and current.index == 0 and shard is None)

@@ -109,9 +109,9 @@ def _ground_one(stages, work, study, image, report, cues, files) -> tuple[list[d
         grounded = stages.ground(report, image_cues, study, image)
     except MimicIlsError as error:
         return [], [], f"grounding: {error}"
-    findings = [{"dicom_id": image.dicom_id, "what": what, "reason": why} for what, why in grounded.exclusions]
     if grounded.excluded:
-        return [], findings, f"qc: {grounded.excluded}"
+        return [], [], f"qc: {grounded.excluded}"
+    findings = [{"dicom_id": image.dicom_id, "what": what, "reason": why} for what, why in grounded.exclusions]
     if not grounded.pairs:
         return [], findings, "pairs: no instruction-answer pair for this image"
     image_file = f"images/{image.dicom_id}.png"

@@ -96,7 +96,7 @@ class ProjectStages:
         from mimic_ils.grounding import GroundingConfig, ground_image
 
         if self._grounding_config is None:
-            self._grounding_config = GroundingConfig(**self.config.grounding)
+            self._grounding_config = GroundingConfig.from_dict(self.config.grounding or {})
         result = ground_image(
             report, cues, study_id=study.study_id, dicom_id=image.dicom_id, view=image.view,
             config=self._grounding_config,

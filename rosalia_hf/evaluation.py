@@ -1,0 +1,203 @@
+"""Evaluate a ROSALIA model on MIMIC-ILS pairs with the ``metrics/ils`` evaluate module (paper Sec. 6.1).
+
+``evaluate_model`` streams a ``pairs`` split through ``model.predict`` in batches and ``metric.add_batch``, so only
+one batch of full-resolution masks is in memory at a time; it keeps small thumbnails of the best and worst
+positive cases per lesion for the report (``rosalia_hf.evaluation_report``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib.util
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+METRIC_DIR = Path(__file__).resolve().parents[1] / "metrics" / "ils"
+THUMBNAIL_SIDE = 192
+
+
+def load_ils_metric(path: str | Path | None = None, **kwargs: Any):
+    """``evaluate.load`` of the ILS metric module (default: the repository's ``metrics/ils``), offline-safe."""
+    import evaluate
+
+    folder = Path(path) if path is not None else METRIC_DIR
+    if not (folder / "ils.py").is_file():
+        raise FileNotFoundError(f"no ILS metric module at {folder} (expected ils.py); pass metric_path")
+    return evaluate.load(str(folder), **kwargs)
+
+
+def metric_functions(metric) -> ModuleType:
+    """The Python module behind a loaded ILS metric (``to_mask``, ``mask_statistics``, ``summarize``...)."""
+    return sys.modules[type(metric).__module__]
+
+
+def load_answer_parser(path: str | Path | None = None) -> ModuleType:
+    """The answer-template parser ``metrics/ils/ils_answers.py`` (``parse_answer``, ``render_answer``...)."""
+    file = Path(path) if path is not None else METRIC_DIR / "ils_answers.py"
+    name = "rosalia_hf._ils_answers"
+    if name in sys.modules and Path(sys.modules[name].__file__) == file.resolve():
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, file.resolve())
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class Case:
+    """One evaluated positive pair kept for the report: thumbnails (``hxw uint8`` image, ``hxw bool`` masks)."""
+
+    iou: float
+    index: int
+    lesion: str
+    instruction: str
+    answer: str
+    image: np.ndarray
+    reference: np.ndarray
+    prediction: np.ndarray
+
+
+@dataclass
+class CaseKeeper:
+    """The ``k`` best and ``k`` worst positive pairs by IoU, per lesion, as thumbnails (bounded memory)."""
+
+    k: int = 1
+    best: dict[str, list] = field(default_factory=dict)
+    worst: dict[str, list] = field(default_factory=dict)
+
+    def offer(self, iou: float, index: int, lesion: str, make_case) -> None:
+        """Keep the pair if it ranks; ``make_case()`` builds the thumbnails only then."""
+        case = None
+        for heaps, key in ((self.best, iou), (self.worst, -iou)):
+            heap = heaps.setdefault(lesion, [])
+            if self.k <= 0 or (len(heap) >= self.k and (key, -index) <= heap[0][:2]):
+                continue
+            case = case if case is not None else make_case()
+            push = heapq.heappush if len(heap) < self.k else heapq.heapreplace
+            push(heap, (key, -index, case))
+
+    def cases(self) -> dict[str, dict[str, list[Case]]]:
+        """``{lesion: {"best": [...highest IoU first], "worst": [...lowest first]}}``."""
+        out = {}
+        for lesion in self.best:
+            out[lesion] = {
+                "best": [entry[2] for entry in sorted(self.best[lesion], reverse=True)],
+                "worst": [entry[2] for entry in sorted(self.worst[lesion], reverse=True)],
+            }
+        return out
+
+
+def thumbnail(array: np.ndarray, *, is_mask: bool, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """Longest side at most ``side`` px: nearest for masks (bool out), bilinear for images (uint8 out)."""
+    height, width = array.shape[:2]
+    scale = min(1.0, side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if is_mask:
+        return np.asarray(Image.fromarray(array.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+    return np.asarray(Image.fromarray(array).resize(size, Image.BILINEAR))
+
+
+def _grey(image: Any) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("L"))
+    array = np.asarray(image)
+    return array if array.ndim == 2 else np.asarray(Image.fromarray(array).convert("L"))
+
+
+def _batches(dataset, batch_size: int):
+    for start in range(0, len(dataset), batch_size):
+        yield start, dataset[start : start + batch_size]
+
+
+def _predict(model, processor, batch: dict, segment_only: bool, max_new_tokens: int) -> list[dict]:
+    images = batch["image"]
+    return model.predict(
+        images, batch["instruction"], processor=processor, segment_only=segment_only, max_new_tokens=max_new_tokens
+    )
+
+
+def _metric_inputs(batch: dict, outputs: list[dict], references: list, segment_only: bool) -> dict[str, Any]:
+    inputs = {"predictions": [out["mask"] for out in outputs], "references": references}
+    for column, name in (("lesion", "lesions"), ("question_type", "question_types"), ("polarity", "polarities")):
+        if column in batch:
+            inputs[name] = batch[column]
+    if not segment_only and "answer" in batch:
+        inputs["predicted_answers"] = [out["text"] for out in outputs]
+        inputs["reference_answers"] = batch["answer"]
+    return inputs
+
+
+def _offer_cases(keeper: CaseKeeper, functions, start: int, batch: dict, outputs, references) -> None:
+    for offset, (out, reference) in enumerate(zip(outputs, references, strict=True)):
+        if reference is None or not reference.any():
+            continue
+        inter, union, _, _ = functions.mask_statistics(out["mask"], reference)
+        row = {name: values[offset] for name, values in batch.items()}
+
+        def make_case(row=row, out=out, reference=reference, iou=inter / union, index=start + offset) -> Case:
+            return Case(
+                iou=float(iou),
+                index=index,
+                lesion=row.get("lesion") or "",
+                instruction=row.get("instruction", ""),
+                answer=out["text"],
+                image=thumbnail(_grey(row["image"]), is_mask=False),
+                reference=thumbnail(reference, is_mask=True),
+                prediction=thumbnail(out["mask"], is_mask=True),
+            )
+
+        keeper.offer(inter / union, start + offset, row.get("lesion") or "", make_case)
+
+
+def evaluate_model(
+    model,
+    processor,
+    dataset,
+    *,
+    batch_size: int = 8,
+    segment_only: bool = False,
+    max_new_tokens: int = 32,
+    metric=None,
+    num_cases: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``model.predict`` over a MIMIC-ILS ``pairs`` dataset and compute the ILS figures.
+
+    ``dataset``: a ``datasets.Dataset`` with the ``pairs`` features (``image``, ``mask`` (None = negative),
+    ``instruction``, ``answer``, ``lesion``, ``question_type``, ``polarity``). Text accuracy is computed unless
+    ``segment_only``. Returns ``{"metrics": <ILS figures>, "cases": {lesion: {"best", "worst"}},
+    "num_samples", "seconds", "samples_per_second", "segment_only"}``.
+    """
+    from tqdm.auto import tqdm
+
+    metric = metric if metric is not None else load_ils_metric()
+    functions = metric_functions(metric)
+    keeper = CaseKeeper(k=num_cases)
+    started = time.perf_counter()
+    with tqdm(total=len(dataset), unit="sample", desc="evaluate", disable=not progress) as bar:
+        for start, batch in _batches(dataset, batch_size):
+            outputs = _predict(model, processor, batch, segment_only, max_new_tokens)
+            references = [functions.to_mask(mask) for mask in batch["mask"]]
+            metric.add_batch(**_metric_inputs(batch, outputs, references, segment_only))
+            _offer_cases(keeper, functions, start, batch, outputs, references)
+            bar.update(len(outputs))
+    seconds = time.perf_counter() - started
+    return {
+        "metrics": metric.compute(),
+        "cases": keeper.cases(),
+        "num_samples": len(dataset),
+        "seconds": seconds,
+        "samples_per_second": len(dataset) / seconds if seconds > 0 else float("nan"),
+        "segment_only": segment_only,
+    }
+
+
+__all__ = ["evaluate_model", "load_ils_metric", "load_answer_parser", "metric_functions", "Case", "CaseKeeper"]

@@ -20,7 +20,7 @@ from mimic_ils.schema import LUNG_LABELS
 LESION_MASK_LEVEL = 0.10  # display units a lesion must add to belong to its mask: the anomaly threshold of Eq. 1
 ZONE_BANDS = (("apical zone lung", 0.0, 0.16), ("upper zone lung", 0.16, 0.40), ("mid zone lung", 0.40, 0.66),
               ("lung base", 0.66, 1.01))  # fractions of each lung's height, top to bottom
-CARDIOMEGALY_SCALE = (1.42, 1.16)  # heart semi-axes x, y relative to the normal heart
+CARDIOMEGALY_SCALE = (1.35, 1.2)  # heart semi-axes x, y relative to the normal heart
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ def sample_geometry(rng: np.random.Generator, height: int, width: int) -> Fronta
         lung_cx=(0.30 + jitter(0.015), 0.70 + jitter(0.015)), lung_cy=0.45 + jitter(0.02),
         lung_a=0.165 + jitter(0.012), lung_b=0.33 + jitter(0.02),
         diaphragm_y=(0.70 + jitter(0.02), 0.72 + jitter(0.02)),
-        heart_cx=0.555 + jitter(0.01), heart_cy=0.635 + jitter(0.015), heart_a=0.14 + jitter(0.01),
-        heart_b=0.105 + jitter(0.008), rib_phase=float(rng.uniform(0.0, 1.0)),
+        heart_cx=0.56 + jitter(0.01), heart_cy=0.62 + jitter(0.015), heart_a=0.155 + jitter(0.01),
+        heart_b=0.095 + jitter(0.008), rib_phase=float(rng.uniform(0.0, 1.0)),
     )
 
 
@@ -164,7 +164,7 @@ def _ribs_and_clavicles(geometry: FrontalGeometry) -> np.ndarray:
     bones = np.zeros((geometry.height, geometry.width), np.float32)
     for k in range(10):
         y_k = 0.10 + (k + geometry.rib_phase * 0.5) * 0.062
-        arc = y_k + 0.16 * offset**1.6 - 0.05 * offset
+        arc = y_k + 0.22 * offset**1.8 - 0.06 * offset
         bones += np.exp(-(((yy - arc) / 0.011) ** 2)) * (offset < 1.0)
     for sign in (-1, 1):
         t = np.clip((xx - 0.5) * sign / 0.38, 0.0, 1.0)
@@ -198,14 +198,15 @@ def _box(mask: np.ndarray) -> np.ndarray:
 
 
 def _region(name: str, anatomy: dict[str, np.ndarray]) -> np.ndarray:
-    """The mask of a named lesion region: a LUNG_LABELS mask, or ``retrocardiac`` (medial left lung base)."""
+    """The mask of a named lesion region: a LUNG_LABELS mask, or ``retrocardiac`` (the medial part of the left lung
+    base, next to the heart)."""
     if name != "retrocardiac":
         return anatomy[name]
     base = anatomy["left lung base"]
     cols = np.flatnonzero(base.any(axis=0))
     medial = np.zeros_like(base)
     if cols.size:
-        medial[:, : int(np.median(cols)) + 1] = True
+        medial[:, : int(np.percentile(cols, 65)) + 1] = True
     return base & medial
 
 
@@ -214,7 +215,9 @@ def _focal_increment(region: np.ndarray, rng: np.random.Generator, strength: flo
     distance = ndimage.distance_transform_edt(region)
     deep = np.argwhere(distance >= 0.7 * distance.max())
     cy, cx = deep[rng.integers(len(deep))]
-    radius = float(np.clip(distance[cy, cx] * 0.95, 5.0, 0.12 * min(region.shape)))
+    # at least ~5% of the short side, so lesions in thin regions (retrocardiac, apices) stay visible; the region
+    # boundary then clips the blob
+    radius = float(np.clip(distance[cy, cx] * 0.95, 0.05 * min(region.shape), 0.12 * min(region.shape)))
     yy = np.arange(region.shape[0], dtype=np.float32)[:, None]
     xx = np.arange(region.shape[1], dtype=np.float32)[None, :]
     blob = np.zeros(region.shape, np.float32)

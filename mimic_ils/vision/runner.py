@@ -129,15 +129,20 @@ def real_preset(weights_dir: str | Path | None, **kwargs: object) -> VisionConfi
 
 
 def create_backends(config: VisionConfig, root: str | Path) -> dict[str, object]:
-    """Instantiate the configured backend of each step (phantom ones get ``cohort_root=root`` unless set)."""
+    """Instantiate the configured backend of each step.
+
+    Phantom backends get ``cohort_root=root`` unless set; every backend whose factory takes ``device`` or
+    ``batch_size`` gets the config's value unless its options set one.
+    """
     backends = {}
     for step, spec in config.steps.items():
         options = dict(spec.options)
         if spec.name == "phantom":
             options.setdefault("cohort_root", str(root))
         factory = base._REGISTRY.get((step, spec.name)) if base.available(step) else None
-        if factory is not None and _accepts(factory, "device"):
-            options.setdefault("device", config.device)
+        for keyword, value in (("device", config.device), ("batch_size", config.batch_size)):
+            if factory is not None and _accepts(factory, keyword):
+                options.setdefault(keyword, value)
         backends[step] = base.create(step, spec.name, **options)
     return backends
 

@@ -13,7 +13,8 @@ from rosalia_hf.processing_rosalia import SEG_TOKEN
 
 
 def run_predict(model, processor, images: Sequence, instructions: Sequence[str], *, segment_only: bool = False,
-                max_new_tokens: int = 32, dtype: torch.dtype | None = None) -> list[dict]:
+                max_new_tokens: int = 32, dtype: torch.dtype | None = None,
+                generate_kwargs: dict | None = None) -> list[dict]:
     """See ``RosaliaForSegmentation.predict``; one result dict per instruction, in order."""
     if len(images) != len(instructions):
         raise ValueError(f"{len(instructions)} instructions for {len(images)} images")
@@ -27,20 +28,21 @@ def run_predict(model, processor, images: Sequence, instructions: Sequence[str],
         texts = [SEG_TOKEN] * len(instructions)
     else:
         prompt = processor(images, instructions, padding_side="left")
-        batch, texts = _generate(model, processor, prompt.to(device), max_new_tokens)
+        batch, texts = _generate(model, processor, prompt.to(device), max_new_tokens, generate_kwargs or {})
     batch = batch.to(device)
     out = model(**batch)
     return _collect(processor, batch, out, texts)
 
 
-def _generate(model, processor, prompt, max_new_tokens: int):
+def _generate(model, processor, prompt, max_new_tokens: int, generate_kwargs: dict):
     """Greedy generation with LLaVA; returns the prompt+answer batch to re-encode, and the answer texts."""
     rows = prompt["image_index"]
     pixel = prompt["pixel_values"][rows].to(next(model.parameters()).dtype)
     tok = processor.tokenizer
+    options = {"do_sample": False, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+               **generate_kwargs}
     generated = model.llava.generate(input_ids=prompt["input_ids"], attention_mask=prompt["attention_mask"],
-                                     pixel_values=pixel, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                     pixel_values=pixel, max_new_tokens=max_new_tokens, **options)
     new = generated[:, prompt["input_ids"].shape[1]:]
     keep = _until_eos(new, tok.eos_token_id)
     texts = [tok.decode(ids[k].tolist(), skip_special_tokens=True).strip() for ids, k in zip(new, keep, strict=True)]

@@ -309,19 +309,21 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
     # --- inference ---
     @torch.no_grad()
     def predict(self, images, instructions: Sequence[str], *, processor, segment_only: bool = False,
-                max_new_tokens: int = 32, dtype: torch.dtype | None = None) -> list[dict]:
+                max_new_tokens: int = 32, dtype: torch.dtype | None = None,
+                generate_kwargs: dict | None = None) -> list[dict]:
         """Segments ``images[i]`` according to ``instructions[i]``.
 
         ``images``: ``HxW`` or ``HxWx3`` uint8 arrays (or PIL images), one per instruction. Returns, per
         instruction, ``{"mask": HxW bool (original frame), "text": str, "empty": bool}``; ``empty`` means no pixel
         of the mask is positive (the paper's N-Acc criterion). The mask comes from the first ``[SEG]``; an answer
         without ``[SEG]`` gives an all-False mask. ``segment_only`` teacher-forces ``"[SEG]"`` as the answer and
-        skips text generation.
+        skips text generation. ``dtype`` casts the model in place first (e.g. ``torch.bfloat16``);
+        ``generate_kwargs`` go to ``generate`` (greedy by default).
         """
         from rosalia_hf.inference import run_predict
 
         return run_predict(self, processor, images, instructions, segment_only=segment_only,
-                           max_new_tokens=max_new_tokens, dtype=dtype)
+                           max_new_tokens=max_new_tokens, dtype=dtype, generate_kwargs=generate_kwargs)
 
 
 def _targets_per_seg(masks, rows: torch.Tensor, seg_image_index: torch.Tensor, sizes) -> list[torch.Tensor]:

@@ -95,7 +95,8 @@ DEVICE_TERMS = (
 
 # Cues (regular-expression fragments, matched on whole words in a lower-cased clause).
 PSEUDO_NEGATIONS = (
-    r"no (?:significant |interval |definite |appreciable |substantial |major )?(?:change|changes|increase|worsening)",
+    r"no (?:(?:significant|interval|definite|appreciable|substantial|major|other) )*(?:change|changes|increase|"
+    r"worsening)",
     r"not (?:significantly |substantially )?(?:changed|increased|worsened)",
     r"without (?:significant |interval )?(?:change|worsening)", r"not only", r"no further",
     r"cannot be (?:entirely |completely |fully )?(?:excluded|ruled out)", r"can ?not (?:exclude|rule out)",

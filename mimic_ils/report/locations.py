@@ -29,13 +29,15 @@ right / left mid(dle) lung (zone), midlung           right / left mid zone lung
 right / left lower lung (zone), lung base, base      right / left lung base
 basilar, basal, costophrenic angle                   right / left lung base (side given, else both)
 bibasilar, bibasal, lower lungs, bases, lung bases   right lung base, left lung base
-apex, apical, apical zone                            right / left apical zone lung (side given, else both)
+right / left apex, lung apex, apical zone           right / left apical zone lung (no side: nothing)
+apical                                               right / left apical zone lung (side given, else both)
 biapical, apices                                     right apical zone lung, left apical zone lung
 perihilar                                            right / left mid zone lung (side given, else both)
 infrahilar / suprahilar                              lung base / upper zone lung of the side (else both)
 retrocardiac                                         left lung base
-right / left lung, hemithorax, right-sided, "on the right"  right lung / left lung
-bilateral, bilaterally, both lungs, lungs            right lung, left lung
+right / left lung, right / left hemithorax          right lung / left lung
+right, left, right-sided, "on the left"              right lung / left lung (a side alone is the whole lung)
+bilateral, bilaterally, both lungs, "in the lungs"   right lung, left lung ("the lungs are ..." is no place)
 "lower lobes bilaterally", "base on the right"       a side-only phrase gives its side to a side-less place
 a singular place with no side ("the lower lobe")     nothing (the side is unknown)
 no location phrase                                   nothing
@@ -137,9 +139,15 @@ def _split_levels(text: str | None) -> list[str]:
     return re.findall(_LEVEL, text) if text else []
 
 
-def _anchor_span(match: re.Match) -> LocationSpan:
+_PLACE_PREPOSITION = re.compile(r"(?:in|within|throughout|through|of|involving|at|across|over)\s+(?:the\s+)?$")
+
+
+def _anchor_span(match: re.Match) -> LocationSpan | None:
     anchor = " ".join(match.group("anchor").split())
     sides, levels = _parse_sides(match.group("sides")), _split_levels(match.group("levels"))
+    if anchor in ("lung", "lungs") and not sides and not levels and not _PLACE_PREPOSITION.search(
+            match.string[max(0, match.start() - 20): match.start()]):
+        return None  # "the lungs are clear": a subject, not the place of a finding
     plural = bool(re.search(r"(?:lobes|lungs|zones|fields|bases|apices|angles|hemithoraces)$", anchor))
     default = BOTH if plural else ()
     if anchor == "lingula":
@@ -171,7 +179,9 @@ def find_location_spans(text: str) -> list[LocationSpan]:
     spans = []
     for match in LOCATION_PATTERN.finditer(text):
         if match.group("anchor"):
-            spans.append(_anchor_span(match))
+            span = _anchor_span(match)
+            if span is not None:
+                spans.append(span)
         elif match.group("adjective"):
             spans.append(_adjective_span(match))
         else:
@@ -203,7 +213,7 @@ def coarse_category(phrase: str | None) -> str | None:
         return None
     text = " ".join(phrase.lower().split())
     spans = find_location_spans(text)
-    if any(not span.side_only for span in spans):
+    if any(not span.side_only and labels_for_spans([span]) for span in spans):
         return "lung"
     for name, regex in _COARSE_REGEXES:
         if regex.search(text):

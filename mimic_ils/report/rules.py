@@ -184,24 +184,38 @@ def _segments(text: str, clause: tuple[int, int], location_spans: list[LocationS
 def _assign_locations(text: str, clause: tuple[int, int], mentions: list[Mention], spans: list[LocationSpan],
                       non_lung: list[tuple[int, int]]) -> None:
     pending: list[Mention] = []
+    previous: list[Mention] = []
     orphan: tuple[list[LocationSpan], list[tuple[int, int]]] = ([], [])
     for seg_start, seg_end in _segments(text, clause, spans):
         inside = [m for m in mentions if seg_start <= m.start < seg_end and not m.folded]
         own = [span for span in spans if seg_start <= span.start < seg_end]
         other = [part for part in non_lung if seg_start <= part[0] < seg_end]
         if not inside:
-            pending, orphan = [], (own, other) if own or other else orphan
+            if previous and own and all(m.spans for m in previous):  # "... right upper lobe and lingula"
+                for mention in previous:
+                    _add_places(mention, own, other)
+            else:
+                orphan = (own, other) if own or other else orphan
+            pending, previous = [], []
             continue
         if not own and not other:
             own, other = orphan
         orphan = ([], [])
         if not own and not other:
             pending.extend(inside)
+            previous = inside
             continue
-        for mention in pending + inside:
-            mention.spans = own
-            mention.phrase_parts = sorted([(span.start, span.end) for span in own] + other)
-        pending = []
+        # a place written after the finding is shared by the findings listed before it ("effusion and atelectasis
+        # at the left base"); a place written before it ("possible left lower lobe pneumonia") is its own
+        after = min(m.start for m in inside) < min([s.start for s in own] + [p[0] for p in other])
+        for mention in (pending if after else []) + inside:
+            _add_places(mention, own, other)
+        pending, previous = [], inside
+
+
+def _add_places(mention: Mention, own: list[LocationSpan], other: list[tuple[int, int]]) -> None:
+    mention.spans = mention.spans + own
+    mention.phrase_parts = sorted(mention.phrase_parts + [(span.start, span.end) for span in own] + other)
 
 
 def _finding(sentence: str, index: int, mention: Mention) -> Finding:

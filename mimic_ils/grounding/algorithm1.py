@@ -116,38 +116,58 @@ class ImageContext:
     field: AnomalyField
     config: GroundingConfig
     _counts: dict[str, int] = field(default_factory=dict)
+    _lung_ious: dict[Box, float] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.image.shape[:2]
 
     def lung_count(self, side: str) -> int:
-        key = f"lung:{side}"
-        if key not in self._counts:
-            self._counts[key] = int(np.count_nonzero(self.lungs[side]))
-        return self._counts[key]
+        if side not in self._counts:
+            self._counts[side] = int(np.count_nonzero(self.lungs[side]))
+        return self._counts[side]
+
+    def lung_iou(self, box: Box, window: Window) -> float:
+        """``max(IoU(B, L_r), IoU(B, L_l))``, measured once per box and image (c4 does not depend on the finding)."""
+        if box not in self._lung_ious:
+            area, best = masks.window_area(window), 0.0
+            for side in SIDES:
+                count = self.lung_count(side)
+                if iou_upper_bound(area, count) > best:
+                    best = max(best, box_mask_iou(window, self.lungs[side], count))
+            self._lung_ious[box] = best
+        return self._lung_ious[box]
 
 
 def anatomy_union(anatomy: dict[str, np.ndarray], labels: Sequence[str]) -> np.ndarray:
     """``M_union``: the union of the anatomy masks of ``labels`` (``HxW bool``)."""
-    union = anatomy[labels[0]].copy()
-    for label in labels[1:]:
-        union |= anatomy[label]
-    return union
+    return masks.union([anatomy[label] for label in labels])
+
+
+def iou_upper_bound(area: int, count: int) -> float:
+    """The largest IoU two sets of ``area`` and ``count`` pixels can have (one inside the other)."""
+    return min(area, count) / max(area, count) if max(area, count) else 0.0
 
 
 def decide_box(
     box: Box, lesion_type: str, m_union: np.ndarray, union_count: int, thresholds: Thresholds, ctx: ImageContext
 ) -> BoxDecision:
-    """Evaluate c1-c4 for one box, cheapest first; c3 (which needs the anomaly map) only if the rest pass."""
+    """Evaluate c1-c4 for one box, cheapest first; c3 (which needs the anomaly map) only if the rest pass.
+
+    An IoU is only measured when its upper bound (from the two areas) can reach the threshold; otherwise the
+    criterion fails and its value stays None.
+    """
     allowed = ctx.config.box_allowed(lesion_type, box.class_name)
     window = box_window(box, ctx.shape)
     if window is None or not allowed:
         return BoxDecision(box=box, class_allowed=allowed)
     c2 = c2_confidence(box, thresholds.tau_conf)
-    anatomy_iou = box_mask_iou(window, m_union, union_count)
-    lung_iou = max(box_mask_iou(window, ctx.lungs[side], ctx.lung_count(side)) for side in SIDES)
-    c1, c4 = anatomy_iou >= thresholds.tau_anatomy, lung_iou >= thresholds.tau_size
+    lung_iou = ctx.lung_iou(box, window)
+    anatomy_iou = None
+    if iou_upper_bound(masks.window_area(window), union_count) >= thresholds.tau_anatomy:
+        anatomy_iou = box_mask_iou(window, m_union, union_count)
+    c1 = anatomy_iou is not None and anatomy_iou >= thresholds.tau_anatomy
+    c4 = lung_iou >= thresholds.tau_size
     signal = None
     if c1 and c2 and c4:
         signal = ctx.field.count_in(thresholds.tau_ano, window) / masks.window_area(window)

@@ -5,10 +5,10 @@
 pseudo-normal lung the editor paints in their place.
 
 :class:`AnomalyField` evaluates ``A`` lazily inside the bounding box of each HybridGNet lung, intersected with
-that lung and cleaned by the Refine opening (Appendix A.5), and labels its connected components once per
-threshold and side. The pseudo-normal editor only changes lungs and heart, and lung-lesion masks are the only
-masks built from ``A``, so ``A`` is never needed elsewhere; working per lung keeps the cost proportional to the
-lungs, not the frame.
+that lung and cleaned by the Refine opening (Appendix A.5), once per threshold and side; connected components
+are labelled only around the boxes that need them. The pseudo-normal editor only changes lungs and heart, and
+lung-lesion masks are the only masks built from ``A``, so ``A`` is never needed elsewhere; working per lung keeps
+the cost proportional to the lungs, not the frame.
 """
 
 from __future__ import annotations
@@ -38,38 +38,73 @@ def anomaly_map(image: np.ndarray, pseudo_normal: np.ndarray, tau_ano: float) ->
     return np.subtract(image, pseudo_normal, dtype=np.int16) >= difference_threshold(tau_ano)
 
 
+_EIGHT = np.ones((3, 3), bool)
+
+
 @dataclass
 class SideAnomaly:
-    """Cleaned ``A`` inside one lung: ``mask`` and ``labels`` (int32, 0 = background) cover ``window``."""
+    """Cleaned ``A`` inside one lung: ``mask`` (bool) covers the full-frame ``window``."""
 
     window: Window
     mask: np.ndarray
-    labels: np.ndarray
-    objects: list[tuple[slice, slice] | None]
+
+    def touching(self, local_box: Window, margin: int = 32) -> tuple[np.ndarray, Window] | None:
+        """The 8-connected components of ``mask`` that intersect ``local_box`` (crop coordinates).
+
+        Components are labelled in a window around the box that doubles until no selected component reaches its
+        edge (or the window is the whole crop), so the result equals labelling the whole crop while the cost
+        follows the lesion's size. Returns ``(patch, crop-local window)`` or None.
+        """
+        shape = self.mask.shape
+        while True:
+            window = masks.grow_window(local_box, margin, shape)
+            labels, count = ndimage.label(self.mask[window], structure=_EIGHT)
+            inner = _local(local_box, window)
+            hit = np.bincount(labels[inner].ravel(), minlength=count + 1)
+            hit[0] = 0
+            if not hit.any():
+                return None
+            selected = (hit > 0)[labels]
+            if not _reaches_open_edge(selected, window, shape):
+                tight = masks.bbox(selected)
+                return selected[tight], _global(tight, window)
+            margin *= 2
+
+
+def _reaches_open_edge(selected: np.ndarray, window: Window, shape: tuple[int, int]) -> bool:
+    """Whether ``selected`` touches an edge of ``window`` that is not also an edge of the crop."""
+    rows, cols = window
+    return bool(
+        (rows.start > 0 and selected[0].any())
+        or (rows.stop < shape[0] and selected[-1].any())
+        or (cols.start > 0 and selected[:, 0].any())
+        or (cols.stop < shape[1] and selected[:, -1].any())
+    )
 
 
 @dataclass
 class AnomalyField:
     """Lazily evaluated, cleaned anomaly map per ``(tau_ano, side)``; sides are ``"right"`` and ``"left"``.
 
-    ``lungs`` maps side to the HybridGNet ``HxW bool`` lung mask; ``noise_radius`` is the Refine opening radius.
+    ``lungs`` maps side to the HybridGNet ``HxW bool`` lung mask; ``noise_radius`` is the Refine opening radius;
+    ``windows`` optionally gives each lung's bounding window when the caller already measured it.
     """
 
     image: np.ndarray
     pseudo_normal: np.ndarray
     lungs: dict[str, np.ndarray]
     noise_radius: int
-    _windows: dict[str, Window | None] = field(default_factory=dict)
+    windows: dict[str, Window | None] = field(default_factory=dict)
     _cache: dict[tuple[int, str], SideAnomaly | None] = field(default_factory=dict)
 
     def window(self, side: str) -> Window | None:
         """Bounding box of the lung of ``side`` (None if that lung mask is empty)."""
-        if side not in self._windows:
-            self._windows[side] = masks.bbox(self.lungs[side])
-        return self._windows[side]
+        if side not in self.windows:
+            self.windows[side] = masks.bbox(self.lungs[side])
+        return self.windows[side]
 
     def side(self, tau_ano: float, side: str) -> SideAnomaly | None:
-        """The cleaned anomaly map and its components inside the lung of ``side``."""
+        """The cleaned anomaly map inside the lung of ``side``."""
         key = (difference_threshold(tau_ano), side)
         if key not in self._cache:
             self._cache[key] = self._compute(key[0], side)
@@ -81,9 +116,7 @@ class AnomalyField:
             return None
         diff = np.subtract(self.image[window], self.pseudo_normal[window], dtype=np.int16)
         raw = (diff >= threshold) & self.lungs[side][window]
-        clean = masks.opening(raw, self.noise_radius)
-        labels, _count = ndimage.label(clean, structure=np.ones((3, 3), bool))
-        return SideAnomaly(window=window, mask=clean, labels=labels, objects=ndimage.find_objects(labels))
+        return SideAnomaly(window=window, mask=masks.opening(raw, self.noise_radius))
 
     def count_in(self, tau_ano: float, box_window: Window) -> int:
         """Number of cleaned-``A`` pixels inside a full-frame window (both lungs)."""
@@ -106,7 +139,7 @@ class AnomalyField:
     def components_touching(self, tau_ano: float, box_window: Window) -> list[tuple[str, np.ndarray, Window]]:
         """Connected components of cleaned ``A`` that intersect ``box_window``.
 
-        Returns, per side with any, ``(side, HxW-window bool patch, full-frame window of the patch)``.
+        Returns, per side with any, ``(side, hxw bool patch, full-frame window of the patch)``.
         """
         found = []
         for side in ("right", "left"):
@@ -114,15 +147,10 @@ class AnomalyField:
             if part is None:
                 continue
             anomaly, local = part
-            ids = np.unique(anomaly.labels[local])
-            ids = ids[ids > 0]
-            if ids.size == 0:
-                continue
-            patch_window = None
-            for label in ids:
-                patch_window = masks.union_window(patch_window, anomaly.objects[label - 1])
-            patch = np.isin(anomaly.labels[patch_window], ids)
-            found.append((side, patch, _global(patch_window, anomaly.window)))
+            touching = anomaly.touching(local)
+            if touching is not None:
+                patch, patch_window = touching
+                found.append((side, patch, _global(patch_window, anomaly.window)))
         return found
 
 

@@ -105,3 +105,31 @@ def opening(mask: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return mask.copy()
     return dilate(erode(mask, radius), radius)
+
+
+def _words(mask: np.ndarray) -> np.ndarray | None:
+    """A contiguous ``bool`` mask seen as uint64 words (8 pixels each), or None when its layout does not allow it."""
+    if mask.dtype != bool or not mask.flags.c_contiguous or mask.size % 8:
+        return None
+    return mask.reshape(-1).view(np.uint64)
+
+
+def overlaps(first: np.ndarray, second: np.ndarray) -> bool:
+    """Whether two same-shape ``HxW bool`` masks share a pixel (word-wise when the layout allows)."""
+    a, b = _words(first), _words(second)
+    if a is None or b is None:
+        return bool(np.logical_and(first, second).any())
+    return bool(np.bitwise_and(a, b).any())
+
+
+def union(masks: list[np.ndarray]) -> np.ndarray:
+    """Pixel-wise OR of one or more same-shape ``HxW bool`` masks (a new array)."""
+    out = masks[0].copy()
+    words = _words(out)
+    for mask in masks[1:]:
+        other = _words(mask)
+        if words is None or other is None:
+            np.logical_or(out, mask, out=out)
+        else:
+            np.bitwise_or(words, other, out=words)
+    return out

@@ -52,24 +52,28 @@ def ground_image(
 ) -> ImageGrounding:
     """Ground a structured report on one image and turn the result into instruction-answer pairs."""
     config = config or GroundingConfig()
-    reason = qc.view_reason(view) or cues_problem(cues) or qc.discrepancy_reason(cues, config.qc)
+    reason = qc.view_reason(view) or cues_problem(cues)
+    hybrid = None if reason else qc.Outline.of(cues.lung_right, cues.lung_left, cues.heart)
+    reason = reason or qc.discrepancy_reason(cues, config.qc, hybrid)
     if reason is not None:
         return ImageGrounding(exclusions=[(f"image {dicom_id}", reason)], excluded=reason)
     findings = canonical_findings(report.findings)
+    lungs = {"right": cues.lung_right, "left": cues.lung_left}
     ctx = ImageContext(
         image=cues.image,
-        lungs={"right": cues.lung_right, "left": cues.lung_left},
+        lungs=lungs,
         anatomy=cues.anatomy,
         boxes=sorted(cues.boxes, key=_box_key),
         field=AnomalyField(
             cues.image,
             cues.pseudo_normal,
-            {"right": cues.lung_right, "left": cues.lung_left},
+            lungs,
             noise_radius=config.refine.noise_radius,
+            windows={"right": hybrid.right, "left": hybrid.left},
         ),
         config=config,
     )
-    result = ImageGrounding(ctr=qc.cardiothoracic_ratio(cues.lung_right, cues.lung_left, cues.heart))
+    result = ImageGrounding(ctr=hybrid.ctr)
     masks = _ground_findings(findings, ctx, cues.heart, dicom_id, result)
     result.empty_locations = verify.empty_locations(findings, cues.anatomy)
     plan = generate_pairs(
@@ -193,8 +197,8 @@ def _rejection_summary(decisions: Sequence[BoxDecision]) -> str:
         return "no lesion box on the image"
     failed = {
         "class": sum(not d.class_allowed for d in decisions),
-        "c1": sum(d.anatomy_iou is not None and not d.c1 for d in decisions),
-        "c2": sum(d.anatomy_iou is not None and not d.c2 for d in decisions),
+        "c1": sum(d.lung_iou is not None and not d.c1 for d in decisions),
+        "c2": sum(d.lung_iou is not None and not d.c2 for d in decisions),
         "c3": sum(d.signal is not None and not d.c3 for d in decisions),
         "c4": sum(d.lung_iou is not None and not d.c4 for d in decisions),
     }

@@ -25,6 +25,7 @@ import numpy as np
 
 from mimic_ils.grounding import masks
 from mimic_ils.grounding.config import QcConfig
+from mimic_ils.grounding.masks import Window
 from mimic_ils.schema import FRONTAL_VIEWS, HEART_LABEL, VisionCues
 
 
@@ -37,14 +38,39 @@ class Extents:
     heart_y: int | None
 
 
+@dataclass(frozen=True)
+class Outline:
+    """Bounding windows (``(rows, cols)`` slices) of the right lung, left lung and heart; None for empty masks."""
+
+    right: Window | None
+    left: Window | None
+    heart: Window | None
+
+    @classmethod
+    def of(cls, lung_right: np.ndarray, lung_left: np.ndarray, heart: np.ndarray) -> Outline:
+        """Measure the three ``HxW bool`` masks."""
+        return cls(masks.bbox(lung_right), masks.bbox(lung_left), masks.bbox(heart))
+
+    @property
+    def extents(self) -> Extents:
+        return Extents(
+            right_lung_x=None if self.right is None else self.right[1].start,
+            left_lung_x=None if self.left is None else self.left[1].stop - 1,
+            heart_y=None if self.heart is None else self.heart[0].stop - 1,
+        )
+
+    @property
+    def ctr(self) -> float | None:
+        """Cardiothoracic ratio; None when a mask is empty or the lungs are swapped."""
+        if self.right is None or self.left is None or self.heart is None:
+            return None
+        thorax = self.left[1].stop - self.right[1].start
+        return (self.heart[1].stop - self.heart[1].start) / thorax if thorax > 0 else None
+
+
 def extents(lung_right: np.ndarray, lung_left: np.ndarray, heart: np.ndarray) -> Extents:
     """Measure the three landmarks QC compares (``HxW bool`` masks)."""
-    right, left, heart_box = masks.bbox(lung_right), masks.bbox(lung_left), masks.bbox(heart)
-    return Extents(
-        right_lung_x=None if right is None else right[1].start,
-        left_lung_x=None if left is None else left[1].stop - 1,
-        heart_y=None if heart_box is None else heart_box[0].stop - 1,
-    )
+    return Outline.of(lung_right, lung_left, heart).extents
 
 
 def view_reason(view: str) -> str | None:
@@ -52,13 +78,16 @@ def view_reason(view: str) -> str | None:
     return None if view in FRONTAL_VIEWS else f"view {view!r} is not frontal (PA/AP)"
 
 
-def discrepancy_reason(cues: VisionCues, config: QcConfig) -> str | None:
-    """Why HybridGNet and CXAS disagree too much on this image, or None when they agree."""
+def discrepancy_reason(cues: VisionCues, config: QcConfig, hybrid: Outline | None = None) -> str | None:
+    """Why HybridGNet and CXAS disagree too much on this image, or None when they agree.
+
+    ``hybrid`` is the HybridGNet outline when the caller already measured it.
+    """
     missing = [label for label in ("right lung", "left lung", HEART_LABEL) if label not in cues.anatomy]
     if missing:
         return f"anatomy masks missing for QC: {', '.join(missing)}"
     height, width = cues.shape
-    hybrid = extents(cues.lung_right, cues.lung_left, cues.heart)
+    hybrid = (hybrid or Outline.of(cues.lung_right, cues.lung_left, cues.heart)).extents
     cxas = extents(cues.anatomy["right lung"], cues.anatomy["left lung"], cues.anatomy[HEART_LABEL])
     checks = (
         ("right lung outermost x", hybrid.right_lung_x, cxas.right_lung_x, config.lung_x_tolerance * width),
@@ -75,13 +104,7 @@ def discrepancy_reason(cues: VisionCues, config: QcConfig) -> str | None:
 
 def cardiothoracic_ratio(lung_right: np.ndarray, lung_left: np.ndarray, heart: np.ndarray) -> float | None:
     """CTR from HybridGNet lungs and heart (``HxW bool``); None when a mask is empty or the lungs are swapped."""
-    right, left, heart_box = masks.bbox(lung_right), masks.bbox(lung_left), masks.bbox(heart)
-    if right is None or left is None or heart_box is None:
-        return None
-    thorax = left[1].stop - right[1].start
-    if thorax <= 0:
-        return None
-    return (heart_box[1].stop - heart_box[1].start) / thorax
+    return Outline.of(lung_right, lung_left, heart).ctr
 
 
 def cardiomegaly_negative_reason(ctr: float | None, config: QcConfig) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mimic_ils.grounding import masks
 from mimic_ils.grounding.masks import Window
 from mimic_ils.schema import LESION_TYPES, LUNG_LABELS, LUNG_REGIONS, Finding
 
@@ -65,15 +66,13 @@ def empty_locations(findings: Iterable[Finding], anatomy: dict[str, np.ndarray])
     occupied, everywhere = occupied_labels(findings)
     if everywhere:
         return ()
-    blocked = None
-    for label in sorted(occupied):
-        if label in anatomy:
-            blocked = anatomy[label].copy() if blocked is None else blocked | anatomy[label]
+    present = [anatomy[label] for label in sorted(occupied) if label in anatomy]
+    blocked = masks.union(present) if present else None
     empty = []
     for region in LUNG_REGIONS:
         region_mask = anatomy.get(region)
         if region in occupied or region_mask is None or not region_mask.any():
             continue
-        if blocked is None or not (region_mask & blocked).any():
+        if blocked is None or not masks.overlaps(region_mask, blocked):
             empty.append(region)
     return tuple(empty)

@@ -1,4 +1,4 @@
-"""Fixtures of the vision tests: a tiny synthetic cohort (``mimic_ils.synth``) and its frontal image records."""
+"""Fixtures of the vision tests: the shared tiny synthetic cohort (``tests/_cohort.py``) and its frontal images."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import gzip
 from pathlib import Path
 
 from mimic_ils.schema import ImageRecord
-from mimic_ils.synth import METADATA_NAME, generate_cohort
+from mimic_ils.synth import METADATA_NAME
 
 
 def frontal_records(root: Path) -> list[ImageRecord]:
@@ -29,7 +29,9 @@ def frontal_records(root: Path) -> list[ImageRecord]:
     return sorted((record for record in records if record.is_frontal), key=lambda record: record.dicom_id)
 
 
-def cohort_with_truth(root: Path, n_studies: int = 4, seed: int = 7) -> list[ImageRecord]:
-    """Generate a synthetic cohort with its phantom sidecar under ``root``; return its frontal image records."""
-    generate_cohort(root, n_studies, seed)
-    return frontal_records(root)
+def cohort_with_truth(tmp_path_factory, n_studies: int = 6, seed: int = 0) -> tuple[Path, list[ImageRecord]]:
+    """The session's shared synthetic cohort (read-only) and its frontal image records."""
+    from _cohort import make_cohort
+
+    root = make_cohort(tmp_path_factory, n_studies=n_studies, seed=seed)
+    return root, frontal_records(root)

@@ -27,8 +27,7 @@ def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("phantom") / "cohort"
-    records = cohort_with_truth(root, n_studies=6)
+    root, records = cohort_with_truth(tmp_path_factory)
     truths = {record.dicom_id: synth.load_image_truth(root, record.dicom_id) for record in records}
     lesion_types = {
         image["dicom_id"]: [lesion["lesion_type"] for lesion in study["lesions"]]

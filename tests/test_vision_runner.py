@@ -18,8 +18,8 @@ from mimic_ils.vision.runner import STATUS_EXISTS, STATUS_WRITTEN, VisionConfig,
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ImageRecord]]:
-    root = tmp_path_factory.mktemp("runner") / "cohort"
-    return root, cohort_with_truth(root, n_studies=3)[:3]
+    root, records = cohort_with_truth(tmp_path_factory)
+    return root, records[:3]
 
 
 @pytest.fixture(scope="module")

@@ -81,14 +81,15 @@ class MimicIls(datasets.GeneratorBasedBuilder):
         if not data_dir or not os.path.isdir(data_dir):
             raise MimicIlsError(f"data_dir {data_dir!r} is not a folder.\n{self.manual_download_instructions}")
         folder = self._built_folder(Path(data_dir).expanduser().resolve())
-        stem = "images" if self.config.name == "images" else "pairs"
-        files = {split: sorted((folder / split).glob(f"{stem}-*.parquet")) for split in SPLITS}
+        relative = "images/metadata.parquet" if self.config.name == "images" else "metadata.parquet"
+        files = {split: folder / split / relative for split in SPLITS}
         return [
-            datasets.SplitGenerator(name=split, gen_kwargs={"files": files[split]}) for split in SPLITS if files[split]
+            datasets.SplitGenerator(name=split, gen_kwargs={"files": [files[split]]})
+            for split in SPLITS if files[split].is_file()
         ]
 
     def _built_folder(self, data_dir: Path) -> Path:
-        if any((data_dir / split).glob("pairs-*.parquet") for split in SPLITS):
+        if any((data_dir / split / "metadata.parquet").is_file() for split in SPLITS):
             return data_dir
         from mimic_ils.build import BuildConfig, build
 

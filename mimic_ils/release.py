@@ -32,7 +32,7 @@ from mimic_ils.build.ledger import summarize_ledger
 from mimic_ils.build.merge import _counts, _swap_in
 from mimic_ils.build.templates import parse_pair
 from mimic_ils.build.workdir import atomic_write_bytes, encode_png, mask_digest
-from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, write_parquet, write_split
+from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
 from mimic_ils.schema import LESION_TYPES, MimicIlsError
 
 RELEASE_JSON = "mimic_ils_instruction_answer.json"
@@ -76,8 +76,6 @@ def find_mask(release: Path, mask_path: str) -> Path | None:
 
 def import_release(release: str | Path, images: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the release as a built folder at ``out`` (same features as ``mimic-ils build``); returns build info."""
-    import pyarrow as pa
-
     release, images, out = Path(release), Path(images), Path(out)
     splits = load_release(release)
     partial = out.parent / f".{out.name}.partial"
@@ -97,7 +95,7 @@ def import_release(release: str | Path, images: str | Path, out: str | Path) -> 
     if not files:
         raise MimicIlsError(f"no pair of {release / RELEASE_JSON} could be imported (see the ledger reasons)")
     ledger.sort(key=lambda row: (row["split"], row["study_id"], row["dicom_id"] or "", row["reason"] or ""))
-    write_parquet(pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), partial / "ledger.parquet")
+    write_parquet(ledger, LEDGER_SCHEMA, partial / "ledger.parquet")
     info = {"code_version": _version(), "source": "mimic-cxr-ext-ils 1.0.0 release", "counts": counts,
             "ledger": summarize_ledger(ledger)}
     atomic_write_bytes(partial / "build_info.json", json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
@@ -170,8 +168,8 @@ def _import_mask(release: Path, folder: Path, mask_path: str) -> str:
     if not mask.any():
         raise MimicIlsError(f"mask {mask_path} is empty for a positive pair")
     name = f"masks/{mask_digest(mask)}.png"
-    if not (folder / name).exists():
-        atomic_write_bytes(folder / name, encode_png(mask))
+    if not (folder / split_relative(name)).exists():
+        atomic_write_bytes(folder / split_relative(name), encode_png(mask))
     return name
 
 

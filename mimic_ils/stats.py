@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mimic_ils.build.ledger import summarize_ledger
+from mimic_ils.build.writer import METADATA
 from mimic_ils.schema import LESION_TYPES, POLARITY, QUESTION_TYPES, SPLITS, MimicIlsError
 
 COLUMNS = tuple((question_type, polarity) for question_type in QUESTION_TYPES for polarity in POLARITY)
@@ -26,11 +27,10 @@ def read_pairs(out: str | Path) -> dict[str, list[dict[str, Any]]]:
     columns = ["lesion", "question_type", "polarity", "dicom_id", "study_id", "mask_file_name"]
     split_rows = {}
     for split in SPLITS:
-        files = sorted((out / split).glob("pairs-*.parquet"))
-        if files:
-            split_rows[split] = [row for path in files for row in pq.read_table(path, columns=columns).to_pylist()]
+        if (out / split / METADATA).is_file():
+            split_rows[split] = pq.read_table(out / split / METADATA, columns=columns).to_pylist()
     if not split_rows:
-        raise MimicIlsError(f"{out} is not a built MIMIC-ILS folder (no <split>/pairs-*.parquet)")
+        raise MimicIlsError(f"{out} is not a built MIMIC-ILS folder (no <split>/{METADATA})")
     return split_rows
 
 

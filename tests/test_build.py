@@ -60,10 +60,10 @@ def test_both_configs_load_with_documented_features_after_moving(fake_build, tmp
 
 def test_images_and_masks_stored_once(fake_build):
     for split in ("train", "validate", "test"):
-        table = pq.read_table(fake_build / split / "pairs-00000.parquet").to_pylist()
-        assert len({r["image_file_name"] for r in table}) == len(list((fake_build / split / "images").iterdir()))
+        table = pq.read_table(fake_build / split / "metadata.parquet").to_pylist()
+        assert len({r["image_file_name"] for r in table}) == len(list((fake_build / split / "images").glob("*.png")))
         masks = {r["mask_file_name"] for r in table if r["mask_file_name"]}
-        assert len(masks) == len(list((fake_build / split / "masks").iterdir())) < len(table)
+        assert len(masks) == len(list((fake_build / split / "images" / "masks").iterdir())) < len(table)
 
 
 def test_ledger_accounts_for_every_study(fake_build):
@@ -201,7 +201,7 @@ def test_every_pair_obeys_table2_and_appendix_c(phantom_build):
     from mimic_ils.build.templates import appendix_c_problems
 
     rows = []
-    for path in sorted(phantom_build.glob("*/pairs-*.parquet")):
+    for path in sorted(phantom_build.glob("*/metadata.parquet")):
         rows += [{**row, "_folder": path.parent} for row in pq.read_table(path).to_pylist()]
     assert {row["question_type"] for row in rows} >= {"basic", "global"}
     assert appendix_c_problems(rows) == []

@@ -1,9 +1,8 @@
 """The dataset card of a built folder: YAML ``configs:`` (imagefolder with metadata files) + counts + provenance.
 
-Each config lists, per split, its metadata Parquet files and the split's ``images/*`` (the images glob makes
-``datasets`` pick the ``imagefolder`` loader, which turns ``*_file_name`` columns into ``Image`` features resolved
-relative to the metadata file, so the folder is relocatable). ``metadata_filenames`` tells the loader which Parquet
-files are metadata of that config.
+Each config lists, per split, its ``metadata.parquet`` and the split's images (``images/*.png``). ``datasets``
+then picks the ``imagefolder`` loader, which turns the ``*_file_name`` columns into ``Image`` features resolved
+relative to the metadata file, so the folder is relocatable and needs no project code.
 """
 
 from __future__ import annotations
@@ -15,19 +14,18 @@ from typing import Any
 from mimic_ils.schema import SPLITS
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "builders" / "mimic_ils" / "README.md"
-CONFIGS = ("pairs", "images")
+CONFIGS = {"pairs": "{split}/metadata.parquet", "images": "{split}/images/metadata.parquet"}
 
 
-def configs_yaml(files: dict[str, dict[str, list[str]]]) -> list[dict[str, Any]]:
-    """``configs:`` entries from ``{split: {"pairs": [names], "images": [names]}}`` (splits without rows absent)."""
+def configs_yaml(image_suffixes: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """``configs:`` entries from ``{split: [image suffixes]}`` (splits without rows are absent)."""
     entries = []
-    for config in CONFIGS:
-        names = sorted({name for split in files for name in files[split][config]})
+    for config, metadata in CONFIGS.items():
         data_files = [
-            {"split": split, "path": [f"{split}/{name}" for name in files[split][config]] + [f"{split}/images/*"]}
-            for split in SPLITS if split in files
+            {"split": split, "path": [metadata.format(split=split)] + [f"{split}/images/*{ext}" for ext in exts]}
+            for split in SPLITS if split in image_suffixes for exts in [image_suffixes[split]]
         ]
-        entry = {"config_name": config, "data_files": data_files, "metadata_filenames": names, "drop_labels": True}
+        entry = {"config_name": config, "data_files": data_files, "drop_labels": True}
         if config == "pairs":
             entry["default"] = True
         entries.append(entry)
@@ -45,9 +43,7 @@ def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def render_card(
-    files: dict[str, dict[str, list[str]]], counts: dict[str, dict[str, int]], info: dict[str, Any]
-) -> str:
+def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], info: dict[str, Any]) -> str:
     """The README.md text of a built folder."""
     from huggingface_hub import DatasetCard, DatasetCardData
 

@@ -12,7 +12,7 @@ from mimic_ils.build.card import render_card
 from mimic_ils.build.ledger import ledger_rows, summarize_ledger
 from mimic_ils.build.pipeline import load_study_result
 from mimic_ils.build.workdir import WorkDir, atomic_write_bytes
-from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, write_parquet, write_split
+from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
 from mimic_ils.schema import SPLITS, MimicIlsError, Study
 
 
@@ -32,8 +32,6 @@ def collect_results(work: WorkDir, studies: Sequence[Study]) -> list[dict[str, A
 
 def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[str, Any]) -> dict[str, Any]:
     """Write the dataset folder ``out`` from the work folder; returns the counts per split."""
-    import pyarrow as pa
-
     out = Path(out)
     results = collect_results(work, studies)
     partial = out.parent / f".{out.name}.partial"
@@ -50,7 +48,7 @@ def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[s
     if not files:
         raise MimicIlsError(f"no instruction-answer pair in any of the {len(results)} studies; nothing to write")
     ledger = ledger_rows(results)
-    write_parquet(pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), partial / "ledger.parquet")
+    write_parquet(ledger, LEDGER_SCHEMA, partial / "ledger.parquet")
     info = {**info, "counts": counts, "ledger": summarize_ledger(ledger)}
     atomic_write_bytes(partial / "build_info.json", json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
     atomic_write_bytes(partial / "README.md", render_card(files, counts, info).encode("utf-8"))
@@ -65,7 +63,7 @@ def _split_rows(results: Sequence[dict[str, Any]], split: str) -> list[dict[str,
 def _place_split_files(work: WorkDir, folder: Path, rows: Sequence[dict[str, Any]]) -> None:
     names = {row["image_file_name"] for row in rows} | {row["mask_file_name"] for row in rows if row["mask_file_name"]}
     for name in sorted(names):
-        place_file(work.root / name, folder / name)
+        place_file(work.root / name, folder / split_relative(name))
 
 
 def _counts(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -> dict[str, int]:

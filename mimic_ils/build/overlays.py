@@ -11,15 +11,10 @@ import numpy as np
 
 def read_pair_rows(out_folder: str | Path, split: str | None = None) -> list[dict[str, Any]]:
     """The pairs rows of a built folder (plain dicts, file names relative to the split folder), sorted by id."""
-    import pyarrow.parquet as pq
+    from mimic_ils.build.writer import read_metadata
 
-    out_folder = Path(out_folder)
-    rows = []
-    for path in sorted(out_folder.glob(f"{split or '*'}/pairs-*.parquet")):
-        for row in pq.read_table(path).to_pylist():
-            row["_folder"] = str(path.parent)
-            rows.append(row)
-    return rows
+    tables = read_metadata(out_folder, "pairs", split)
+    return [{**row, "_folder": str(folder)} for folder, rows in tables for row in rows]
 
 
 def pick_pairs(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:

@@ -105,7 +105,8 @@ def _row_problems(row: dict) -> list[str]:
         problems.append(f"lesion {row['lesion']!r} is not one of the seven types")
     if row["lesion"] == "cardiomegaly" and row["question_type"] != "global":
         problems.append("cardiomegaly pairs are global only")
-    if row["question_type"] == "lesion_inference" and row["lesion"] not in INFERENCE_LESIONS:
+    allowed = INFERENCE_LESIONS if row["polarity"] == "positive" else (*INFERENCE_LESIONS, "opacity")
+    if row["question_type"] == "lesion_inference" and row["lesion"] not in allowed:
         problems.append(f"lesion inference about {row['lesion']!r}")
     if parsed.lesion and row["question_type"] == "lesion_inference" and parsed.lesion != row["lesion"]:
         problems.append(f"answer infers {parsed.lesion!r} but lesion is {row['lesion']!r}")

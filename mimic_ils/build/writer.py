@@ -3,13 +3,17 @@
 The output folder is an ``imagefolder``-style dataset with metadata files (see ``card.py`` for the YAML)::
 
     out/
-      README.md                         dataset card; YAML ``configs:`` selects the files of each config and split
-      <split>/pairs-00000.parquet       pairs rows; ``image_file_name`` / ``mask_file_name`` relative to <split>/
-      <split>/images-00000.parquet      one row per image with its list of pairs
-      <split>/images/<dicom_id>.png     one 8-bit PNG per image (original frame), shared by all its pairs
-      <split>/masks/<digest>.png        one PNG (0/255) per unique mask
-      ledger.parquet                    every study, image and dropped finding with its fate and reason
-      build_info.json                   config, provenance, counts, code version
+      README.md                               dataset card; YAML ``configs:`` picks each config's files per split
+      <split>/metadata.parquet                ``pairs`` rows; file names relative to <split>/
+      <split>/images/metadata.parquet         ``images`` rows (one per image, its pairs as a list); relative to images/
+      <split>/images/<dicom_id>.png           one 8-bit PNG per image (original frame), shared by all its pairs
+      <split>/images/masks/<digest>.png       one PNG (0/255) per unique mask
+      ledger.parquet                          every study, image and dropped finding with its fate and reason
+      build_info.json                         config, provenance, counts, code version
+
+``imagefolder`` resolves ``*_file_name`` relative to the metadata file and refuses ``..``, and recognises metadata
+files by the name ``metadata.parquet`` (which also makes ``datasets`` pick ``imagefolder`` over ``parquet`` however
+few images a split has); hence one metadata file per config and split, the ``images`` one beside the images.
 
 Bytes never depend on the shard or process count: rows are sorted by stable keys, files are cut at fixed row
 counts, Parquet has fixed row-group sizes and no timestamps, PNGs are encoded with fixed settings.
@@ -26,9 +30,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-PAIRS_PER_FILE = 200_000
-IMAGES_PER_FILE = 40_000
 ROW_GROUP_SIZE = 1_000
+METADATA = "metadata.parquet"
 
 _TEXT = [
     ("instruction", pa.string()), ("answer", pa.string()), ("target", pa.string()), ("lesion", pa.string()),
@@ -50,25 +53,23 @@ LEDGER_SCHEMA = pa.schema(
 )
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Parquet with fixed settings (zstd, fixed row groups, statistics, no pandas metadata, no timestamps)."""
+def write_parquet(rows: Sequence[dict[str, Any]], schema: pa.Schema, path: Path) -> None:
+    """Parquet with fixed settings: zstd, row groups of ROW_GROUP_SIZE rows written one by one (bounded memory),
+    statistics, no pandas metadata, no timestamps."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        table, path, row_group_size=ROW_GROUP_SIZE, compression="zstd", compression_level=3, use_dictionary=True,
-        write_statistics=True, version="2.6", data_page_version="1.0",
-    )
+    with pq.ParquetWriter(
+        path, schema, compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True,
+        version="2.6", data_page_version="1.0",
+    ) as writer:
+        for start in range(0, len(rows), ROW_GROUP_SIZE):
+            writer.write_table(pa.Table.from_pylist(list(rows[start:start + ROW_GROUP_SIZE]), schema=schema))
+        if not rows:
+            writer.write_table(schema.empty_table())
 
 
-def write_sharded(
-    rows: Sequence[dict[str, Any]], schema: pa.Schema, folder: Path, stem: str, per_file: int
-) -> list[str]:
-    """Write ``rows`` as ``<stem>-00000.parquet``... (``per_file`` rows each); returns the file names."""
-    names = []
-    for number, start in enumerate(range(0, max(len(rows), 1), per_file)):
-        name = f"{stem}-{number:05d}.parquet"
-        write_parquet(pa.Table.from_pylist(list(rows[start:start + per_file]), schema=schema), folder / name)
-        names.append(name)
-    return names
+def split_relative(name: str) -> str:
+    """Where a work-folder file (``images/<id>.png``, ``masks/<digest>.png``) lives under the split folder."""
+    return f"images/{name}" if name.startswith("masks/") else name
 
 
 def pair_sort_key(row: dict[str, Any]) -> tuple[str, str, str]:
@@ -76,14 +77,20 @@ def pair_sort_key(row: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def image_rows(pair_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Group sorted pair rows into one row per image (same order), pairs without the image-level columns."""
+    """Group sorted pairs-config rows into one row per image (same order), file names relative to ``images/``."""
     out: list[dict[str, Any]] = []
     for row in pair_rows:
         if not out or out[-1]["dicom_id"] != row["dicom_id"]:
-            out.append({"dicom_id": row["dicom_id"], "image_file_name": row["image_file_name"],
+            out.append({"dicom_id": row["dicom_id"], "image_file_name": _under_images(row["image_file_name"]),
                         "study_id": row["study_id"], "split": row["split"], "pairs": []})
-        out[-1]["pairs"].append({name: row[name] for name in PAIR_STRUCT.names})
+        pair = {name: row[name] for name in PAIR_STRUCT.names}
+        pair["mask_file_name"] = pair["mask_file_name"] and _under_images(pair["mask_file_name"])
+        out[-1]["pairs"].append(pair)
     return out
+
+
+def _under_images(name: str) -> str:
+    return name[len("images/"):]
 
 
 def place_file(source: Path, destination: Path) -> None:
@@ -97,10 +104,20 @@ def place_file(source: Path, destination: Path) -> None:
         shutil.copyfile(source, destination)
 
 
-def write_split(folder: Path, pair_rows: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
-    """Write the two configs' metadata files of one split; returns ``{"pairs": [...], "images": [...]}`` names."""
-    rows = sorted(pair_rows, key=pair_sort_key)
-    return {
-        "pairs": write_sharded(rows, PAIRS_SCHEMA, folder, "pairs", PAIRS_PER_FILE),
-        "images": write_sharded(image_rows(rows), IMAGES_SCHEMA, folder, "images", IMAGES_PER_FILE),
-    }
+def write_split(folder: Path, pair_rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Write both configs' metadata of one split (rows carry work-folder file names); returns the image suffixes."""
+    rows = sorted(
+        ({**row, "image_file_name": split_relative(row["image_file_name"]),
+          "mask_file_name": row["mask_file_name"] and split_relative(row["mask_file_name"])} for row in pair_rows),
+        key=pair_sort_key,
+    )
+    write_parquet(rows, PAIRS_SCHEMA, folder / METADATA)
+    write_parquet(image_rows(rows), IMAGES_SCHEMA, folder / "images" / METADATA)
+    return sorted({Path(row["image_file_name"]).suffix for row in rows})
+
+
+def read_metadata(out: str | Path, config: str = "pairs", split: str | None = None) -> list[tuple[Path, list[dict]]]:
+    """``(folder, rows)`` per split of a built folder, file names relative to ``folder``; no image decoding."""
+    out = Path(out)
+    pattern = f"{split or '*'}/{METADATA}" if config == "pairs" else f"{split or '*'}/images/{METADATA}"
+    return [(path.parent, pq.read_table(path).to_pylist()) for path in sorted(out.glob(pattern))]

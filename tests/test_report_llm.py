@@ -1,0 +1,330 @@
+"""The llm report backend for real: over HTTP against a fake OpenAI-compatible server on 127.0.0.1, and through the
+transformers transport with a tiny randomly initialised causal LM."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from mimic_ils import cli
+from mimic_ils.report import get_backend, structure_report
+from mimic_ils.report.llm import (
+    LOCATION_STEP1_PROMPT,
+    LOCATION_STEP2_PROMPT,
+    STRUCTURING_PROMPT,
+    LlmBackend,
+    TransformersTransport,
+    chat_completions_url,
+    is_loopback_url,
+    parse_categories,
+    parse_structuring,
+)
+from mimic_ils.report.locations import COARSE_CATEGORIES
+from mimic_ils.schema import LESION_TYPES, LUNG_LABELS, BackendError, ReportError
+
+REPORT = (
+    "                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n INDICATION:  ___F with"
+    " cough.\n \n FINDINGS: \n \n Right lower lobe opacity likely reflects pneumonia.  No pleural\n effusion.  The"
+    " heart is enlarged.\n \n IMPRESSION: \n \n Pneumonia.\n"
+)
+SENTENCES = ("1. Right lower lobe opacity likely reflects pneumonia.\n2. No pleural effusion.\n"
+             "3. The heart is enlarged.")
+STRUCTURED = [
+    {"entity": "opacity", "sentence_index": 1, "presence": "positive", "certainty": "tentative",
+     "location": "right lower lobe", "predicted_lesion_type": "pneumonia"},
+    {"entity": "pleural effusion", "sentence_index": 2, "presence": "negative", "certainty": "definitive",
+     "location": None, "predicted_lesion_type": None},
+    {"entity": "cardiomegaly", "sentence_index": 3, "presence": "positive", "certainty": "definitive",
+     "location": "heart", "predicted_lesion_type": None},
+]
+STEP1 = {"right lower lobe": ["lung"], "heart": ["heart"]}
+STEP2 = {"right lower lobe": ["lung lower lobe right"]}
+
+
+def good_answer(body: dict) -> str:
+    system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+    if system == STRUCTURING_PROMPT:
+        return "```json\n" + json.dumps(STRUCTURED) + "\n```"
+    if system == LOCATION_STEP1_PROMPT:
+        return json.dumps(STEP1[user])
+    return "Answer: " + json.dumps(STEP2[user])
+
+
+class FakeChatServer:
+    """A tiny OpenAI-compatible ``/v1/chat/completions`` server in a thread; records every request body."""
+
+    def __init__(self, answer=good_answer) -> None:
+        self.answer, self.requests = answer, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server API)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, **body})
+                reply = server.answer(body)
+                status, text = reply if isinstance(reply, tuple) else (200, reply)
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+    def systems(self) -> list[str]:
+        return [request["messages"][0]["content"] for request in self.requests]
+
+
+@pytest.fixture
+def server():
+    fake = FakeChatServer()
+    yield fake
+    fake.close()
+
+
+def test_prompts_parsing_and_two_step_mapping(server, tmp_path):
+    backend = get_backend("llm", url=server.url, model_name="mistral-small", cache_dir=tmp_path / "cache")
+    report = structure_report(REPORT, backend=backend)
+    assert report.section.name == "findings"
+    assert [(f.entity, f.presence, f.certainty, f.location, f.predicted_lesion_type, f.lesion_type, f.locations)
+            for f in report.findings] == [
+        ("opacity", "positive", "tentative", "right lower lobe", "pneumonia", "pneumonia", ("lung lower lobe right",)),
+        ("pleural effusion", "negative", "definitive", None, None, "effusion", ()),
+        ("cardiomegaly", "positive", "definitive", "heart", None, "cardiomegaly", ()),
+    ]
+    first = server.requests[0]
+    assert first["path"] == "/v1/chat/completions" and first["model"] == "mistral-small"
+    assert first["temperature"] == 0
+    assert first["messages"] == [{"role": "system", "content": STRUCTURING_PROMPT},
+                                 {"role": "user", "content": SENTENCES}]
+    # step 1 for both phrases; step 2 only for the one placed in the lung
+    assert server.systems() == [STRUCTURING_PROMPT, LOCATION_STEP1_PROMPT, LOCATION_STEP2_PROMPT,
+                                LOCATION_STEP1_PROMPT]
+    assert [request["messages"][1]["content"] for request in server.requests[1:]] == [
+        "right lower lobe", "right lower lobe", "heart"]
+
+
+def test_prompt_texts_name_the_schema_and_categories():
+    for key in ("entity", "sentence_index", "presence", "certainty", "location", "predicted_lesion_type"):
+        assert f'"{key}"' in STRUCTURING_PROMPT
+    assert all(name in STRUCTURING_PROMPT for name in LESION_TYPES)
+    assert len(COARSE_CATEGORIES) == 16 and all(f"- {name}\n" in LOCATION_STEP1_PROMPT for name in COARSE_CATEGORIES)
+    assert all(f"- {name}\n" in LOCATION_STEP2_PROMPT for name in LUNG_LABELS)
+
+
+def test_retry_with_the_parse_error(tmp_path):
+    answers = iter(["I think there is an opacity.", json.dumps(STRUCTURED[1:2])])
+
+    def answer(body):
+        return next(answers) if body["messages"][0]["content"] == STRUCTURING_PROMPT else good_answer(body)
+
+    fake = FakeChatServer(answer)
+    try:
+        backend = LlmBackend(url=fake.url, cache_dir=tmp_path)
+        report = structure_report(REPORT, backend=backend)
+    finally:
+        fake.close()
+    assert [f.entity for f in report.findings] == ["pleural effusion"]
+    retry = fake.requests[1]["messages"]
+    assert retry[2] == {"role": "assistant", "content": "I think there is an opacity."}
+    assert retry[3]["role"] == "user" and "could not be parsed: no JSON array or object" in retry[3]["content"]
+    assert backend.calls == 2
+
+
+@pytest.mark.parametrize("bad", [
+    "no json here",
+    json.dumps([{"entity": "opacity", "sentence_index": 9, "presence": "positive", "certainty": "definitive"}]),
+    json.dumps([{"entity": "opacity", "sentence_index": 1, "presence": "maybe", "certainty": "definitive"}]),
+])
+def test_garbage_twice_is_recorded_unparseable_not_guessed(tmp_path, bad):
+    fake = FakeChatServer(lambda body: bad)
+    try:
+        backend = LlmBackend(url=fake.url, cache_dir=tmp_path / "cache")
+        with pytest.raises(ReportError, match="LLM answer unparseable after one retry"):
+            structure_report(REPORT, backend=backend)
+    finally:
+        fake.close()
+    assert len(fake.requests) == 2
+    assert not list((tmp_path / "cache").glob("*.json")) if (tmp_path / "cache").exists() else True
+
+
+def test_cache_hit_costs_no_call(server, tmp_path):
+    first = LlmBackend(url=server.url, cache_dir=tmp_path)
+    expected = structure_report(REPORT, backend=first)
+    sent = len(server.requests)
+    assert sent == 4 and len(list(tmp_path.glob("*.json"))) == 4
+    again = LlmBackend(url=server.url, cache_dir=tmp_path)
+    assert structure_report(REPORT, backend=again) == expected
+    assert len(server.requests) == sent and again.calls == 0
+    other_model = LlmBackend(url=server.url, model_name="medgemma", cache_dir=tmp_path)
+    structure_report(REPORT, backend=other_model)
+    assert other_model.calls == 4  # the key includes the model
+
+
+@pytest.mark.parametrize("url", ["http://192.168.1.20:8000", "https://api.example.org/v1", "http://10.0.0.1"])
+def test_non_loopback_url_refused_without_opt_in(url):
+    with pytest.raises(BackendError, match="PhysioNet credentialed data use agreement"):
+        LlmBackend(url=url)
+    assert LlmBackend(url=url, allow_remote=True).transport.url.endswith("/chat/completions")
+
+
+@pytest.mark.parametrize(("url", "loopback"), [
+    ("http://127.0.0.1:8000", True), ("http://127.5.0.1", True), ("http://localhost:8000/v1", True),
+    ("http://[::1]:8000", True), ("http://localhost.example.org", False), ("http://8.8.8.8", False),
+])
+def test_is_loopback_url(url, loopback):
+    assert is_loopback_url(url) is loopback
+
+
+@pytest.mark.parametrize(("url", "endpoint"), [
+    ("http://127.0.0.1:8000", "http://127.0.0.1:8000/v1/chat/completions"),
+    ("http://127.0.0.1:8000/v1/", "http://127.0.0.1:8000/v1/chat/completions"),
+    ("http://127.0.0.1:8000/v1/chat/completions", "http://127.0.0.1:8000/v1/chat/completions"),
+])
+def test_chat_completions_url(url, endpoint):
+    assert chat_completions_url(url) == endpoint
+
+
+def test_server_down_timeout_and_http_error_are_report_errors():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with pytest.raises(ReportError, match="unreachable"):
+        structure_report(REPORT, backend=LlmBackend(url=f"http://127.0.0.1:{closed_port}", timeout=2))
+    slow = FakeChatServer(lambda body: (time.sleep(1.5), good_answer(body))[1])
+    failing = FakeChatServer(lambda body: (500, "boom"))
+    try:
+        with pytest.raises(ReportError, match="timed out"):
+            structure_report(REPORT, backend=LlmBackend(url=slow.url, timeout=0.3))
+        with pytest.raises(ReportError, match="HTTP 500"):
+            structure_report(REPORT, backend=LlmBackend(url=failing.url))
+    finally:
+        slow.close()
+        failing.close()
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    ('{"findings": []}', None),
+    ('Sure! [{"entity": "edema", "sentence_index": "2", "presence": "Positive", "certainty": "tentative",'
+     ' "location": "none", "predicted_lesion_type": null}] Hope this helps.', None),
+    ('[{"sentence_index": 1, "presence": "positive", "certainty": "definitive"}]', "'entity' is missing"),
+    ('[{"entity": "x", "sentence_index": 1.5, "presence": "positive", "certainty": "definitive"}]', "integer"),
+    ('[{"entity": "x", "sentence_index": 1, "presence": "positive", "certainty": "sure"}]', "'certainty'"),
+    ('[{"entity": "x", "sentence_index": 1, "presence": "positive", "certainty": "definitive",'
+     ' "predicted_lesion_type": "tumor"}]', "'predicted_lesion_type'"),
+    ('[{"entity": "x", "sentence_index": 1', "unterminated|invalid JSON"),
+    ('"just a string"', "no JSON array"),
+])
+def test_structuring_schema(answer, error):
+    if error is None:
+        parsed = parse_structuring(answer, 3)
+        assert all(item["presence"] in ("positive", "negative") for item in parsed)
+        if parsed:
+            assert parsed[0]["sentence_index"] == 2 and parsed[0]["location"] is None
+    else:
+        with pytest.raises(ValueError, match=error):
+            parse_structuring(answer, 3)
+
+
+def test_category_schema():
+    assert parse_categories('["Lung", "heart"]', COARSE_CATEGORIES) == ("lung", "heart")
+    assert parse_categories('{"categories": ["right lung base"]}', LUNG_LABELS) == ("right lung base",)
+    with pytest.raises(ValueError, match="unknown categories"):
+        parse_categories('["right lower zone"]', LUNG_LABELS)
+
+
+def test_cli_llm_batch_goes_on_after_a_bad_answer(tmp_path, capsys):
+    good, bad = tmp_path / "s50000001.txt", tmp_path / "s50000002.txt"
+    good.write_text(REPORT)
+    bad.write_text(REPORT.replace("The heart is enlarged.", "Odd."))
+
+    def answer(body):
+        if "Odd." in body["messages"][-1]["content"] or "Odd." in body["messages"][1]["content"]:
+            return "garbage"
+        return good_answer(body)
+
+    fake = FakeChatServer(answer)
+    try:
+        code = cli.main(["structure-report", "--backend", "llm", "--llm-url", fake.url, "--llm-cache",
+                         str(tmp_path / "cache"), str(good), str(bad), str(good)])
+    finally:
+        fake.close()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1 and [line["file"] for line in lines] == [str(good), str(bad), str(good)]
+    assert lines[0]["findings"][0]["locations"] == ["lung lower lobe right"] and lines[0] == lines[2]
+    assert "unparseable" in lines[1]["error"]
+    assert len(fake.requests) == 4 + 2  # first report, then the bad one and its retry; the repeat is cached
+
+
+# ------------------------------------------------------------------------------------ transformers transport
+
+
+@pytest.fixture(scope="module")
+def tiny_llm(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with a byte-level BPE tokenizer trained here (offline) and a chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny_llm")
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([STRUCTURING_PROMPT, LOCATION_STEP1_PROMPT, REPORT], trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", pad_token="</s>")
+    fast.chat_template = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                          "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_transformers_transport_is_greedy(tiny_llm):
+    transport = TransformersTransport(tiny_llm, max_new_tokens=6, device="cpu")
+    messages = [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "1. No effusion."}]
+    first = transport.complete(messages)
+    assert isinstance(first, str) and first == transport.complete(messages)
+    assert transport.model_id == str(tiny_llm.resolve())
+
+
+def test_random_model_garbage_is_unparseable_not_a_crash(tiny_llm, tmp_path):
+    backend = get_backend("llm", model_path=str(tiny_llm), max_new_tokens=6, cache_dir=tmp_path)
+    with pytest.raises(ReportError, match="unparseable after one retry"):
+        structure_report(REPORT, backend=backend)
+    assert backend.calls == 2 and not list(tmp_path.glob("*.json"))
+
+
+def test_missing_model_folder_and_wrong_options(tmp_path):
+    with pytest.raises(BackendError, match="not found"):
+        LlmBackend(model_path=tmp_path / "nope")
+    with pytest.raises(BackendError, match="cannot load LLM"):
+        LlmBackend(model_path=tmp_path)
+    with pytest.raises(BackendError, match="exactly one"):
+        LlmBackend()

@@ -92,10 +92,34 @@ class RadEditPseudoNormal:
 
     def __init__(
         self,
-        unet: str | Path,
-        vae: str | Path,
-        text_encoder: str | Path,
+        unet: str | Path | None = None,
+        vae: str | Path | None = None,
+        text_encoder: str | Path | None = None,
         tokenizer: str | Path | None = None,
+        trust_remote_code: bool = True,
+        **options: object,
+    ) -> None:
+        """Load the components from local folders (see the module docstring); ``options`` as in :meth:`_configure`."""
+        if unet is None or vae is None or text_encoder is None:
+            raise BackendError(
+                "radedit needs the unet, vae and text_encoder folders (options unet=, vae=, text_encoder=)"
+            )
+        self._configure(**options)
+        self._load(unet, vae, text_encoder, tokenizer, trust_remote_code)
+        self._setup()
+
+    @classmethod
+    def from_components(cls, unet, vae, text_encoder, tokenizer, **options: object) -> RadEditPseudoNormal:
+        """The backend around already-built modules (``UNet2DConditionModel``, ``AutoencoderKL``, a BERT-style text
+        encoder and its tokenizer); ``options`` as in :meth:`_configure`."""
+        backend = cls.__new__(cls)
+        backend._configure(**options)
+        backend.unet, backend.vae, backend.text_encoder, backend.tokenizer = unet, vae, text_encoder, tokenizer
+        backend._setup()
+        return backend
+
+    def _configure(
+        self,
         device: str = "cpu",
         dtype: str = "float16",
         num_inference_steps: int = 100,
@@ -106,8 +130,8 @@ class RadEditPseudoNormal:
         resolution: int = 512,
         batch_size: int = 4,
         seed: int = 0,
-        trust_remote_code: bool = True,
     ) -> None:
+        """Editing options. ``dtype`` applies on accelerators only (CPU always runs float32)."""
         if not 0 <= skip_ratio < 1 or num_inference_steps < 1:
             raise BackendError(
                 f"radedit: need 0 <= skip_ratio < 1 and steps >= 1, got {skip_ratio}, {num_inference_steps}"
@@ -119,12 +143,10 @@ class RadEditPseudoNormal:
             skip_ratio,
             eta,
         )
-        self.resolution, self.batch_size, self.seed = resolution, max(1, batch_size), seed
-        self._load(unet, vae, text_encoder, tokenizer, trust_remote_code)
-        self.conditional, self.unconditional = self._encode_prompt(prompt), self._encode_prompt("")
+        self.resolution, self.batch_size, self.seed, self._prompt = resolution, max(1, batch_size), seed, prompt
 
     def _load(self, unet, vae, text_encoder, tokenizer, trust_remote_code: bool) -> None:
-        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import AutoModel, AutoTokenizer
 
         text_folder = _require_folder(text_encoder, "text encoder", "the BioViL-T folder")
@@ -141,6 +163,11 @@ class RadEditPseudoNormal:
             )
         except (OSError, ValueError) as error:
             raise BackendError(f"radedit: cannot load weights: {str(error).splitlines()[0]}") from None
+
+    def _setup(self) -> None:
+        """Check the components fit together, move them to the device, build the scheduler, encode the prompts."""
+        from diffusers import DDIMScheduler
+
         hidden = getattr(self.text_encoder.config, "hidden_size", None)
         if hidden != self.unet.config.cross_attention_dim:
             raise BackendError(
@@ -148,9 +175,10 @@ class RadEditPseudoNormal:
                 f"{self.unet.config.cross_attention_dim}; wrong text encoder folder?"
             )
         for module in (self.unet, self.vae, self.text_encoder):
-            module.to(self.device).eval().requires_grad_(False)
+            module.to(self.device, self.dtype).eval().requires_grad_(False)
         self.scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.conditional, self.unconditional = self._encode_prompt(self._prompt), self._encode_prompt("")
 
     def _encode_prompt(self, prompt: str):
         import torch

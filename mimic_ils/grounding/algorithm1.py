@@ -15,7 +15,7 @@ pipeline passes precomputed pixel counts so that only the box window is read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,7 +111,7 @@ class ImageContext:
 
     image: np.ndarray
     lungs: dict[str, np.ndarray]
-    anatomy: dict[str, np.ndarray]
+    anatomy: Mapping[str, np.ndarray]
     boxes: Sequence[Box]
     field: AnomalyField
     config: GroundingConfig
@@ -139,7 +139,7 @@ class ImageContext:
         return self._lung_ious[box]
 
 
-def anatomy_union(anatomy: dict[str, np.ndarray], labels: Sequence[str]) -> np.ndarray:
+def anatomy_union(anatomy: Mapping[str, np.ndarray], labels: Sequence[str]) -> np.ndarray:
     """``M_union``: the union of the anatomy masks of ``labels`` (``HxW bool``)."""
     return masks.union([anatomy[label] for label in labels])
 

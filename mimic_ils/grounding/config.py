@@ -101,7 +101,10 @@ class GroundingConfig:
     false ("there is no opacity" while atelectasis is reported): such a type gets negatives only in empty
     locations; types in ``conflicts_with_untyped`` are treated the same way when a positive finding outside the seven
     types sits in the lungs (a nodule is an opacity). ``opacity_inference_types`` are the types that yield
-    lesion-inference pairs (Appendix C).
+    lesion-inference pairs (Appendix C). ``work_max_side``: Algorithm 1 (c1-c4, components, Refine) runs on
+    the original frame sampled every ``ceil(max(H, W) / work_max_side)`` pixels (see ``grounding.grid``; the
+    pseudo-normal and anatomy models work at 512 px, so nothing finer is lost); Refine distances are then in grid
+    pixels. None runs it at full resolution; masks are always returned in the original frame.
     """
 
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -114,6 +117,7 @@ class GroundingConfig:
         default_factory=lambda: {"opacity": ("pneumonia", "atelectasis", "consolidation", "edema")}
     )
     conflicts_with_untyped: tuple[str, ...] = ("opacity",)
+    work_max_side: int | None = 1024
     opacity_inference_types: tuple[str, ...] = ("pneumonia", "atelectasis", "edema")
 
     def __post_init__(self) -> None:

@@ -114,12 +114,17 @@ def _words(mask: np.ndarray) -> np.ndarray | None:
     return mask.reshape(-1).view(np.uint64)
 
 
-def overlaps(first: np.ndarray, second: np.ndarray) -> bool:
-    """Whether two same-shape ``HxW bool`` masks share a pixel (word-wise when the layout allows)."""
-    a, b = _words(first), _words(second)
-    if a is None or b is None:
-        return bool(np.logical_and(first, second).any())
-    return bool(np.bitwise_and(a, b).any())
+def overlaps(first: np.ndarray, second: np.ndarray, scratch: np.ndarray | None = None) -> bool:
+    """Whether two same-shape ``HxW bool`` masks share a pixel.
+
+    ``scratch`` (an ``HxW bool`` array that may be overwritten) saves allocating a full frame per call.
+    """
+    if scratch is None or scratch.shape != first.shape:
+        scratch = np.empty(first.shape, dtype=bool)
+    a, b, out = _words(first), _words(second), _words(scratch)
+    if a is None or b is None or out is None:
+        return bool(np.logical_and(first, second, out=scratch).any())
+    return bool(np.bitwise_and(a, b, out=out).any())
 
 
 def union(masks: list[np.ndarray]) -> np.ndarray:

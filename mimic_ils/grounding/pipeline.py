@@ -17,6 +17,7 @@ from mimic_ils.grounding import qc, verify
 from mimic_ils.grounding.algorithm1 import BoxDecision, ImageContext, box_window, run_algorithm1
 from mimic_ils.grounding.anomaly import AnomalyField
 from mimic_ils.grounding.config import GroundingConfig
+from mimic_ils.grounding.grid import Grid, GridMasks
 from mimic_ils.pairs import FindingOutcome, generate_pairs
 from mimic_ils.schema import HEART_LABEL, LESION_TYPES, Box, Finding, Pair, StructuredReport, VisionCues
 
@@ -58,23 +59,9 @@ def ground_image(
     if reason is not None:
         return ImageGrounding(exclusions=[(f"image {dicom_id}", reason)], excluded=reason)
     findings = canonical_findings(report.findings)
-    lungs = {"right": cues.lung_right, "left": cues.lung_left}
-    ctx = ImageContext(
-        image=cues.image,
-        lungs=lungs,
-        anatomy=cues.anatomy,
-        boxes=sorted(cues.boxes, key=_box_key),
-        field=AnomalyField(
-            cues.image,
-            cues.pseudo_normal,
-            lungs,
-            noise_radius=config.refine.noise_radius,
-            windows={"right": hybrid.right, "left": hybrid.left},
-        ),
-        config=config,
-    )
+    frame = _Frame.build(cues, config, hybrid)
     result = ImageGrounding(ctr=hybrid.ctr)
-    masks = _ground_findings(findings, ctx, cues.heart, dicom_id, result)
+    masks = _ground_findings(findings, frame, dicom_id, result)
     result.empty_locations = verify.empty_locations(findings, cues.anatomy)
     plan = generate_pairs(
         result.findings,
@@ -142,8 +129,40 @@ def _box_key(box: Box) -> tuple:
     return (box.x0, box.y0, box.x1, box.y1, box.confidence, box.class_id, box.class_name)
 
 
+@dataclass
+class _Frame:
+    """The original-frame cues, the working grid, and Algorithm 1's context on that grid.
+
+    ``boxes`` are the original boxes in the canonical order of ``ctx.boxes`` (their grid versions).
+    """
+
+    cues: VisionCues
+    grid: Grid
+    boxes: list[Box]
+    ctx: ImageContext
+
+    @classmethod
+    def build(cls, cues: VisionCues, config: GroundingConfig, hybrid: qc.Outline) -> _Frame:
+        grid = Grid.for_shape(cues.shape, config.work_max_side)
+        boxes = sorted(cues.boxes, key=_box_key)
+        lungs = {"right": grid.down(cues.lung_right), "left": grid.down(cues.lung_left)}
+        windows = {"right": hybrid.right, "left": hybrid.left} if grid.stride == 1 else {}
+        image = grid.down(cues.image)
+        ctx = ImageContext(
+            image=image,
+            lungs=lungs,
+            anatomy=GridMasks(cues.anatomy, grid),
+            boxes=[grid.box(box) for box in boxes],
+            field=AnomalyField(
+                image, grid.down(cues.pseudo_normal), lungs, noise_radius=config.refine.noise_radius, windows=windows
+            ),
+            config=config,
+        )
+        return cls(cues=cues, grid=grid, boxes=boxes, ctx=ctx)
+
+
 def _ground_findings(
-    findings: Sequence[Finding], ctx: ImageContext, heart: np.ndarray, dicom_id: str, result: ImageGrounding
+    findings: Sequence[Finding], frame: _Frame, dicom_id: str, result: ImageGrounding
 ) -> dict[str, np.ndarray]:
     """Run Algorithm 1 on every positive finding; fill ``result.findings``/``exclusions``; return the masks."""
     masks: dict[str, np.ndarray] = {}
@@ -152,7 +171,7 @@ def _ground_findings(
         if not finding.is_positive:
             continue
         what = f"{finding.lesion_type or 'untyped'} finding (sentence {finding.sentence_index})"
-        outcome, mask, reason = _ground_one(finding, ctx, heart)
+        outcome, mask, reason = _ground_one(finding, frame)
         if mask is not None:
             key = f"{dicom_id}_{finding.lesion_type}_{counters[finding.lesion_type]}"
             counters[finding.lesion_type] += 1
@@ -164,31 +183,32 @@ def _ground_findings(
     return masks
 
 
-def _ground_one(
-    finding: Finding, ctx: ImageContext, heart: np.ndarray
-) -> tuple[FindingOutcome, np.ndarray | None, str | None]:
-    """One positive finding -> (outcome without mask key, mask or None, exclusion reason or None)."""
+def _ground_one(finding: Finding, frame: _Frame) -> tuple[FindingOutcome, np.ndarray | None, str | None]:
+    """One positive finding -> (outcome without mask key, ``HxW bool`` mask or None, exclusion reason or None)."""
     reported = verify.reported_locations(finding)
     outcome = FindingOutcome(finding.lesion_type, finding.certainty, reported)
+    anatomy = frame.cues.anatomy
     if finding.lesion_type not in LESION_TYPES:
         return outcome, None, None
     if finding.lesion_type == "cardiomegaly":
         outcome = FindingOutcome("cardiomegaly", finding.certainty, (HEART_LABEL,), (HEART_LABEL,))
+        heart = frame.cues.heart
         return (outcome, heart.copy(), None) if heart.any() else (outcome, None, "heart mask is empty")
     if not reported:
         return outcome, None, "no lung location reported"
-    missing = [label for label in reported if label not in ctx.anatomy]
+    missing = [label for label in reported if label not in anatomy]
     if missing:
         return outcome, None, f"anatomy mask missing for {', '.join(missing)}"
-    found = run_algorithm1(finding.lesion_type, reported, ctx)
+    found = run_algorithm1(finding.lesion_type, reported, frame.ctx)
     if not found.kept:
         return outcome, None, _rejection_summary(found.decisions)
-    if found.mask is None or not found.mask.any():
+    mask = None if found.mask is None else frame.grid.up(found.mask, frame.cues.lung_right, frame.cues.lung_left)
+    if mask is None or not mask.any():
         return outcome, None, "kept boxes hold no anomaly component"
-    windows = [box_window(decision.box, ctx.shape) for decision in found.kept]
-    grounded = verify.grounded_locations(reported, ctx.anatomy, windows)
-    outcome = FindingOutcome(finding.lesion_type, finding.certainty, reported, grounded)
-    return outcome, found.mask, None
+    kept = [box for box, decision in zip(frame.boxes, found.decisions, strict=True) if decision.kept]
+    windows = [box_window(box, frame.cues.shape) for box in kept]
+    grounded = verify.grounded_locations(reported, anatomy, [window for window in windows if window is not None])
+    return FindingOutcome(finding.lesion_type, finding.certainty, reported, grounded), mask, None
 
 
 def _rejection_summary(decisions: Sequence[BoxDecision]) -> str:

@@ -68,11 +68,12 @@ def empty_locations(findings: Iterable[Finding], anatomy: dict[str, np.ndarray])
         return ()
     present = [anatomy[label] for label in sorted(occupied) if label in anatomy]
     blocked = masks.union(present) if present else None
+    scratch = None if blocked is None else np.empty_like(blocked)
     empty = []
     for region in LUNG_REGIONS:
         region_mask = anatomy.get(region)
-        if region in occupied or region_mask is None or not region_mask.any():
+        if region in occupied or region_mask is None:
             continue
-        if blocked is None or not masks.overlaps(region_mask, blocked):
+        if (blocked is None or not masks.overlaps(region_mask, blocked, scratch)) and region_mask.any():
             empty.append(region)
     return tuple(empty)

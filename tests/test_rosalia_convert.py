@@ -8,6 +8,7 @@ described in ``write_lisa_fixture``.
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 
 import numpy as np
@@ -77,8 +78,8 @@ def _images():
     return [rng.integers(0, 256, (40, 80, 3), dtype=np.uint8), rng.integers(0, 256, (72, 48, 3), dtype=np.uint8)]
 
 
-def _official_pixels(sam: Sam, rgb: np.ndarray) -> torch.Tensor:
-    resized = ResizeLongestSide(SAM_SIZE).apply_image(rgb)
+def _official_pixels(sam: Sam, rgb: np.ndarray, size: int = SAM_SIZE) -> torch.Tensor:
+    resized = ResizeLongestSide(size).apply_image(rgb)
     return sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1).float())
 
 
@@ -280,3 +281,38 @@ def test_lisa_converter_rejects_foreign_tokenizer(official, tmp_path):
     with pytest.raises(CheckpointConversionError, match="does not belong to this checkpoint"):
         convert_lisa_checkpoint(lisa, clip, tmp_path / "out", sam_decoder_heads=2)
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- real checkpoints (slow, opt-in by path)
+
+
+@pytest.mark.slow
+def test_real_sam_vit_h_conversion_matches_official(tmp_path):
+    """Set ROSALIA_SAM_CHECKPOINT to a local sam_vit_h_4b8939.pth."""
+    path = os.environ.get("ROSALIA_SAM_CHECKPOINT")
+    if not path:
+        pytest.skip("ROSALIA_SAM_CHECKPOINT not set")
+    from segment_anything import sam_model_registry
+
+    official = sam_model_registry["vit_h"](checkpoint=path).eval()
+    hf = SamModel.from_pretrained(convert_sam_checkpoint(path, tmp_path / "hf")).eval()
+    rgb = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    pixels = _official_pixels(official, rgb, 1024)[None]
+    with torch.no_grad():
+        ours, theirs = hf.get_image_embeddings(pixels), official.image_encoder(pixels)
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_real_lisa_conversion_predicts(tmp_path):
+    """Set ROSALIA_LISA_CHECKPOINT (LISA-7B-v1 or ROSALIA-7B-v1 folder) and ROSALIA_CLIP (clip-vit-large-patch14)."""
+    lisa, clip = os.environ.get("ROSALIA_LISA_CHECKPOINT"), os.environ.get("ROSALIA_CLIP")
+    if not (lisa and clip):
+        pytest.skip("ROSALIA_LISA_CHECKPOINT / ROSALIA_CLIP not set")
+    out = convert_lisa_checkpoint(lisa, clip, tmp_path / "rosalia", dtype=torch.bfloat16)
+    model = RosaliaForSegmentation.from_pretrained(out, dtype=torch.bfloat16).eval()
+    processor = RosaliaProcessor.from_pretrained(out)
+    assert model.config.seg_token_index == processor.tokenizer.convert_tokens_to_ids("[SEG]")
+    image = np.random.default_rng(0).integers(0, 256, (512, 600), dtype=np.uint8)
+    (result,) = model.predict([image], ["Segment the lungs."], processor=processor, max_new_tokens=16)
+    assert result["mask"].shape == (512, 600)

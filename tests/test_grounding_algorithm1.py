@@ -345,3 +345,36 @@ def test_grounding_and_pairs_do_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- working grid -------------------------------------------------------------------------------------------------
+
+
+def test_grid_stride_and_round_trip():
+    from mimic_ils.grounding.grid import Grid
+
+    assert Grid.for_shape((2048, 2500), 1024).stride == 3 and Grid.for_shape((200, 240), None).stride == 1
+    grid = Grid.for_shape((30, 40), 14)
+    assert grid.stride == 3
+    mask = _mask((30, 40), (4, 20, 5, 31))
+    domain = _mask((30, 40), (0, 30, 0, 25))
+    back = grid.up(grid.down(mask), domain)
+    assert back.shape == (30, 40) and not (back & ~domain).any()
+    assert (back == _mask((30, 40), (6, 21, 6, 25))).all()  # sampled rows 6..18 and cols 6..30, 3-pixel blocks
+    assert grid.box(_box(3, 6, 9, 12)) == _box(1, 2, 3, 4)
+
+
+def test_grounding_on_a_coarse_grid_matches_full_resolution():
+    chest = Chest()
+    chest.add_lesion(chest.band("right", 0.75, 0.95))
+    chest.add_lesion(chest.band("left", 0.75, 0.95))
+    findings = (finding("atelectasis", "right lung base", "left lung base"), finding("cardiomegaly", sentence=2))
+    exact = _ground(chest, *findings, config=GroundingConfig(work_max_side=None))
+    coarse = _ground(chest, *findings, config=GroundingConfig(work_max_side=80))  # stride 3
+    assert coarse.pairs == exact.pairs and coarse.masks.keys() == exact.masks.keys()
+    lungs = chest.lung_mask()
+    for key, mask in exact.masks.items():
+        other = coarse.masks[key]
+        assert (other & mask).sum() / (other | mask).sum() > 0.9 and not (
+            other & ~lungs & ~chest.mask(chest.heart_rect)
+        ).any()

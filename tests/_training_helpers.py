@@ -20,7 +20,8 @@ def _image_and_mask(rng: np.random.Generator, height: int, width: int, positive:
     mask = np.zeros((height, width), bool)
     if positive:
         radius = rng.uniform(0.15, 0.25) * min(height, width)
-        cy, cx = rng.uniform(radius, height - radius), rng.uniform(radius, width - radius)
+        # always in the patient's right lung (image left half): "in the left lung" is then learnably empty
+        cy, cx = rng.uniform(radius, height - radius), rng.uniform(radius, width / 2)
         yy, xx = np.mgrid[:height, :width]
         mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
         image[mask] += 140

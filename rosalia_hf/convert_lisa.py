@@ -120,11 +120,11 @@ def pad_vocab_rows(converted: dict[str, torch.Tensor], vocab_size: int) -> list[
 
 
 def build_config(lisa_config: Mapping, clip_config: CLIPVisionConfig, sam_config, projector: str,
-                 processor: RosaliaProcessor) -> RosaliaConfig:
+                 processor: RosaliaProcessor, vocab_size: int) -> RosaliaConfig:
     """``RosaliaConfig`` from LISA's ``config.json``, the CLIP folder's config, the SAM shapes and the tokenizer."""
     tok = processor.tokenizer
     text = {k: lisa_config[k] for k in LLAMA_FIELDS if k in lisa_config}
-    text.update({"model_type": "llama", "vocab_size": len(tok), "pad_token_id": tok.pad_token_id})
+    text.update({"model_type": "llama", "vocab_size": vocab_size, "pad_token_id": tok.pad_token_id})
     vision = clip_config.to_dict()
     vision["model_type"] = "clip_vision_model"
     llava = {"vision_config": vision, "text_config": text, "image_token_index": processor.image_token_id,
@@ -165,9 +165,13 @@ def convert_lisa_checkpoint(checkpoint: str | Path, clip: str | Path, output: st
         sam_image_size=sam_config.vision_config.image_size,
     )
     converted, unknown, sources = convert_lisa_state_dict(state, projector, clip_model.state_dict())
-    _check_token_rows(converted, processor)
-    pad_vocab_rows(converted, len(processor.tokenizer))
-    config = build_config(lisa_config, clip_model.config, sam_config, projector, processor)
+    vocab_size = len(processor.tokenizer)
+    if LM + "embed_tokens.weight" in converted:  # when absent, check_complete reports it by name
+        _check_token_rows(converted, processor)
+        # A checkpoint may carry more rows than the tokenizer has tokens (padded vocabularies): keep them all.
+        vocab_size = max(vocab_size, converted[LM + "embed_tokens.weight"].shape[0])
+    pad_vocab_rows(converted, vocab_size)
+    config = build_config(lisa_config, clip_model.config, sam_config, projector, processor, vocab_size)
     check_complete(converted, expected_state_shapes(RosaliaForSegmentation, config), unknown, sources)
     out = write_model(converted, config, output, dtype)
     processor.save_pretrained(out)

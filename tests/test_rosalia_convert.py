@@ -252,6 +252,7 @@ def test_lisa_seg_id_is_read_from_tokenizer(official, tmp_path):
     [
         (lambda s: s.pop("model.layers.1.mlp.up_proj.weight"),
          "llava.model.language_model.layers.1.mlp.up_proj.weight"),
+        (lambda s: s.pop("model.embed_tokens.weight"), "llava.model.language_model.embed_tokens.weight"),
         (lambda s: s.__setitem__("model.extra_head.weight", torch.zeros(2)), "model.extra_head.weight"),
         (lambda s: s.__setitem__("model.visual_model.mask_decoder.extra", torch.zeros(2)),
          "model.visual_model.mask_decoder.extra"),

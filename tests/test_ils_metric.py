@@ -307,7 +307,7 @@ def test_parser_reads_every_template_back(answers, name):
     parsed = answers.parse_answer(reference)
     assert parsed is not None
     assert answers.TEMPLATES[parsed.template].startswith("[SEG]")
-    assert answers.parse_answer("  " + correct + "\n") == parsed
+    assert answers.parse_answer("  " + correct.replace(" ", "\n ", 1) + "\n") == parsed
     assert answers.parse_answer(wrong) not in (None, parsed)
     for paraphrase in paraphrases:
         assert answers.parse_answer(paraphrase) != parsed, paraphrase

@@ -14,7 +14,8 @@ The six answer forms, by template name::
 
 ``{location}`` is one or more lung labels (or "heart" for cardiomegaly) joined as "right lung base and left lung
 base" or "a, b and c"; the parser splits on both separators. Matching is exact: case, articles and the
-final period count, and only surrounding whitespace is ignored, so a paraphrase parses to ``None``.
+final period count, and only whitespace is normalised (runs of spaces/newlines read as one space, as the authors'
+evaluation does), so a paraphrase parses to ``None``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def parse_answer(text: str | None) -> ParsedAnswer | None:
     """Template name and variables of an answer, or None when it matches no template exactly (a paraphrase)."""
     if text is None:
         return None
-    text = text.strip()
+    text = " ".join(text.split())  # decoding artefacts (newlines, double spaces) are not paraphrases
     for name, pattern in _PATTERNS:
         match = pattern.fullmatch(text)
         if match is None:

@@ -198,3 +198,24 @@ def test_segment_only_report_says_text_was_not_measured(model_folder, dataset_fo
     assert expected["giou"] > 0.05  # the tiny model's teacher-forced masks are not empty: a real comparison
     assert saved["giou"] == pytest.approx(expected["giou"], abs=1e-9)
     assert saved["n_acc"] == pytest.approx(expected["n_acc"], abs=1e-9)
+
+
+def test_case_keeper_keeps_the_k_best_and_worst_per_lesion_and_builds_only_those():
+    from rosalia_hf.evaluation import CaseKeeper
+
+    keeper, built = CaseKeeper(k=2), []
+
+    def maker(iou, index):
+        def make():
+            built.append(index)
+            return (iou, index)
+        return make
+
+    for index, iou in enumerate([0.2, 0.9, 0.5, 0.1, 0.5, 0.3]):
+        keeper.offer(iou, index, "edema", maker(iou, index))
+    keeper.offer(0.7, 6, "effusion", maker(0.7, 6))
+    cases = keeper.cases()
+    assert cases["edema"]["best"] == [(0.9, 1), (0.5, 2)]  # ties keep the earlier pair
+    assert cases["edema"]["worst"] == [(0.1, 3), (0.2, 0)]
+    assert cases["effusion"] == {"best": [(0.7, 6)], "worst": [(0.7, 6)]}
+    assert 5 not in built  # 0.3 ranks neither among the two best nor the two worst

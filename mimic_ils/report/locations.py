@@ -193,7 +193,7 @@ def find_location_spans(text: str) -> list[LocationSpan]:
 
 def labels_for_spans(spans: list[LocationSpan]) -> tuple[str, ...]:
     """Lung labels of a finding's location spans; a side-only span lends its side to side-less places."""
-    lent = next((span.sides for span in spans if span.side_only), None)
+    lent = tuple(dict.fromkeys(side for span in spans if span.side_only for side in span.sides)) or None
     labels: list[str] = []
     for span in spans:
         if span.side_only:

@@ -12,7 +12,8 @@ Per sentence of the chosen section (1-based index, :func:`mimic_ils.report.secti
    mentions after them, backward cues ("... cannot be excluded", "... is likely", "... is suspected") those before
    them, "versus" both;
 4. "X likely represents / reflects / concerning for Y" folds the lesion Y into X's ``predicted_lesion_type``
-   (Y and any "or Z" alternatives are not separate findings) and Y becomes the finding's normalised
+   (Y and any "or Z" alternatives are not separate findings; also the appositive "opacity, atelectasis versus
+   pneumonia") and Y becomes the finding's normalised
    ``lesion_type``: the lesion the report infers (``entity`` stays X, e.g. "opacity");
 5. each mention takes the location phrases of its own segment (the clause cut at ",", "and", "or", "with"),
    mentions with none that are listed before a located one share its place ("effusion and atelectasis at the
@@ -166,7 +167,8 @@ def _fold_predictions(text: str, mentions: list[Mention], location_spans: list[L
         if right.lesion_type is None or left.negative != right.negative:
             continue
         cue = _FOLDABLE_CUE.search(between)
-        if cue and not _CONJUNCTION.search(between[: cue.start()].replace(_MASK, "")):
+        appositive = between.strip() == "," and left.lesion_type == "opacity" and right.tentative
+        if appositive or cue and not _CONJUNCTION.search(between[: cue.start()].replace(_MASK, "")):
             left.predicted, right.folded, head = right.lesion_type, True, left
             left.tentative = left.tentative or right.tentative or bool(lexicon.UNCERTAINTY_PATTERN.search(between))
 
@@ -194,12 +196,12 @@ def _assign_locations(text: str, clause: tuple[int, int], mentions: list[Mention
             if previous and own and all(m.spans for m in previous):  # "... right upper lobe and lingula"
                 for mention in previous:
                     _add_places(mention, own, other)
-            else:
-                orphan = (own, other) if own or other else orphan
+                pending = []
+                continue
+            orphan = (own, other) if own or other else orphan
             pending, previous = [], []
             continue
-        if not own and not other:
-            own, other = orphan
+        own, other = orphan[0] + own, orphan[1] + other  # "moderate right and small left effusions"
         orphan = ([], [])
         if not own and not other:
             pending.extend(inside)

@@ -18,13 +18,6 @@ from mimic_ils.grounding.masks import Window
 Patch = tuple[np.ndarray, Window]
 
 
-def paste(patch: np.ndarray, window: Window, shape: tuple[int, int]) -> np.ndarray:
-    """A patch as a full-frame ``HxW bool`` mask."""
-    full = np.zeros(shape, dtype=bool)
-    full[window] = patch
-    return full
-
-
 def reframe(patch: np.ndarray, window: Window, target: Window) -> np.ndarray:
     """The patch copied into a larger ``target`` window (which must contain ``window``)."""
     out = np.zeros((target[0].stop - target[0].start, target[1].stop - target[1].start), dtype=bool)

@@ -163,10 +163,14 @@ def test_mask_losses_reject_mismatched_counts():
 def test_seg_prompt_is_post_norm_hidden_state_before_seg(prepared):
     model, processor, batch = prepared
     captured = {}
-    hook = model.text_hidden_fcs.register_forward_hook(lambda mod, args, out: captured.setdefault("x", args[0]))
+    language_model = model.llava.model.language_model
+    hooks = [model.text_hidden_fcs.register_forward_hook(lambda mod, args, out: captured.setdefault("x", args[0])),
+             language_model.layers[-1].register_forward_hook(
+                 lambda mod, args, out: captured.setdefault("pre_norm", out[0] if isinstance(out, tuple) else out))]
     with torch.no_grad():
         model(**batch)
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         ref = model.llava(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                           pixel_values=batch["pixel_values"][batch["image_index"]], position_ids=position_ids,
@@ -174,8 +178,11 @@ def test_seg_prompt_is_post_norm_hidden_state_before_seg(prepared):
     rows, cols = (batch["input_ids"] == processor.seg_token_id).nonzero(as_tuple=True)
     expected = ref.hidden_states[-1][rows, cols - 1]
     torch.testing.assert_close(captured["x"], expected, rtol=1e-4, atol=1e-5)
-    normed = model.llava.model.language_model.norm(ref.hidden_states[-1])  # already normed: norm is not identity
-    assert not torch.allclose(normed[rows, cols - 1], expected, atol=1e-3)
+    # post-norm: the final RMSNorm applied to the last decoder layer's output, not that output itself
+    pre_norm = captured["pre_norm"][rows, cols - 1]
+    with torch.no_grad():
+        torch.testing.assert_close(captured["x"], language_model.norm(pre_norm), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(captured["x"], pre_norm, atol=1e-2)
 
 
 def test_image_towers_run_once_per_image(prepared):
@@ -236,6 +243,8 @@ def test_gradient_checkpointing_gives_same_loss(tester):
     model.train()
     plain = model(**batch, masks=tester.masks()).loss
     model.gradient_checkpointing_enable()
+    layers = model.llava.model.language_model.layers
+    assert all(getattr(layer, "gradient_checkpointing", False) for layer in layers)
     checkpointed = model(**batch, masks=tester.masks())
     checkpointed.loss.backward()
     torch.testing.assert_close(plain, checkpointed.loss)

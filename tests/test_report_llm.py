@@ -123,6 +123,25 @@ def test_prompts_parsing_and_two_step_mapping(server, tmp_path):
         "right lower lobe", "right lower lobe", "heart"]
 
 
+def test_devices_dropped_and_rule_mapping_option(tmp_path):
+    device = {"entity": "Endotracheal tube", "sentence_index": 3, "presence": "positive",
+              "certainty": "definitive", "location": "trachea", "predicted_lesion_type": None}
+
+    def answer(body):
+        return json.dumps([STRUCTURED[0], device]) if body["messages"][0]["content"] == STRUCTURING_PROMPT else "?"
+
+    fake = FakeChatServer(answer)
+    try:
+        backend = LlmBackend(url=fake.url, mapping="rules")
+        report = structure_report(REPORT, backend=backend)
+    finally:
+        fake.close()
+    assert [(f.entity, f.locations) for f in report.findings] == [("opacity", ("lung lower lobe right",))]
+    assert fake.systems() == [STRUCTURING_PROMPT]  # no location prompt with the rule table
+    with pytest.raises(BackendError, match="location mapping"):
+        LlmBackend(url=fake.url, mapping="cxas")
+
+
 def test_prompt_texts_name_the_schema_and_categories():
     for key in ("entity", "sentence_index", "presence", "certainty", "location", "predicted_lesion_type"):
         assert f'"{key}"' in STRUCTURING_PROMPT

@@ -34,6 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--llm-name", default="default", help="model name sent to the server (default: default)")
     parser.add_argument("--llm-cache", metavar="DIR", help="cache folder of LLM answers (rerun costs no call)")
     parser.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per LLM request")
+    parser.add_argument("--llm-mapping", choices=("llm", "rules"), default="llm",
+                        help="map locations with the two LLM prompts (paper) or the rule table")
     parser.add_argument("--allow-remote-llm", action="store_true",
                         help="allow a non-loopback LLM URL (only for a server the PhysioNet DUA covers)")
     parser.add_argument("--study-id", help="study id of a single report (enables the official special cases; "
@@ -51,7 +53,8 @@ def _backend(args: argparse.Namespace) -> Any:
             raise BackendError("--llm-model / --llm-url need --backend llm")
         return get_backend("rules")
     return get_backend("llm", model_path=args.llm_model, url=args.llm_url, model_name=args.llm_name,
-                       cache_dir=args.llm_cache, allow_remote=args.allow_remote_llm, timeout=args.llm_timeout)
+                       cache_dir=args.llm_cache, allow_remote=args.allow_remote_llm, timeout=args.llm_timeout,
+                       mapping=args.llm_mapping)
 
 
 def _study_id(name: str, given: str | None) -> str | None:

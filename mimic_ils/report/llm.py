@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from mimic_ils.report.lexicon import lesion_type_of
-from mimic_ils.report.locations import COARSE_CATEGORIES
+from mimic_ils.report.lexicon import DEVICE_PATTERN, FINDING_PATTERN, lesion_type_of
+from mimic_ils.report.locations import COARSE_CATEGORIES, map_location
 from mimic_ils.report.sections import split_sentences
 from mimic_ils.schema import (
     CERTAINTY,
@@ -314,13 +314,18 @@ class LlmBackend:
 
     Give exactly one of ``model_path`` (local ``transformers`` folder), ``url`` (OpenAI-compatible server on
     loopback) or ``transport`` (any :class:`ChatTransport`). ``cache_dir`` enables the on-disk answer cache.
+    ``mapping="rules"`` maps locations with the rule table (:mod:`locations`) instead of the two LLM prompts.
+    Entities that only name a support device are dropped even if the model reports them.
     """
 
     name = "llm"
 
     def __init__(self, model_path: str | Path | None = None, url: str | None = None, *, model_name: str = "default",
                  cache_dir: str | Path | None = None, allow_remote: bool = False, timeout: float = 120.0,
-                 max_new_tokens: int = 1024, transport: ChatTransport | None = None) -> None:
+                 max_new_tokens: int = 1024, transport: ChatTransport | None = None, mapping: str = "llm") -> None:
+        if mapping not in ("llm", "rules"):
+            raise BackendError(f"location mapping must be 'llm' or 'rules', got {mapping!r}")
+        self.mapping = mapping
         given = [value for value in (model_path, url, transport) if value is not None]
         if len(given) != 1:
             raise BackendError("the llm backend needs exactly one of a model path (--llm-model) or a server URL "
@@ -367,6 +372,8 @@ class LlmBackend:
         """Fig. 10: coarse categories first; only a phrase placed in ``lung`` is mapped to the 15 lung categories."""
         if not phrase:
             return ()
+        if self.mapping == "rules":
+            return map_location(phrase)
         coarse = self.ask(LOCATION_STEP1_PROMPT, phrase, lambda answer: parse_categories(answer, COARSE_CATEGORIES))
         if "lung" not in coarse:
             return ()
@@ -381,6 +388,9 @@ class LlmBackend:
         items = self.ask(STRUCTURING_PROMPT, numbered, lambda answer: parse_structuring(answer, len(sentences)))
         findings = []
         for item in items:
+            entity = item["entity"].lower()
+            if DEVICE_PATTERN.search(entity) and not FINDING_PATTERN.search(entity):
+                continue
             lesion_type = item["predicted_lesion_type"] or lesion_type_of(item["entity"])
             findings.append(Finding(**item, lesion_type=lesion_type, locations=self.map_location(item["location"])))
         return tuple(findings)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import NamedTuple
 
 import pytest
@@ -271,3 +273,12 @@ def test_cli_batch_json_lines_with_per_report_errors(tmp_path, capsys):
 def test_cli_llm_options_need_llm_backend(capsys):
     assert cli.main(["structure-report", "--llm-url", "http://127.0.0.1:9", "x.txt"]) == 1
     assert "--backend llm" in capsys.readouterr().err
+
+
+def test_cli_reads_stdin_in_a_subprocess():
+    command = [sys.executable, "-m", "mimic_ils", "structure-report", "-"]
+    result = subprocess.run(command, input=REPORT.encode(), capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["findings"][0]["lesion_type"] == "pneumonia"
+    result = subprocess.run(command, input=b"\xff\xfe\x00garbage", capture_output=True, timeout=300)
+    assert result.returncode == 1 and b"stdin: not UTF-8 text" in result.stderr

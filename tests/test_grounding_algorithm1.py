@@ -205,6 +205,22 @@ def test_anomaly_field_returns_whole_components_touching_a_box():
     assert field.count_in(0.1, (slice(18, 22), slice(28, 34))) == 0  # the speck was opened away
 
 
+def test_components_reaching_far_beyond_the_labelling_window_are_whole():
+    from mimic_ils.grounding.anomaly import SideAnomaly
+
+    mask = np.zeros((40, 400), bool)
+    mask[5:8, 10:390] = True  # a long band starting in the box
+    mask[8:30, 385:390] = True  # that turns down at the far end
+    mask[30:35, 100:110] = True  # a separate blob
+    patch, window = SideAnomaly(window=(slice(0, 40), slice(0, 400)), mask=mask).touching(
+        (slice(0, 10), slice(0, 20)), margin=4
+    )
+    full = np.zeros_like(mask)
+    full[window] = patch
+    assert (full == _mask((40, 400), (5, 8, 10, 390), (8, 30, 385, 390))).all()
+    assert SideAnomaly(window=(slice(0, 40), slice(0, 400)), mask=mask).touching((slice(20, 25), slice(0, 5))) is None
+
+
 # --- verification -------------------------------------------------------------------------------------------------
 
 

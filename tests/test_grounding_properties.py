@@ -73,7 +73,7 @@ def _ground(chest: Chest, findings, study_id: str, boxes=None):
     return ground_image(report(*findings), cues, study_id=study_id, dicom_id="d1", view="AP"), cues
 
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -128,6 +128,7 @@ CASES = [
     ("Right middle lobe pneumonia.", [E("pneumonia", locations=(RML,))]),
     ("Bibasilar atelectasis, left greater than right.", [E("atelectasis", locations=(R_BASE, L_BASE))]),
     ("Small right-sided effusion.", [E("effusion", locations=(R_LUNG,))]),
+    ("Small amount of pleural fluid on the left.", [E("effusion", locations=(L_LUNG,))]),
     ("There is mild bilateral interstitial edema.", [E("edema", locations=(R_LUNG, L_LUNG))]),
     # findings outside the seven lesion types keep their places; non-lung places map to no lung label
     ("Opacity projecting over the right hilum.", [E("opacity")]),

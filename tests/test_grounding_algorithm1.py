@@ -87,6 +87,19 @@ def test_c4_size(box, kept):
     assert c4_size(box, RIGHT, LEFT, 0.10) is kept
 
 
+def test_non_finite_boxes_are_ignored_not_fatal():
+    chest = Chest()
+    chest.add_lesion(chest.band("right", 0.75, 0.95))
+    cues = chest.cues()
+    cues.boxes.append(_box(float("nan"), 10, 50, 60))
+    result = ground_image(
+        report(finding("atelectasis", "right lung base")), cues, study_id="s", dicom_id="d", view="PA"
+    )
+    assert [p.instruction for p in result.pairs if p.polarity == "positive"][0] == (
+        "Segment the atelectasis in the right lung base."
+    )
+
+
 def test_box_outside_the_frame_fails_every_mask_criterion():
     box = _box(30, 30, 40, 40)
     assert box_window(box, (20, 20)) is None

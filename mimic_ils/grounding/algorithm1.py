@@ -15,6 +15,7 @@ pipeline passes precomputed pixel counts so that only the box window is read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -32,7 +33,9 @@ BASE_LABELS = {"right": "right lung base", "left": "left lung base"}
 
 
 def box_window(box: Box, shape: tuple[int, int]) -> Window | None:
-    """Pixel window of a box clipped to the frame; None when nothing of it is left."""
+    """Pixel window of a box clipped to the frame; None when nothing of it is left (or a coordinate is not finite)."""
+    if not all(math.isfinite(value) for value in (box.x0, box.y0, box.x1, box.y1)):
+        return None
     window = box.as_int_slices(*shape)
     return window if masks.window_area(window) > 0 else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from mimic_ils.vision.hybridgnet import (
 )
 
 SMALL = HybridGNetConfig(input_size=64)
+FIXTURE = Path(__file__).parent / "fixtures" / "hybridgnet_chexmask_keys.json"
 
 
 def _random_state(config: HybridGNetConfig = SMALL, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -127,6 +129,8 @@ def test_full_size_key_layout_is_chexmask_hybridgnet2igsc() -> None:
     assert not any(key in shapes for key in absent)
     assert not any("running" in key or "laplacian" in key or "upsample" in key for key in shapes)
     assert len(shapes) == 6 * 8 + 5 * 3 + 4 + 2 + 5 * 7 + 3
+    recorded = json.loads(FIXTURE.read_text())["keys"]  # from the reference network (torch_geometric)
+    assert {key: list(shape) for key, shape in shapes.items()} == recorded
 
 
 @pytest.mark.parametrize("prefix", ["", "module."])

@@ -4,7 +4,7 @@ Usage from any test module::
 
     @pytest.fixture(scope="session")
     def cohort(tmp_path_factory):
-        return make_cohort(tmp_path_factory, n_studies=12, seed=0)
+        return make_cohort(tmp_path_factory, n_studies=12, seed=1)
 
 Treat the returned folder as read-only (copy it with :func:`copy_cohort` before planting faults).
 """
@@ -21,7 +21,7 @@ from mimic_ils.synth import generate_cohort
 _CACHE: dict[tuple[int, int], Path] = {}
 
 
-def make_cohort(tmp_path_factory: pytest.TempPathFactory, n_studies: int = 12, seed: int = 0) -> Path:
+def make_cohort(tmp_path_factory: pytest.TempPathFactory, n_studies: int = 12, seed: int = 1) -> Path:
     """Path of a synthetic MIMIC-CXR cohort of ``n_studies`` studies (seed ``seed``), shared across the session."""
     key = (n_studies, seed)
     if key not in _CACHE or not _CACHE[key].is_dir():

@@ -20,7 +20,7 @@ from mimic_ils.synth import METADATA_NAME, SPLIT_NAME, load_truth
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return make_cohort(tmp_path_factory, n_studies=12, seed=0)
+    return make_cohort(tmp_path_factory, n_studies=12, seed=1)
 
 
 def _rows(path):

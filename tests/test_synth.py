@@ -22,7 +22,7 @@ FOCAL = ("atelectasis", "pneumonia", "consolidation", "opacity")
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return make_cohort(tmp_path_factory, n_studies=12, seed=0)
+    return make_cohort(tmp_path_factory, n_studies=12, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,8 @@ def test_mimic_layout_and_csvs(cohort, truth):
 
 
 def test_sidecar_arrays_match_the_contract_and_the_reader(cohort, truth):
+    # seed 1 puts all seven lesion types, all three sections and all four views into the 12 studies
+    assert {lesion["lesion_type"] for record in truth.values() for lesion in record["lesions"]} == set(LESION_TYPES)
     for record in truth.values():
         for image in record["images"]:
             path = cohort / "files" / f"p{record['subject_id'][:2]}" / f"p{record['subject_id']}" / \
@@ -188,3 +190,22 @@ def test_synth_command(tmp_path, capsys):
     lines = (tmp_path / "c" / synth.SIDECAR_DIR / "truth.jsonl").read_text().splitlines()
     assert [json.loads(line)["study_id"] for line in lines] == sorted(json.loads(line)["study_id"] for line in lines)
     assert cli.main(["synth", "--out", str(tmp_path / "c"), "--studies", "2"]) == 1
+
+
+_HEADER = re.compile(r"\n ([A-Z ()/,-]+):\s")  # the MIMIC-CXR section header pattern (MIT-LCP section parser)
+
+
+def test_report_headers_follow_mimic_layout(cohort, truth):
+    """The section the sidecar names is the one MIMIC-CXR's section rules pick: findings, else impression, else
+    the paragraph after the last blank line (blank lines hold one space, as in MIMIC-CXR)."""
+    for record in truth.values():
+        report = (cohort / "files" / f"p{record['subject_id'][:2]}" / f"p{record['subject_id']}" /
+                  f"s{record['study_id']}.txt").read_text()
+        headers = [match.group(1) for match in _HEADER.finditer(report)]
+        assert headers[:2] == ["EXAMINATION", "INDICATION"] and "COMPARISON" in headers
+        expected = {"findings": ["FINDINGS", "IMPRESSION"], "impression": ["IMPRESSION"], "last_paragraph": []}
+        assert [h for h in headers if h in ("FINDINGS", "IMPRESSION")] == expected[record["section"]]
+        if record["section"] == "last_paragraph":
+            last_section = report[list(_HEADER.finditer(report))[-1].end():]
+            assert "\n \n" in last_section and all(_squash(lesion["phrase"]) in _squash(
+                last_section.split("\n \n", 1)[1]) for lesion in record["lesions"])

@@ -118,10 +118,11 @@ def _batches(dataset, batch_size: int):
 
 
 def _predict(model, processor, batch: dict, segment_only: bool, max_new_tokens: int) -> list[dict]:
-    images = batch["image"]
-    return model.predict(
-        images, batch["instruction"], processor=processor, segment_only=segment_only, max_new_tokens=max_new_tokens
-    )
+    import torch
+
+    with torch.inference_mode():  # also when called from a Trainer with autograd on
+        return model.predict(batch["image"], batch["instruction"], processor=processor, segment_only=segment_only,
+                             max_new_tokens=max_new_tokens)
 
 
 def _metric_inputs(batch: dict, outputs: list[dict], references: list, segment_only: bool) -> dict[str, Any]:

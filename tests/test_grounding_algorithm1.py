@@ -10,7 +10,7 @@ import pytest
 from _grounding_helpers import Chest, finding, report
 from scipy import ndimage
 
-from mimic_ils.grounding import GroundingConfig, ground_image, masks, qc, verify
+from mimic_ils.grounding import GroundingConfig, Thresholds, ground_image, masks, qc, verify
 from mimic_ils.grounding.algorithm1 import box_window, c1_anatomy, c2_confidence, c3_signal, c4_size
 from mimic_ils.grounding.anomaly import AnomalyField, anomaly_map, difference_threshold
 from mimic_ils.grounding.config import QcConfig, RefineConfig
@@ -366,6 +366,12 @@ def test_config_round_trips_and_rejects_unknown_keys():
     assert GroundingConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown"):
         GroundingConfig.from_dict({"tau_anomaly": 0.2})
+    partial = GroundingConfig.from_dict(
+        {"tau_size": 0.3, "lesion_thresholds": {"edema": {"tau_ano": 0.02}, "effusion": {"tau_conf": 0.5}}}
+    )
+    assert partial.thresholds_for("edema") == Thresholds(tau_ano=0.02, tau_conf=0.01)  # Table 7 edema otherwise
+    assert partial.thresholds_for("effusion") == Thresholds(tau_conf=0.5, tau_size=0.3)
+    assert partial.thresholds_for("pneumonia") == Thresholds(tau_size=0.3)
 
 
 def test_grounding_and_pairs_do_not_import_torch():

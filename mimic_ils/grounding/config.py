@@ -158,7 +158,9 @@ class GroundingConfig:
             if key == "thresholds":
                 updates[key] = _sub(Thresholds, value)
             elif key == "lesion_thresholds":
-                updates[key] = {lesion: _sub(Thresholds, item) for lesion, item in value.items()}
+                updates[key] = {
+                    lesion: _lesion_thresholds(config, data, lesion, item) for lesion, item in value.items()
+                }
             elif key == "refine":
                 updates[key] = _sub(RefineConfig, value)
             elif key == "qc":
@@ -170,6 +172,16 @@ class GroundingConfig:
             else:
                 updates[key] = value
         return replace(config, **updates)
+
+
+def _lesion_thresholds(default: GroundingConfig, data: dict[str, Any], lesion: str, item: Any) -> Thresholds:
+    """A per-lesion override: keys it leaves out keep that lesion's default (edema's Table 7 column) or, for a
+    lesion without one, the general thresholds given in ``data`` (or their defaults)."""
+    if isinstance(item, Thresholds):
+        return item
+    general = _sub(Thresholds, data.get("thresholds", {}))
+    base = default.lesion_thresholds.get(lesion, general)
+    return _sub(Thresholds, {**asdict(base), **item})
 
 
 def _sub(kind: type, value: Any) -> Any:

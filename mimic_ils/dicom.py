@@ -11,6 +11,7 @@ Every failure is a :class:`~mimic_ils.schema.DicomReadError` whose message is on
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +35,12 @@ class DicomHeader:
     transfer_syntax: str
 
 
-def _dcmread(path: str | Path, *, stop_before_pixels: bool):
+def _dcmread(path: str | Path, *, stop_before_pixels: bool = False, defer_size: int | None = None):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except FileNotFoundError:
         raise DicomReadError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -78,21 +79,32 @@ def read_dicom_header(path: str | Path) -> DicomHeader:
 
 
 def check_dicom(path: str | Path) -> DicomHeader:
-    """Validate a DICOM cheaply (header, pixel data present and long enough) without decoding it.
+    """Validate a DICOM cheaply: parse its header and locate its pixel data without reading or decoding it.
 
     Raises :class:`DicomReadError` for the faults :func:`read_dicom` would hit: corrupt or truncated file, no pixel
-    data, unknown photometric interpretation, pixel data shorter than Rows x Columns x BitsAllocated.
+    data, unknown photometric interpretation, native pixel data shorter than Rows x Columns x BitsAllocated or
+    running past the end of the file.
     """
-    ds = _dcmread(path, stop_before_pixels=False)
+    ds = _dcmread(path, defer_size=4096)  # large values (the pixels) are skipped, not read
     header = _header_from(ds, path)
-    if "PixelData" not in ds:
+    element = ds.get_item(0x7FE00010, keep_deferred=True)
+    if element is None:
         raise DicomReadError(f"{path}: no pixel data")
-    element = ds["PixelData"]
-    if not getattr(element, "is_undefined_length", False):  # native (uncompressed) pixel data
-        expected = header.rows * header.columns * int(ds.get("SamplesPerPixel", 1) or 1) * \
-            int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("BitsAllocated", 16) or 16) // 8
-        if len(element.value or b"") < expected:
-            raise DicomReadError(f"{path}: truncated pixel data ({len(element.value or b'')} of {expected} bytes)")
+    length = getattr(element, "length", None)
+    offset = getattr(element, "value_tell", None) or getattr(element, "file_tell", None)
+    if length is None:  # already-read element (small image): measure its value
+        length = len(element.value or b"")
+    undefined = length == 0xFFFFFFFF or getattr(element, "is_undefined_length", False)
+    size = os.path.getsize(path)
+    if undefined:  # encapsulated (compressed) pixel data: the fragments must at least start inside the file
+        if offset is not None and offset >= size:
+            raise DicomReadError(f"{path}: truncated pixel data (encapsulated data starts past the end of file)")
+        return header
+    expected = header.rows * header.columns * int(ds.get("SamplesPerPixel", 1) or 1) * \
+        int(ds.get("NumberOfFrames", 1) or 1) * int(ds.get("BitsAllocated", 16) or 16) // 8
+    available = length if offset is None else min(length, size - offset)
+    if available < expected:
+        raise DicomReadError(f"{path}: truncated pixel data ({max(available, 0)} of {expected} bytes)")
     return header
 
 
@@ -101,7 +113,7 @@ def read_dicom(path: str | Path, *, out_dtype: type = np.uint8) -> np.ndarray:
 
     ``out_dtype=np.uint8`` (default): values 0..255. ``out_dtype=np.float32``: values in [0, 1].
     """
-    ds = _dcmread(path, stop_before_pixels=False)
+    ds = _dcmread(path)
     header = _header_from(ds, path)
     if "PixelData" not in ds:
         raise DicomReadError(f"{path}: no pixel data")

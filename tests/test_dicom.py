@@ -127,7 +127,7 @@ def test_corrupt_file(tmp_path):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("keep", [0.6, 0.05])
+@pytest.mark.parametrize("keep", [0.999, 0.6, 0.05])
 def test_truncated_file(tmp_path, phantom, keep):
     path = _write(tmp_path, phantom.display, "MONOCHROME2", 12, "window")
     data = path.read_bytes()

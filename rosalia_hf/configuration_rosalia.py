@@ -104,6 +104,10 @@ class RosaliaConfig(PreTrainedConfig):
         if self.out_dim != sam_width:
             raise ValueError(f"out_dim {self.out_dim} must equal the SAM prompt width {sam_width}")
 
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """The LLaMA config, so that ``resize_token_embeddings``, generation and peft find the language model."""
+        return self.llava_config.get_text_config(decoder=decoder, encoder=encoder)
+
     @property
     def text_hidden_size(self) -> int:
         return self.llava_config.text_config.hidden_size

@@ -337,3 +337,11 @@ def test_decoder_uses_no_mask_dense_embedding(prepared):
         model.sam.prompt_encoder.no_mask_embed.weight.copy_(saved)
     assert not torch.allclose(before, after)
     assert F.mse_loss(before, model(**batch).low_res_masks) == 0
+
+
+def test_resize_token_embeddings_updates_nested_config(tmp_path):
+    model, _ = tiny_rosalia(0)
+    model.resize_token_embeddings(410)
+    assert model.config.llava_config.text_config.vocab_size == 410
+    model.save_pretrained(tmp_path)
+    assert RosaliaForSegmentation.from_pretrained(tmp_path).llava.lm_head.weight.shape[0] == 410

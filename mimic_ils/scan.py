@@ -59,12 +59,9 @@ class ScanSummary:
 
 
 def _reason(error: Exception, path: str) -> str:
-    """The error's message without the leading ``path:`` (the path is reported separately)."""
+    """The error's message without its leading ``path:`` (the path is reported separately)."""
     message = str(error)
-    for prefix in (f"{path}: ",):
-        if message.startswith(prefix):
-            return message[len(prefix):]
-    return message.split(": ", 1)[-1] if message.startswith(("/", "files/")) else message
+    return message[len(path) + 2:] if message.startswith(f"{path}: ") else message
 
 
 def _scan_study(root: Path, study: Study, summary: ScanSummary) -> None:

@@ -182,11 +182,13 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
         decoder = self.sam.mask_decoder
         dtype = decoder.iou_token.weight.dtype
         n = prompt_embeddings.shape[0]
-        emb = image_embeddings[seg_image_index].to(dtype)
-        sparse = prompt_embeddings.to(dtype).reshape(n, 1, 1, -1)
+        device = decoder.iou_token.weight.device  # towers may sit on different devices (device_map="auto")
+        emb = image_embeddings.to(device)[seg_image_index.to(device)].to(dtype)
+        sparse = prompt_embeddings.to(device=device, dtype=dtype).reshape(n, 1, 1, -1)
         size = emb.shape[-1]
-        dense = self.sam.prompt_encoder.no_mask_embed.weight.to(dtype).reshape(1, -1, 1, 1).expand(n, -1, size, size)
-        pos = self.sam.get_image_wide_positional_embeddings().to(dtype).repeat(n, 1, 1, 1)
+        no_mask = self.sam.prompt_encoder.no_mask_embed.weight.to(device=device, dtype=dtype)
+        dense = no_mask.reshape(1, -1, 1, 1).expand(n, -1, size, size)
+        pos = self.sam.get_image_wide_positional_embeddings().to(device=device, dtype=dtype).repeat(n, 1, 1, 1)
         low_res, _ = decoder(image_embeddings=emb, image_positional_embeddings=pos, sparse_prompt_embeddings=sparse,
                              dense_prompt_embeddings=dense, multimask_output=False)
         return low_res[:, 0]
@@ -254,7 +256,9 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
 
         pred_masks = low_res = None
         if rows.numel() > 0:
-            prompts = self.text_hidden_fcs(hidden[rows, cols])
+            fcs_weight = self.text_hidden_fcs[0].weight
+            selected = hidden[rows.to(hidden.device), cols.to(hidden.device)]
+            prompts = self.text_hidden_fcs(selected.to(device=fcs_weight.device, dtype=fcs_weight.dtype))
             image_embeddings = self.get_sam_image_embeddings(sam_pixel_values)
             low_res = self.decode_masks(image_embeddings, prompts, seg_image_index)
             pred_masks = self.postprocess_masks(low_res, [sizes[i] for i in seg_image_index.tolist()])

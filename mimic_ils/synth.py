@@ -253,10 +253,7 @@ def _plan_findings(plan: StudyPlan, rng: np.random.Generator) -> None:
         if lesion is not None:
             plan.lesions.append(lesion)
     present = {lesion.lesion_type for lesion in plan.lesions}
-    forbidden = present | ({"opacity"} if present - {"effusion", "cardiomegaly"} else set())
-    candidates = [entry for entry in NEGATIONS if not set(entry[1]) & forbidden]
-    picks = rng.choice(len(candidates), size=min(len(candidates), int(rng.integers(1, 4))), replace=False)
-    negations = [candidates[int(pick)] for pick in sorted(picks)]
+    negations = _pick_negations(rng, present)
     plan.negated = [name for name in LESION_TYPES if any(name in entry[1] for entry in negations)]
     n_other = int(rng.choice([0, 1, 2], p=[0.5, 0.35, 0.15]))
     others = [OTHER_FINDINGS[int(pick)] for pick in sorted(rng.choice(len(OTHER_FINDINGS), n_other, replace=False))]
@@ -266,10 +263,34 @@ def _plan_findings(plan: StudyPlan, rng: np.random.Generator) -> None:
     if plan.phrases and rng.random() < 0.3:
         opener = str(rng.choice(COMPARISON_OPENERS))
         plan.phrases[0] = opener + plan.phrases[0][0].lower() + plan.phrases[0][1:] if opener else plan.phrases[0]
-    normals = [text for text, absent in NORMAL_SENTENCES if not set(absent) & present]
-    plan.normal_sentences = [normals[int(pick)] for pick in sorted(rng.choice(len(normals), size=2, replace=False))]
     plan.other_sentences = [text for _, text in others]
     plan.negation_sentences = [text for text, _ in negations]
+    plan.normal_sentences = _pick_normals(rng, present, " ".join(plan.negation_sentences))
+
+
+def _pick_negations(rng: np.random.Generator, present: set[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """One to three negation sentences about absent lesion types, no type negated twice. "Opacity" is never
+    negated next to a lung lesion (their sentences may say "opacities")."""
+    forbidden = present | ({"opacity"} if present - {"effusion", "cardiomegaly"} else set())
+    candidates = [entry for entry in NEGATIONS if not set(entry[1]) & forbidden]
+    wanted, chosen, covered = int(rng.integers(1, 4)), [], set()
+    for pick in rng.permutation(len(candidates)):
+        text, types = candidates[int(pick)]
+        if not set(types) & covered and len(chosen) < wanted:
+            chosen.append(candidates[int(pick)])
+            covered |= set(types)
+    return sorted(chosen, key=candidates.index)
+
+
+def _pick_normals(rng: np.random.Generator, present: set[str], negations: str) -> list[str]:
+    """One or two statements of normality consistent with the lesions, not repeating a negated pneumothorax."""
+    chosen: list[str] = []
+    for pick in rng.permutation(len(NORMAL_SENTENCES)):
+        text, absent = NORMAL_SENTENCES[int(pick)]
+        repeats = "pneumothorax" in text and "pneumothorax" in negations + " ".join(chosen)
+        if not set(absent) & present and not repeats and len(chosen) < 2:
+            chosen.append(text)
+    return chosen
 
 
 def _plan_lesion(lesion_type: str, rng: np.random.Generator, occupied: set[str]) -> LesionPlan | None:

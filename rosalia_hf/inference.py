@@ -9,25 +9,23 @@ from collections.abc import Sequence
 
 import torch
 
-from rosalia_hf.processing_rosalia import SEG_TOKEN
 
-
-def run_predict(model, processor, images: Sequence, instructions: Sequence[str], *, segment_only: bool = False,
-                max_new_tokens: int = 32, dtype: torch.dtype | None = None,
-                generate_kwargs: dict | None = None) -> list[dict]:
+def run_predict(model, processor, images: Sequence, instructions: Sequence[str], *,
+                image_index: Sequence[int] | None = None, segment_only: bool = False, max_new_tokens: int = 32,
+                dtype: torch.dtype | None = None, generate_kwargs: dict | None = None) -> list[dict]:
     """See ``RosaliaForSegmentation.predict``; one result dict per instruction, in order."""
-    if len(images) != len(instructions):
-        raise ValueError(f"{len(instructions)} instructions for {len(images)} images")
+    if image_index is None and len(images) != len(instructions):
+        raise ValueError(f"{len(instructions)} instructions for {len(images)} images: pass image_index")
     if dtype is not None:
         model = model.to(dtype)
     device = next(model.parameters()).device
     if segment_only:
-        batch = processor(images, instructions, answers=[SEG_TOKEN] * len(instructions), add_eos=False,
-                          padding_side="left")
+        batch = processor(images, instructions, answers=[processor.seg_token] * len(instructions),
+                          image_index=image_index, add_eos=False, padding_side="left")
         batch.pop("labels")
-        texts = [SEG_TOKEN] * len(instructions)
+        texts = [processor.seg_token] * len(instructions)
     else:
-        prompt = processor(images, instructions, padding_side="left")
+        prompt = processor(images, instructions, image_index=image_index, padding_side="left")
         batch, texts = _generate(model, processor, prompt.to(device), max_new_tokens, generate_kwargs or {})
     batch = batch.to(device)
     out = model(**batch)

@@ -312,12 +312,13 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
 
     # --- inference ---
     @torch.no_grad()
-    def predict(self, images, instructions: Sequence[str], *, processor, segment_only: bool = False,
-                max_new_tokens: int = 32, dtype: torch.dtype | None = None,
+    def predict(self, images, instructions: Sequence[str], *, processor, image_index: Sequence[int] | None = None,
+                segment_only: bool = False, max_new_tokens: int = 32, dtype: torch.dtype | None = None,
                 generate_kwargs: dict | None = None) -> list[dict]:
-        """Segments ``images[i]`` according to ``instructions[i]``.
+        """Segments ``images[image_index[i]]`` according to ``instructions[i]``.
 
-        ``images``: ``HxW`` or ``HxWx3`` uint8 arrays (or PIL images), one per instruction. Returns, per
+        ``images``: ``HxW`` or ``HxWx3`` uint8 arrays (or PIL images); one per instruction, or unique images with
+        ``image_index`` naming each instruction's image (the image towers then run once per image). Returns, per
         instruction, ``{"mask": HxW bool (original frame), "text": str, "empty": bool}``; ``empty`` means no pixel
         of the mask is positive (the paper's N-Acc criterion). The mask comes from the first ``[SEG]``; an answer
         without ``[SEG]`` gives an all-False mask. ``segment_only`` teacher-forces ``"[SEG]"`` as the answer and
@@ -326,7 +327,7 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
         """
         from rosalia_hf.inference import run_predict
 
-        return run_predict(self, processor, images, instructions, segment_only=segment_only,
+        return run_predict(self, processor, images, instructions, image_index=image_index, segment_only=segment_only,
                            max_new_tokens=max_new_tokens, dtype=dtype, generate_kwargs=generate_kwargs)
 
 

@@ -345,3 +345,15 @@ def test_resize_token_embeddings_updates_nested_config(tmp_path):
     assert model.config.llava_config.text_config.vocab_size == 410
     model.save_pretrained(tmp_path)
     assert RosaliaForSegmentation.from_pretrained(tmp_path).llava.lm_head.weight.shape[0] == 410
+
+
+def test_predict_shares_images_through_image_index(tester):
+    model, processor = tiny_rosalia(0)
+    image = tester.images()[0]
+    instructions = ["Segment the heart.", "Where is the effusion?"]
+    shared = model.predict([image], instructions, processor=processor, image_index=[0, 0], segment_only=True)
+    separate = model.predict([image, image], instructions, processor=processor, segment_only=True)
+    for a, b in zip(shared, separate, strict=True):
+        np.testing.assert_array_equal(a["mask"], b["mask"])
+    with pytest.raises(ValueError, match="pass image_index"):
+        model.predict([image], instructions, processor=processor)

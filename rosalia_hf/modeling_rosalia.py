@@ -256,7 +256,7 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
 
         pred_masks = low_res = None
         if rows.numel() > 0:
-            fcs_weight = self.text_hidden_fcs[0].weight
+            fcs_weight = next(self.text_hidden_fcs.parameters())  # also under peft modules_to_save
             selected = hidden[rows.to(hidden.device), cols.to(hidden.device)]
             prompts = self.text_hidden_fcs(selected.to(device=fcs_weight.device, dtype=fcs_weight.dtype))
             image_embeddings = self.get_sam_image_embeddings(sam_pixel_values)

@@ -18,10 +18,15 @@ Rules (Appendix C), per image of a study:
   heart, and its mask is the heart;
 * a lesion-inference positive from every basic positive of pneumonia, atelectasis and edema, whatever the
   certainty, with the answer carrying it;
-* negatives: for each of the seven types with no positive finding (not mentioned or explicitly negated) one
-  random basic negative in a lung region or one global negative; for each type with basic positives, one
-  negative made by putting an empty location into one of its positives' basic (or lesion-inference)
-  instruction; at most one negative per lesion type; cardiomegaly negatives only when the CTR rule allows.
+* negatives, at most one per lesion type: for a type with no positive finding, a basic negative where the report
+  denies it ("no effusion on the left"), a global negative when the report denies it with no place ("no
+  pleural effusion"), and a basic negative in a random lung region when the report does not mention it; for a
+  type with basic positives, a negative made by putting an empty location into one of its positives' basic
+  instruction; opacity negatives are basic or, at random, lesion-inference ("There is no opacity in ...");
+  a type whose negative another positive finding contradicts (opacity while atelectasis is reported) only gets
+  one in an empty location; cardiomegaly negatives (global) only when the CTR rule allows. The split between
+  global and basic negatives follows the proportions in the authors' published evaluation sheets, where global
+  negatives are rare except for the often-denied effusion.
 
 Locations are lung labels; lobes are not valid instruction locations (Table 8), so a lobe is named by its lung,
 and zones of a lung that is named as a whole are dropped. Several locations are joined as "right lung base and
@@ -80,12 +85,11 @@ def study_rng(study_id: str) -> np.random.Generator:
 
 
 def instruction_locations(labels: Iterable[str]) -> tuple[str, ...]:
-    """Lung labels as valid instruction locations: lobes become their lung; zones of a named lung are dropped."""
-    mapped = {LOBE_SIDE.get(label, label) for label in labels if label in _ORDER}
-    for side, zones in SIDE_ZONES.items():
-        if side in mapped:
-            mapped -= set(zones)
-    return tuple(sorted(mapped, key=_ORDER.__getitem__))
+    """Lung labels as valid instruction locations, in their given order: a lobe becomes its lung, zones of a lung
+    that is named as a whole are dropped, repeats are dropped."""
+    mapped = tuple(dict.fromkeys(LOBE_SIDE.get(label, label) for label in labels if label in _ORDER))
+    covered = {zone for side, zones in SIDE_ZONES.items() if side in mapped for zone in zones}
+    return tuple(label for label in mapped if label not in covered)
 
 
 def join_locations(labels: Sequence[str]) -> str:
@@ -99,10 +103,12 @@ def join_locations(labels: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class FindingOutcome:
-    """A positive finding after grounding: ``mask_key`` is None when it was not grounded.
+    """A finding of the report after grounding: ``mask_key`` is None when it was not grounded.
 
     ``lesion`` is one of LESION_TYPES or None (findings outside the seven types only matter for conflicts);
-    ``reported``/``grounded`` are canonical lung labels (``("heart",)`` for cardiomegaly).
+    ``reported``/``grounded`` are lung labels in the report's order (``("heart",)`` for cardiomegaly);
+    ``presence`` is "negative" for an explicitly negated finding (never grounded; its places say where the report
+    denies the lesion). ``sentence`` (1-based, 0 if unknown) orders several findings of one type in a global answer.
     """
 
     lesion: str | None
@@ -110,6 +116,8 @@ class FindingOutcome:
     reported: tuple[str, ...] = ()
     grounded: tuple[str, ...] = ()
     mask_key: str | None = None
+    presence: str = "positive"
+    sentence: int = 0
 
     @property
     def fully_grounded(self) -> bool:
@@ -180,28 +188,38 @@ def generate_pairs(
 
         config = GroundingConfig()
     outcomes = sorted(outcomes, key=_outcome_key)
+    positives = [outcome for outcome in outcomes if outcome.presence == "positive"]
     builder = _Builder(study_id, dicom_id)
     rng = study_rng(study_id)
     basics: dict[str, list[Pair]] = {lesion: [] for lesion in LESION_TYPES}
-    for outcome in outcomes:
+    for outcome in positives:
         if outcome.lesion in LESION_TYPES and outcome.lesion != "cardiomegaly" and outcome.mask_key:
             basics[outcome.lesion].append(_positives(builder, outcome, config))
     for lesion in LESION_TYPES:
-        mine = [outcome for outcome in outcomes if outcome.lesion == lesion]
+        mine = [outcome for outcome in positives if outcome.lesion == lesion]
         if lesion == "cardiomegaly":
             _cardiomegaly(builder, mine, cardiomegaly_negative_reason)
             continue
         _global_positive(builder, lesion, mine)
         if mine:
-            _substitution_negative(builder, rng, lesion, basics[lesion], empty_locations, config)
+            _substitution_negative(builder, rng, lesion, basics[lesion], empty_locations)
         else:
-            _absent_negative(builder, rng, lesion, outcomes, empty_locations, config)
+            denied = [o for o in outcomes if o.lesion == lesion and o.presence == "negative"]
+            _absent_negative(builder, rng, lesion, positives, denied, empty_locations, config)
     return builder.plan
 
 
 def _outcome_key(outcome: FindingOutcome) -> tuple:
     lesion_rank = LESION_TYPES.index(outcome.lesion) if outcome.lesion in LESION_TYPES else len(LESION_TYPES)
-    return (lesion_rank, outcome.reported, outcome.grounded, outcome.certainty, outcome.mask_key or "")
+    return (
+        outcome.presence != "positive",
+        lesion_rank,
+        outcome.sentence,
+        outcome.reported,
+        outcome.grounded,
+        outcome.certainty,
+        outcome.mask_key or "",
+    )
 
 
 def _positives(builder: _Builder, outcome: FindingOutcome, config: GroundingConfig) -> Pair:
@@ -297,7 +315,24 @@ def _global_negative(builder: _Builder, lesion: str) -> None:
     )
 
 
-def _basic_negative(builder: _Builder, lesion: str, target: str, location: str) -> None:
+def _negative_at(
+    builder: _Builder, rng: np.random.Generator, lesion: str, target: str, places: tuple[str, ...]
+) -> None:
+    """A negative at ``places``; an opacity negative is a basic or, at random, a lesion-inference one."""
+    location = join_locations(places)
+    if target == OPACITY and rng.integers(2) == 1:
+        builder.add(
+            INFERENCE_INSTRUCTION.format(location=location),
+            INFERENCE_NEGATIVE.format(location=location),
+            target=OPACITY,
+            lesion=lesion,
+            question_type="lesion_inference",
+            polarity="negative",
+            locations=places,
+            certainty=None,
+            mask_key=None,
+        )
+        return
     builder.add(
         BASIC_INSTRUCTION.format(target=target, location=location),
         BASIC_NEGATIVE.format(target=target, location=location),
@@ -305,53 +340,30 @@ def _basic_negative(builder: _Builder, lesion: str, target: str, location: str) 
         lesion=lesion,
         question_type="basic",
         polarity="negative",
-        locations=(location,),
-        certainty=None,
-        mask_key=None,
-    )
-
-
-def _inference_negative(builder: _Builder, lesion: str, location: str) -> None:
-    builder.add(
-        INFERENCE_INSTRUCTION.format(location=location),
-        INFERENCE_NEGATIVE.format(location=location),
-        target=OPACITY,
-        lesion=lesion,
-        question_type="lesion_inference",
-        polarity="negative",
-        locations=(location,),
+        locations=places,
         certainty=None,
         mask_key=None,
     )
 
 
 def _substitution_negative(
-    builder: _Builder,
-    rng: np.random.Generator,
-    lesion: str,
-    positives: Sequence[Pair],
-    empty: Sequence[str],
-    config: GroundingConfig,
+    builder: _Builder, rng: np.random.Generator, lesion: str, positives: Sequence[Pair], empty: Sequence[str]
 ) -> None:
-    """Put an empty location into one of the type's basic positives (or its lesion-inference twin)."""
+    """Put an empty location into the basic instruction of one of the type's positives."""
     if not positives:
         return
     if not empty:
         builder.plan.skipped.append((f"{lesion} negative", "no empty location to substitute"))
         return
     positive = positives[int(rng.integers(len(positives)))]
-    location = empty[int(rng.integers(len(empty)))]
-    if lesion in config.opacity_inference_types and rng.integers(2) == 1:
-        _inference_negative(builder, lesion, location)
-    else:
-        _basic_negative(builder, lesion, positive.target, location)
+    _negative_at(builder, rng, lesion, positive.target, (empty[int(rng.integers(len(empty)))],))
 
 
-def _conflicts(lesion: str, outcomes: Sequence[FindingOutcome], config: GroundingConfig) -> list[str]:
+def _conflicts(lesion: str, positives: Sequence[FindingOutcome], config: GroundingConfig) -> list[str]:
     """Reported types (or "an untyped lung finding") that make "there is no <lesion>" false study-wide."""
     blocking = set(config.negative_conflicts.get(lesion, ()))
-    found = sorted({o.lesion for o in outcomes if o.lesion in blocking})
-    if lesion in config.conflicts_with_untyped and any(o.lesion is None and o.reported for o in outcomes):
+    found = sorted({o.lesion for o in positives if o.lesion in blocking})
+    if lesion in config.conflicts_with_untyped and any(o.lesion is None and o.reported for o in positives):
         found.append("an untyped lung finding")
     return found
 
@@ -360,22 +372,33 @@ def _absent_negative(
     builder: _Builder,
     rng: np.random.Generator,
     lesion: str,
-    outcomes: Sequence[FindingOutcome],
+    positives: Sequence[FindingOutcome],
+    denied: Sequence[FindingOutcome],
     empty: Sequence[str],
     config: GroundingConfig,
 ) -> None:
-    """One negative for a type the report does not affirm: random basic (lung region) or global."""
-    conflicts = _conflicts(lesion, outcomes, config)
+    """One negative for a type with no positive finding.
+
+    Explicitly negated at a place: a basic negative there; negated with no place: a global negative; not mentioned:
+    a basic negative in a random lung region. A type whose negative other findings would contradict (opacity while
+    atelectasis is reported) only gets one in an empty location.
+    """
+    conflicts = _conflicts(lesion, positives, config)
+    if denied:
+        places = instruction_locations(denied[0].reported)
+        if places and (not conflicts or set(places) <= set(empty)):
+            _negative_at(builder, rng, lesion, lesion, places)
+            return
+        if not places and not conflicts:
+            _global_negative(builder, lesion)
+            return
     if conflicts:
         if not empty:
             builder.plan.skipped.append((f"{lesion} negative", f"{', '.join(conflicts)} reported, no empty location"))
             return
-        _basic_negative(builder, lesion, lesion, empty[int(rng.integers(len(empty)))])
+        _negative_at(builder, rng, lesion, lesion, (empty[int(rng.integers(len(empty)))],))
         return
-    if rng.integers(2) == 1:
-        _global_negative(builder, lesion)
-    else:
-        _basic_negative(builder, lesion, lesion, LUNG_REGIONS[int(rng.integers(len(LUNG_REGIONS)))])
+    _negative_at(builder, rng, lesion, lesion, (LUNG_REGIONS[int(rng.integers(len(LUNG_REGIONS)))],))
 
 
 def limit_study_negatives(pairs: Iterable[Pair]) -> list[Pair]:

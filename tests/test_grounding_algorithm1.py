@@ -246,9 +246,9 @@ def test_grounded_locations_keep_reported_labels_under_kept_boxes():
     assert verify.grounded_locations(reported, anatomy, []) == ()
 
 
-def test_reported_locations_are_canonical():
+def test_reported_locations_keep_the_mapping_order():
     f = finding("edema", "left lung", "right lung", "left lung", "heart")
-    assert verify.reported_locations(f) == ("right lung", "left lung")
+    assert verify.reported_locations(f) == ("left lung", "right lung")
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def test_fig8_bilateral_upper_lobe_opacity_grounded_only_on_the_right():
     chest.add_lesion(chest.band("right", 0.05, 0.38), delta=40)
     result = _ground(chest, finding("opacity", "lung upper lobe right", "lung upper lobe left"))
     [outcome] = result.findings
-    assert outcome.reported == ("lung upper lobe left", "lung upper lobe right")
+    assert outcome.reported == ("lung upper lobe right", "lung upper lobe left")
     assert outcome.grounded == ("lung upper lobe right",)
     answers = _answers(result)
     assert answers == {"Segment the opacity in the right lung.": "[SEG]"}  # no global: grounded != reported

@@ -99,12 +99,12 @@ def test_invariants(scene):
     assert all(count == 1 for count in negatives.values())
     for pair in result.pairs:
         if pair.question_type == "global" and pair.polarity == "positive" and pair.lesion != "cardiomegaly":
-            mine = [o for o in result.findings if o.lesion == pair.lesion]
+            mine = [o for o in result.findings if o.lesion == pair.lesion and o.presence == "positive"]
             assert mine and all(set(o.grounded) == set(o.reported) and o.mask_key for o in mine)
             assert all(o.certainty == "definitive" for o in mine)
     for pair in result.pairs:
         if pair.polarity == "negative" and pair.locations and pair.lesion not in ("opacity",):
-            positives_of_type = [o for o in result.findings if o.lesion == pair.lesion]
+            positives_of_type = [o for o in result.findings if o.lesion == pair.lesion and o.presence == "positive"]
             if positives_of_type:
                 assert pair.locations[0] in result.empty_locations
 

@@ -77,10 +77,11 @@ def test_join_locations_needs_a_location():
 @pytest.mark.parametrize(
     ("labels", "expected"),
     [
-        (("left lung base", "right lung base"), ("right lung base", "left lung base")),
+        (("left lung base", "right lung base"), ("left lung base", "right lung base")),  # the report's order
         (("lung upper lobe right",), ("right lung",)),
         (("lung lower lobe left", "left lung base"), ("left lung",)),  # the base is inside the named lung
-        (("lung middle lobe right", "left mid zone lung"), ("left mid zone lung", "right lung")),
+        (("lung middle lobe right", "left mid zone lung"), ("right lung", "left mid zone lung")),
+        (("right lung base", "right lung", "right lung base"), ("right lung",)),
     ],
 )
 def test_instruction_locations(labels, expected):
@@ -132,9 +133,16 @@ def test_global_needs_grounded_equal_reported():
 
 def test_global_over_several_findings_unites_their_masks():
     plan = _plan(
-        FindingOutcome("atelectasis", "definitive", ("right lung base",), ("right lung base",), "d1_atelectasis_0"),
         FindingOutcome(
-            "atelectasis", "definitive", ("left upper zone lung",), ("left upper zone lung",), "d1_atelectasis_1"
+            "atelectasis", "definitive", ("right lung base",), ("right lung base",), "d1_atelectasis_0", sentence=1
+        ),
+        FindingOutcome(
+            "atelectasis",
+            "definitive",
+            ("left upper zone lung",),
+            ("left upper zone lung",),
+            "d1_atelectasis_1",
+            sentence=2,
         ),
         empty=("right apical zone lung",),
     )
@@ -175,17 +183,72 @@ def test_cardiomegaly_negative_follows_the_ctr_rule():
     assert not [p for p in ungrounded.pairs if p.lesion == "cardiomegaly"]
 
 
-def test_absent_types_get_exactly_one_negative_each():
-    plan = _plan()
-    counts = Counter(p.lesion for p in _negatives(plan))
-    assert counts == Counter(LESION_TYPES)
-    for pair in _negatives(plan):
-        assert pair.mask_key is None and pair.certainty is None and pair.target == pair.lesion
-        if pair.question_type == "basic":
-            assert pair.answer == f"[SEG] There is no {pair.lesion} in the {pair.locations[0]}."
-            assert pair.locations[0] in LUNG_REGIONS
-        else:
-            assert pair.answer == f"[SEG] There is no {pair.lesion}." and pair.locations == ()
+def test_unmentioned_types_get_one_basic_negative_in_a_random_region():
+    forms = Counter()
+    for study in range(12):
+        plan = _plan(study_id=f"s{study}")
+        assert Counter(p.lesion for p in _negatives(plan)) == Counter(LESION_TYPES)
+        for pair in _negatives(plan):
+            assert pair.mask_key is None and pair.certainty is None and pair.target == pair.lesion
+            forms[pair.lesion, pair.question_type] += 1
+            if pair.lesion == "cardiomegaly":
+                assert pair.answer == "[SEG] There is no cardiomegaly." and pair.locations == ()
+            elif pair.question_type == "basic":
+                assert pair.answer == f"[SEG] There is no {pair.lesion} in the {pair.locations[0]}."
+                assert pair.locations[0] in LUNG_REGIONS
+            else:  # the lesion-inference form of an opacity negative
+                assert pair.lesion == "opacity" and pair.question_type == "lesion_inference"
+                assert pair.instruction == f"Segment the opacity in the {pair.locations[0]} and predict its type."
+                assert pair.answer == f"[SEG] There is no opacity in the {pair.locations[0]}."
+    assert {form for _lesion, form in forms} == {"basic", "global", "lesion_inference"}
+    assert forms["opacity", "basic"] and forms["opacity", "lesion_inference"]
+    assert not [form for (lesion, form) in forms if form == "global" and lesion != "cardiomegaly"]
+
+
+@pytest.mark.parametrize(
+    ("denied", "question_type", "instruction", "answer"),
+    [
+        (
+            ("left lung base",),
+            "basic",
+            "Segment the effusion in the left lung base.",
+            "[SEG] There is no effusion in the left lung base.",
+        ),
+        (
+            ("left lung", "right lung"),
+            "basic",
+            "Segment the effusion in the left lung and right lung.",
+            "[SEG] There is no effusion in the left lung and right lung.",
+        ),
+        ((), "global", "Segment the effusion.", "[SEG] There is no effusion."),
+    ],
+)
+def test_explicitly_negated_types_are_denied_where_the_report_denies_them(denied, question_type, instruction, answer):
+    negated = FindingOutcome("effusion", "definitive", denied, presence="negative")
+    [negative] = [p for p in _negatives(_plan(negated)) if p.lesion == "effusion"]
+    assert (negative.question_type, negative.instruction, negative.answer) == (question_type, instruction, answer)
+    assert negative.locations == denied
+
+
+def test_negation_of_a_contradicted_type_falls_back_to_an_empty_location():
+    pneumonia = FindingOutcome("pneumonia", "definitive", ("right lung base",))
+    for denied in [(), ("right lung base",)]:
+        negated = FindingOutcome("opacity", "definitive", denied, presence="negative")
+        [negative] = [p for p in _negatives(_plan(pneumonia, negated)) if p.lesion == "opacity"]
+        assert negative.locations[0] in EMPTY and negative.question_type != "global"
+    allowed = FindingOutcome("opacity", "definitive", ("left upper zone lung",), presence="negative")
+    [negative] = [p for p in _negatives(_plan(pneumonia, allowed)) if p.lesion == "opacity"]
+    assert negative.locations == ("left upper zone lung",)
+
+
+def test_a_negated_finding_does_not_block_a_positive_of_its_type():
+    plan = _plan(
+        FindingOutcome("effusion", "definitive", ("right lung base",), ("right lung base",), "k0"),
+        FindingOutcome("effusion", "definitive", ("left lung base",), presence="negative"),
+    )
+    assert [p.answer for p in _positives(plan, "global")] == ["[SEG] It is located in the right lung base."]
+    [negative] = [p for p in _negatives(plan) if p.lesion == "effusion"]
+    assert negative.locations[0] in EMPTY  # substitution into the positive, not the denial
 
 
 def test_substitution_negative_uses_an_empty_location():
@@ -219,7 +282,7 @@ def test_opacity_negative_is_only_in_empty_places_when_another_opacity_is_report
     for study_id in plan_ids:
         plan = _plan(FindingOutcome("pneumonia", "definitive", ("right lung base",)), study_id=study_id)
         [negative] = [p for p in _negatives(plan) if p.lesion == "opacity"]
-        assert negative.question_type == "basic" and negative.locations[0] in EMPTY
+        assert negative.question_type in ("basic", "lesion_inference") and negative.locations[0] in EMPTY
     untyped = _plan(FindingOutcome(None, "definitive", ("left lung base",)), empty=())
     assert not [p for p in _negatives(untyped) if p.lesion == "opacity"]
     assert any(what == "opacity negative" for what, _ in untyped.skipped)

@@ -9,7 +9,7 @@ sentence numbers, never report text.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,8 +29,9 @@ class ImageGrounding:
     ``masks`` maps each positive pair's ``mask_key`` (``f"{dicom_id}_{lesion}_{k}"``, or
     ``f"{dicom_id}_{lesion}_global"`` for a union) to an ``HxW bool`` mask in the original frame. ``exclusions``
     are ``(what, reason)``; ``excluded`` is the reason when quality control dropped the whole image.
-    ``findings`` are the outcomes of the report's positive findings, ``empty_locations`` the lung regions no
-    positive finding touches, ``ctr`` the cardiothoracic ratio (None when not measured).
+    ``findings`` are the outcomes of the report's findings (negated ones with ``presence="negative"``),
+    ``empty_locations`` the lung regions no positive finding touches, ``ctr`` the cardiothoracic ratio (None when
+    not measured).
     """
 
     pairs: list[Pair] = field(default_factory=list)
@@ -113,11 +114,11 @@ def _finding_key(finding: Finding) -> tuple:
 
 def canonical_findings(findings: Sequence[Finding]) -> list[Finding]:
     """Findings in a canonical order; of positive findings with the same type and places, the definitive is kept."""
-    seen: set[tuple[str, tuple[str, ...]]] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
     kept = []
     for finding in sorted(findings, key=_finding_key):
         if finding.is_positive and finding.lesion_type in LESION_TYPES:
-            signature = (finding.lesion_type, verify.reported_locations(finding))
+            signature = (finding.lesion_type, frozenset(verify.reported_locations(finding)))
             if signature in seen:
                 continue
             seen.add(signature)
@@ -169,6 +170,16 @@ def _ground_findings(
     counters = dict.fromkeys(LESION_TYPES, 0)
     for finding in findings:
         if not finding.is_positive:
+            if finding.lesion_type in LESION_TYPES:
+                reported = verify.reported_locations(finding)
+                negated = FindingOutcome(
+                    finding.lesion_type,
+                    finding.certainty,
+                    reported,
+                    presence="negative",
+                    sentence=finding.sentence_index,
+                )
+                result.findings.append(negated)
             continue
         what = f"{finding.lesion_type or 'untyped'} finding (sentence {finding.sentence_index})"
         outcome, mask, reason = _ground_one(finding, frame)
@@ -176,7 +187,7 @@ def _ground_findings(
             key = f"{dicom_id}_{finding.lesion_type}_{counters[finding.lesion_type]}"
             counters[finding.lesion_type] += 1
             masks[key] = mask
-            outcome = FindingOutcome(outcome.lesion, outcome.certainty, outcome.reported, outcome.grounded, key)
+            outcome = replace(outcome, mask_key=key)
         if reason is not None:
             result.exclusions.append((what, reason))
         result.findings.append(outcome)
@@ -186,12 +197,12 @@ def _ground_findings(
 def _ground_one(finding: Finding, frame: _Frame) -> tuple[FindingOutcome, np.ndarray | None, str | None]:
     """One positive finding -> (outcome without mask key, ``HxW bool`` mask or None, exclusion reason or None)."""
     reported = verify.reported_locations(finding)
-    outcome = FindingOutcome(finding.lesion_type, finding.certainty, reported)
+    outcome = FindingOutcome(finding.lesion_type, finding.certainty, reported, sentence=finding.sentence_index)
     anatomy = frame.cues.anatomy
     if finding.lesion_type not in LESION_TYPES:
         return outcome, None, None
     if finding.lesion_type == "cardiomegaly":
-        outcome = FindingOutcome("cardiomegaly", finding.certainty, (HEART_LABEL,), (HEART_LABEL,))
+        outcome = replace(outcome, reported=(HEART_LABEL,), grounded=(HEART_LABEL,))
         heart = frame.cues.heart
         return (outcome, heart.copy(), None) if heart.any() else (outcome, None, "heart mask is empty")
     if not reported:
@@ -208,7 +219,7 @@ def _ground_one(finding: Finding, frame: _Frame) -> tuple[FindingOutcome, np.nda
     kept = [box for box, decision in zip(frame.boxes, found.decisions, strict=True) if decision.kept]
     windows = [box_window(box, frame.cues.shape) for box in kept]
     grounded = verify.grounded_locations(reported, anatomy, [window for window in windows if window is not None])
-    return FindingOutcome(finding.lesion_type, finding.certainty, reported, grounded), mask, None
+    return replace(outcome, grounded=grounded), mask, None
 
 
 def _rejection_summary(decisions: Sequence[BoxDecision]) -> str:

@@ -1,7 +1,7 @@
 """Location verification (paper Sec. 3.1, Appendix A.6): reported, grounded and empty locations.
 
-* reported locations: the finding's mapped lung labels (``Finding.locations``), deduplicated, in
-  :data:`~mimic_ils.schema.LUNG_LABELS` order;
+* reported locations: the finding's mapped lung labels (``Finding.locations``), deduplicated, in the order the
+  mapping gave them (the released dataset keeps that order: "left lung base and left mid zone lung");
 * grounded locations: the reported labels whose CXAS anatomy mask intersects at least one kept box; the others
   are dropped;
 * empty locations: the lung regions of Table 8 (eight zones and two lungs) that overlap no anatomy mask of any
@@ -23,14 +23,14 @@ from mimic_ils.schema import LESION_TYPES, LUNG_LABELS, LUNG_REGIONS, Finding
 _ORDER = {label: index for index, label in enumerate(LUNG_LABELS)}
 
 
-def canonical_locations(labels: Iterable[str]) -> tuple[str, ...]:
-    """Lung labels deduplicated and sorted in ``LUNG_LABELS`` order; non-lung labels are dropped."""
-    return tuple(sorted({label for label in labels if label in _ORDER}, key=_ORDER.__getitem__))
+def lung_locations(labels: Iterable[str]) -> tuple[str, ...]:
+    """Lung labels (``LUNG_LABELS``) in their given order, first occurrence kept; other labels are dropped."""
+    return tuple(dict.fromkeys(label for label in labels if label in _ORDER))
 
 
 def reported_locations(finding: Finding) -> tuple[str, ...]:
-    """The finding's mapped lung labels, canonical order."""
-    return canonical_locations(finding.locations)
+    """The finding's mapped lung labels, in the mapping's order."""
+    return lung_locations(finding.locations)
 
 
 def grounded_locations(
@@ -51,7 +51,7 @@ def occupied_labels(findings: Iterable[Finding]) -> tuple[set[str], bool]:
     for finding in findings:
         if not finding.is_positive:
             continue
-        located = canonical_locations(finding.locations)
+        located = lung_locations(finding.locations)
         labels.update(located)
         if not located and finding.lesion_type in LESION_TYPES and finding.lesion_type != "cardiomegaly":
             everywhere = True

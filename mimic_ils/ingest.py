@@ -128,6 +128,10 @@ def load_index(root: str | Path) -> CohortIndex:
             index.problems.append(IndexProblem(f"{cohort.metadata_path.name}:{number}",
                                                "malformed metadata row (empty or non-numeric ids)"))
             continue
+        if dicom_id in metadata_ids:
+            index.problems.append(IndexProblem(f"{cohort.metadata_path.name}:{number}",
+                                               f"duplicate metadata row for {dicom_id} (ignored)"))
+            continue
         metadata_ids.add(dicom_id)
         folder = study_folder(subject_id, study_id)
         record = ImageRecord(dicom_id=dicom_id, subject_id=subject_id, study_id=study_id,

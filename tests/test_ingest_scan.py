@@ -128,7 +128,8 @@ def _plant_faults(root):
         if row["study_id"] == lateral_only.study_id:
             row["ViewPosition"] = "LATERAL"
     ghost = dict(rows[0], dicom_id="ffffffff-00000000-00000000-00000000-00000000")
-    _write_rows(root / METADATA_NAME, [*rows, ghost])
+    _write_rows(root / METADATA_NAME, [*rows, ghost, dict(rows[1])])
+    expected[f"{METADATA_NAME}:{len(rows) + 3}"] = "duplicate metadata row"
     expected[lateral_only.report_path[: -len(".txt")]] = "study without frontal image"
     ghost_path = f"{ingest.study_folder(ghost['subject_id'], ghost['study_id'])}/{ghost['dicom_id']}.dcm"
     expected[ghost_path] = "missing DICOM"  # metadata row without file, and without a split entry

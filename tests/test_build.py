@@ -172,8 +172,9 @@ N_COHORT = 30
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
-    synth = pytest.importorskip("mimic_ils.synth")
-    return synth.generate_cohort(tmp_path_factory.mktemp("cohort") / "mimic", N_COHORT, 0, workers=1)
+    from _cohort import make_cohort
+
+    return make_cohort(tmp_path_factory, n_studies=N_COHORT, seed=0)
 
 
 @pytest.fixture(scope="module")

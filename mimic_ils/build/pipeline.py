@@ -115,9 +115,16 @@ def _ground_one(stages, work, study, image, report, cues, files) -> tuple[list[d
     if not grounded.pairs:
         return [], findings, "pairs: no instruction-answer pair for this image"
     image_file = f"images/{image.dicom_id}.png"
-    files[image_file] = work.write_file_checked(work.root / image_file, encode_png(image_cues.image))
+    files[image_file] = work.write_file_checked(work.root / image_file, _image_png(stages, work, image_cues))
     rows = [_pair_row(k, pair, grounded.masks, work, files, image_file) for k, pair in enumerate(grounded.pairs)]
     return rows, findings, None
+
+
+def _image_png(stages: Stages, work: WorkDir, cues) -> bytes:
+    """The image's PNG: the vision stage's own ``image.png`` when it has one (same pixels, no second encoding)."""
+    find = getattr(stages, "image_png_path", None)
+    path = find(cues.dicom_id, work.vision_dir) if find else None
+    return path.read_bytes() if path is not None and path.is_file() else encode_png(cues.image)
 
 
 def _pair_row(index, pair, masks, work: WorkDir, files: dict[str, str], image_file: str) -> dict[str, Any]:

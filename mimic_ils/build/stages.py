@@ -92,6 +92,10 @@ class ProjectStages:
                 out[dicom_id] = f"vision: {error}"
         return out
 
+    def image_png_path(self, dicom_id: str, vision_dir: Path) -> Path:
+        """The runner's ``image.png`` of this image (the pixels of ``VisionCues.image``, already encoded)."""
+        return vision_dir / dicom_id / "image.png"
+
     def ground(self, report: StructuredReport, cues: VisionCues, study: Study, image: ImageRecord) -> Grounded:
         from mimic_ils.grounding import GroundingConfig, ground_image
 
@@ -139,8 +143,8 @@ def make_vision_config(vision_config_cls: type, config: BuildConfig, mimic_root:
     ``{steps: ...}`` mapping), on this process's device (``cuda:LOCAL_RANK`` under a launcher)."""
     from mimic_ils.build.shard import process_device
 
-    device = config.device or process_device()
     spec = dict(config.vision) if isinstance(config.vision, dict) else {"preset": config.vision}
+    device = config.device or ("cpu" if spec.get("preset") == "phantom" else process_device())
     common = {"device": device, "batch_size": config.batch_size}
     if "steps" in spec:
         return vision_config_cls.from_dict({**spec, **common})

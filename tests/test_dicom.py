@@ -100,6 +100,23 @@ def test_rescale_then_window_hand_computed(tmp_path):
     np.testing.assert_array_equal(read_dicom(tmp_path / "win.dcm"), [[0, 0, 128, 255]])
 
 
+def test_multi_valued_window_uses_the_first_pair(tmp_path):
+    stored = np.array([[50, 75, 100, 125]])
+    _tiny(tmp_path / "win2.dcm", stored, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=[100.5, 400],
+          WindowWidth=[101, 10])
+    np.testing.assert_array_equal(read_dicom(tmp_path / "win2.dcm"), [[0, 0, 128, 255]])
+
+
+def test_modality_lut_sequence_hand_computed(tmp_path):
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4, 0, 12])  # 4 entries from stored value 0, 12-bit output
+    item.add_new(0x00283006, "US", [0, 1000, 2000, 4095])
+    item.ModalityLUTType = "US"
+    _tiny(tmp_path / "mlut.dcm", np.array([[0, 1, 2, 3]]), ModalityLUTSequence=Sequence([item]))
+    # no VOI: the modality output range (the table's min..max) maps onto 0..255
+    np.testing.assert_array_equal(read_dicom(tmp_path / "mlut.dcm"), [[0, 62, 125, 255]])
+
+
 def test_no_voi_uses_the_stored_range(tmp_path):
     _tiny(tmp_path / "raw.dcm", np.array([[0, 4095, 2048]]))
     np.testing.assert_array_equal(read_dicom(tmp_path / "raw.dcm"), [[0, 255, 128]])

@@ -310,10 +310,12 @@ def render_lateral(rng: np.random.Generator, height: int, width: int) -> np.ndar
     yy, xx = _grid(height, width)
     body = np.clip((1.0 - np.sqrt(((xx - 0.5) / 0.44) ** 2 + ((yy - 0.55) / 0.62) ** 2)) / 0.03, 0.0, 1.0)
     lung = ((((xx - 0.5) / 0.30) ** 2 + ((yy - 0.45) / 0.33) ** 2) <= 1.0) & (yy < 0.74 - 0.05 * (xx - 0.5))
-    heart = ((xx - 0.38) / 0.14) ** 2 + ((yy - 0.62) / 0.13) ** 2 <= 1.0
+    heart = ((xx - 0.36) / 0.15) ** 2 + ((yy - 0.63) / 0.13) ** 2 <= 1.0
     image = 0.04 + 0.52 * body
-    image -= 0.30 * _soften(lung & ~heart, 3)
-    image += 0.22 * np.exp(-(((xx - 0.80) / 0.05) ** 2)) * body * (yy > 0.1)
+    image -= 0.30 * _soften(lung, 3)
+    image += 0.17 * _soften(heart & lung, 3)  # the heart overlaps the lung field: grey, not a hole
+    vertebrae = (np.abs(xx - 0.78) < 0.05) & (np.sin(yy * 60.0) > -0.6) & (yy > 0.1)
+    image += 0.18 * _soften(vertebrae, 1.5) * body + 0.10 * np.exp(-(((xx - 0.17) / 0.015) ** 2)) * body
     image += 0.03 * _smooth_noise(rng, (height, width), 0.01 * width) + 0.008 * rng.standard_normal((height, width))
     return to_uint8(image)
 

@@ -44,7 +44,9 @@ def render_overlay(row: dict[str, Any], path: Path) -> Path:
     axis.imshow(image, cmap="gray", vmin=0, vmax=255)
     if row["mask_file_name"]:
         mask = np.asarray(Image.open(folder / row["mask_file_name"]).convert("L")) > 0
-        axis.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.45, vmin=0, vmax=1)
+        tint = np.zeros((*mask.shape, 4), np.float32)
+        tint[mask] = (1.0, 0.1, 0.1, 0.4)
+        axis.imshow(tint)
         axis.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
     axis.set_axis_off()
     title = "\n".join(textwrap.wrap(f"Q: {row['instruction']}", 60) + textwrap.wrap(f"A: {row['answer']}", 60))

@@ -69,3 +69,21 @@ def tiny_images_dataset(num_images: int, seed: int = 0, split: str = "train") ->
         entry["pairs"].append({k: row[k] for k in pair_keys})
     columns = {name: [g[name] for g in grouped.values()] for name in images_features()}
     return datasets.Dataset.from_dict(columns, features=images_features())
+
+
+def write_dataset_folder(root, num_train_images: int = 12, num_validate_images: int = 4) -> str:
+    """A folder that ``datasets.load_dataset(root, "pairs"|"images", split=...)`` reads (Parquet + card YAML)."""
+    from pathlib import Path
+
+    root = Path(root)
+    configs = []
+    for config, factory in (("pairs", tiny_pairs_dataset), ("images", tiny_images_dataset)):
+        files = []
+        for split, count, seed in (("train", num_train_images, 1), ("validate", num_validate_images, 7)):
+            path = root / config / f"{split}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            factory(count, seed=seed, split=split).to_parquet(str(path))
+            files.append(f"  - split: {split}\n    path: {config}/{split}.parquet")
+        configs.append(f"- config_name: {config}\n  data_files:\n" + "\n".join(files))
+    (root / "README.md").write_text("---\nconfigs:\n" + "\n".join(configs) + "\n---\n")
+    return str(root)

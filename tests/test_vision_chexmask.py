@@ -153,3 +153,14 @@ def test_unreadable_row_is_a_per_image_error(tmp_path: Path) -> None:
     path.write_text(",".join(f'"{c}"' for c in COLUMNS) + '\nx,0.9,0.9,"",1 2 3,1 1,1 1,2,3\n')
     result = CheXmaskLungsHeart(csv=path).segment([np.zeros((2, 3), np.uint8)], ["x"])[0]
     assert isinstance(result, BackendError) and "unreadable" in str(result)
+
+
+def test_index_cache_is_reused_until_the_csv_changes(chexmask_csv: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "offsets.json"
+    first = CheXmaskIndex(chexmask_csv, cache=cache)
+    assert first.row("good")["Width"] == "50" and first.scans == 1 and cache.is_file()
+    second = CheXmaskIndex(chexmask_csv, cache=cache)
+    assert second.row("big")["Height"] == "120" and second.scans == 0  # offsets came from the cache
+    _write_csv(chexmask_csv, [("new", 0.9, 10, 10), ("good", 0.8, 60, 50)])
+    third = CheXmaskIndex(chexmask_csv, cache=cache)
+    assert third.row("big") is None and third.row("good")["Dice RCA (Mean)"] == "0.8" and third.scans == 1

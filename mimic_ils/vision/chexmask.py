@@ -13,6 +13,8 @@ keeps the byte offset of each ``dicom_id``'s line; every later lookup seeks to i
 from __future__ import annotations
 
 import csv
+import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,8 @@ from skimage.transform import resize
 
 from mimic_ils.schema import BackendError
 from mimic_ils.vision import base
+
+logger = logging.getLogger(__name__)
 
 CSV_NAME = "CheXmask MIMIC-CXR-JPG.csv"
 DICE_COLUMN = "Dice RCA (Mean)"
@@ -63,10 +67,15 @@ def parse_landmarks(text: str) -> np.ndarray | None:
 
 
 class CheXmaskIndex:
-    """Byte offsets of a CheXmask CSV's rows by ``dicom_id``, built lazily with one pass over the file."""
+    """Byte offsets of a CheXmask CSV's rows by ``dicom_id``, built lazily with one pass over the file.
 
-    def __init__(self, path: str | Path) -> None:
+    ``cache`` (optional) is a JSON file that keeps the offsets between runs; it is reused only while the CSV's
+    size and modification time are those it was built from, and rewritten otherwise.
+    """
+
+    def __init__(self, path: str | Path, cache: str | Path | None = None) -> None:
         self.path = Path(path)
+        self.cache = Path(cache) if cache else None
         if not self.path.is_file():
             raise BackendError(f"CheXmask CSV {str(self.path)!r} not found (expected the {CSV_NAME} file)")
         if self.path.suffix in (".gz", ".zip", ".bz2", ".xz"):
@@ -98,10 +107,34 @@ class CheXmaskIndex:
         self.scans += 1
         return offsets
 
+    def _stamp(self) -> dict[str, int]:
+        stat = self.path.stat()
+        return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+    def _read_cache(self) -> dict[str, int] | None:
+        try:
+            cached = json.loads(self.cache.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(cached, dict) or cached.get("stamp") != self._stamp():
+            return None
+        return cached.get("offsets")
+
+    def _write_cache(self, offsets: dict[str, int]) -> None:
+        try:
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            self.cache.write_text(json.dumps({"csv": str(self.path), "stamp": self._stamp(), "offsets": offsets}))
+        except OSError as error:
+            logger.warning("could not write the CheXmask index cache %s: %s", self.cache, error)
+
     def offsets(self) -> dict[str, int]:
-        """``{dicom_id: byte offset of its line}``, scanning the file on first use."""
+        """``{dicom_id: byte offset of its line}``, from the cache or one scan of the file on first use."""
         if self._offsets is None:
-            self._offsets = self._build()
+            self._offsets = self._read_cache() if self.cache else None
+            if self._offsets is None:
+                self._offsets = self._build()
+                if self.cache:
+                    self._write_cache(self._offsets)
         return self._offsets
 
     def __contains__(self, dicom_id: str) -> bool:
@@ -134,6 +167,8 @@ def _fit_to_image(masks: dict[str, np.ndarray], shape: tuple[int, int]) -> dict[
 class CheXmaskLungsHeart:
     """Lungs/heart backend reading precomputed CheXmask masks; ``csv`` (or ``weights``) is the local CSV path.
 
+    ``index_cache`` is an optional JSON file keeping the row offsets between runs (see :class:`CheXmaskIndex`).
+
     ``device`` and ``batch_size`` are accepted for a uniform factory signature and unused (nothing runs a model).
     """
 
@@ -144,13 +179,14 @@ class CheXmaskLungsHeart:
         csv: str | Path | None = None,
         weights: str | Path | None = None,
         min_dice: float = MIN_DICE,
+        index_cache: str | Path | None = None,
         device: object = None,
         batch_size: int | None = None,
     ) -> None:
         path = csv if csv is not None else weights
         if path is None:
             raise BackendError(f"the chexmask backend needs the path of the {CSV_NAME} file (option csv=...)")
-        self.index = CheXmaskIndex(path)
+        self.index = CheXmaskIndex(path, cache=index_cache)
         self.min_dice = min_dice
 
     def segment(self, images: Sequence[np.ndarray], dicom_ids: Sequence[str]) -> list[base.LungsHeart | BackendError]:

@@ -2,9 +2,11 @@
 
 HybridGNet runs at 1024x1024 (one image per forward, as the backend does) and CXAS ``UNet_ResNet50_default`` at
 512x512, each through its backend (preprocessing, network, masks back in a 2500x2048 original frame) and the
-network alone. Prints the median of ``--repeats`` runs after one warm-up.
+network alone. Prints the median of ``--repeats`` runs after one warm-up. With ``--chexmask-rows N`` it also times
+the CheXmask reader on a synthetic CSV of N rows of 1024x1024 masks (one index scan, then lookup + RLE decode).
 
     .venv/bin/python benchmarks/bench_vision_networks.py [--device cuda] [--repeats 5] [--threads 2]
+        [--chexmask-rows 20000] [--skip-networks]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mimic_ils.vision.chexmask import CheXmaskLungsHeart, rle_encode
 from mimic_ils.vision.cxas import ANATOMY_LABELS, CxasAnatomy, CxasUNet, label_ids
 from mimic_ils.vision.hybridgnet import HybridGNet, HybridGNetLungsHeart
 
@@ -46,12 +49,42 @@ def _checkpoints(folder: Path) -> tuple[Path, Path]:
     return hybrid, cxas
 
 
+def bench_chexmask(rows: int, folder: Path) -> None:
+    """Index scan time and per-image lookup + decode time on a synthetic CheXmask CSV."""
+    yy, xx = np.mgrid[:1024, :1024]
+    codes = [rle_encode((yy - 500) ** 2 / 300**2 + (xx - c) ** 2 / 150**2 < 1) for c in (700, 300, 512)]
+    landmarks = str(np.round(np.random.default_rng(0).random((120, 2)) * 1024, 1).tolist())
+    path = folder / "MIMIC-CXR-JPG.csv"
+    with path.open("w") as handle:
+        handle.write("dicom_id,Dice RCA (Mean),Dice RCA (Max),Landmarks,Left Lung,Right Lung,Heart,Height,Width\n")
+        for i in range(rows):
+            handle.write(f'{i:08x},0.8,0.85,"{landmarks}",{codes[0]},{codes[1]},{codes[2]},1024,1024\n')
+    start = time.perf_counter()
+    backend = CheXmaskLungsHeart(csv=path)
+    count = len(backend.index)
+    scan = time.perf_counter() - start
+    image, step = np.zeros((1024, 1024), np.uint8), max(1, rows // 50)
+    start = time.perf_counter()
+    looked_up = [backend.segment([image], [f"{i:08x}"]) for i in range(0, rows, step)]
+    per_image = (time.perf_counter() - start) / len(looked_up)
+    megabytes = path.stat().st_size / 1e6
+    print(f"chexmask index scan: {count} rows, {megabytes:.0f} MB in {scan:.2f} s ({count / scan:.0f} rows/s)")
+    print(f"chexmask lookup + decode per image (1024^2): {per_image * 1000:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--chexmask-rows", type=int, default=0, help="also time the CheXmask reader on N rows")
+    parser.add_argument("--skip-networks", action="store_true")
     args = parser.parse_args()
+    if args.chexmask_rows:
+        with tempfile.TemporaryDirectory() as folder:
+            bench_chexmask(args.chexmask_rows, Path(folder))
+    if args.skip_networks:
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -159,7 +159,7 @@ def convert_lisa_checkpoint(checkpoint: str | Path, clip: str | Path, output: st
     sam_config = infer_sam_config(_sam_part(state), sam_decoder_heads)
     clip_model = CLIPVisionModel.from_pretrained(clip)
     processor = RosaliaProcessor(
-        CLIPImageProcessor.from_pretrained(clip), AutoTokenizer.from_pretrained(tokenizer or checkpoint),
+        CLIPImageProcessor.from_pretrained(clip), load_lisa_tokenizer(tokenizer or checkpoint),
         use_im_start_end=bool(lisa_config.get("mm_use_im_start_end", True)),
         image_seq_length=_image_seq_length(clip_model.config),
         sam_image_size=sam_config.vision_config.image_size,
@@ -176,6 +176,27 @@ def convert_lisa_checkpoint(checkpoint: str | Path, clip: str | Path, output: st
     out = write_model(converted, config, output, dtype)
     processor.save_pretrained(out)
     return out
+
+
+def has_protobuf() -> bool:
+    try:
+        import google.protobuf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_lisa_tokenizer(path: str | Path):
+    """The checkpoint's tokenizer; a clear error when it cannot be read (LLaMA's ``tokenizer.model`` needs
+    ``protobuf`` to be converted when the folder has no ``tokenizer.json``)."""
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (ImportError, ValueError, OSError) as err:
+        hint = ""
+        if (Path(path) / "tokenizer.model").exists() and not has_protobuf():
+            hint = "; reading a sentencepiece tokenizer.model needs the `protobuf` package"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointConversionError(f"cannot read the tokenizer in {path}: {reason}{hint}") from err
 
 
 def _sam_part(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -284,6 +284,23 @@ def test_lisa_converter_rejects_foreign_tokenizer(official, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_sentencepiece_tokenizer_loads_or_fails_clearly(tmp_path):
+    """LISA folders ship LLaMA's sentencepiece ``tokenizer.model`` without ``tokenizer.json``."""
+    spm = pytest.importorskip("sentencepiece")
+    from rosalia_hf.convert_lisa import has_protobuf, load_lisa_tokenizer
+
+    lines = ["Segment the opacity in the right lung base.", "There is no effusion. Sure, it is the heart."] * 20
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "tokenizer"),
+                                   vocab_size=300, model_type="bpe", byte_fallback=True, minloglevel=2)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
+    if not has_protobuf():
+        with pytest.raises(CheckpointConversionError, match="needs the `protobuf` package"):
+            load_lisa_tokenizer(tmp_path)
+    else:
+        tok = load_lisa_tokenizer(tmp_path)
+        assert tok.decode(tok("the right lung", add_special_tokens=False)["input_ids"]) == "the right lung"
+
+
 # ---------------------------------------------------------------- real checkpoints (slow, opt-in by path)
 
 

@@ -334,3 +334,15 @@ def test_real_lisa_conversion_predicts(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (512, 600), dtype=np.uint8)
     (result,) = model.predict([image], ["Segment the lungs."], processor=processor, max_new_tokens=16)
     assert result["mask"].shape == (512, 600)
+
+
+def test_convert_sam_command_line(official, tmp_path, capsys):
+    from rosalia_hf.convert_sam import main
+
+    torch.save({"model": official.state_dict()}, tmp_path / "wrapped.pth")  # checkpoints wrapped in {"model": ...}
+    main(["--checkpoint", str(tmp_path / "wrapped.pth"), "--output", str(tmp_path / "hf"), "--decoder-heads", "2",
+          "--dtype", "bfloat16"])
+    assert "wrote" in capsys.readouterr().out
+    assert SamModel.from_pretrained(tmp_path / "hf").mask_decoder.iou_token.weight.dtype == torch.bfloat16
+    with pytest.raises(SystemExit, match="convert_sam: .*no such checkpoint"):
+        main(["--checkpoint", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "x")])

@@ -28,6 +28,14 @@ from _build_helpers import FakeStages  # noqa: E402
 N_FAKE = 12
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fixed_commit():
+    """Other commits land while the suite runs; the card records the commit, so pin it for byte comparisons."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MIMIC_ILS_CODE_COMMIT", "0" * 40)
+        yield
+
+
 def folder_bytes(folder: Path) -> dict[str, bytes]:
     """Every file of a built folder (relative path → bytes)."""
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}

@@ -70,8 +70,12 @@ def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], 
 
 
 def _provenance_markdown(info: dict[str, Any]) -> str:
-    body = json.dumps({key: info[key] for key in sorted(info) if key != "counts"}, indent=2, sort_keys=True)
-    return f"Built by `mimic_ils` {info.get('code_version', '?')} with:\n\n```json\n{body}\n```"
+    body = json.dumps({key: info[key] for key in sorted(info) if key not in ("counts", "ledger")}, indent=2,
+                      sort_keys=True)
+    fates = ", ".join(f"{key} {value:,}" for key, value in (info.get("ledger") or {}).get("fates", {}).items())
+    return (f"Built by `mimic_ils` {info.get('code_version', '?')} (commit {info.get('code_commit') or 'unknown'}). "
+            f"Ledger: {fates or 'n/a'} (reasons in `build_info.json`, rows in `ledger.parquet`).\n\n"
+            f"```json\n{body}\n```")
 
 
 def _size_category(count: int) -> str:

@@ -73,10 +73,30 @@ def build_info(config: BuildConfig, stages: Stages, limit: int | None) -> dict[s
 
     return {
         "code_version": __version__,
+        "code_commit": _git_commit(),
         "config": config.fingerprint(),
         "backends": stages.provenance(),
         "limit": limit,
     }
+
+
+def _git_commit() -> str | None:
+    """The commit of the checkout the code runs from (None for an installed wheel or without git);
+    ``$MIMIC_ILS_CODE_COMMIT`` overrides it (release builds, tests that compare bytes across commits)."""
+    import os
+    import subprocess
+
+    if os.environ.get("MIMIC_ILS_CODE_COMMIT"):
+        return os.environ["MIMIC_ILS_CODE_COMMIT"]
+    folder = Path(__file__).resolve().parents[2]
+    if not (folder / ".git").exists():
+        return None
+    try:
+        result = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
 
 
 def _wait_for_shards(work: WorkDir, count: int, timeout_s: float) -> None:

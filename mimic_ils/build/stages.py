@@ -112,9 +112,12 @@ class ProjectStages:
         vision.pop("device", None)
         vision.pop("batch_size", None)
         option_sets = [self.config.report_options, *[step["options"] for step in vision["steps"].values()]]
+        from mimic_ils.grounding import GroundingConfig
+
         return {
             "report_backend": {"name": self.config.report_backend, "options": self.config.report_options},
             "vision": vision,
+            "grounding": GroundingConfig.from_dict(self.config.grounding or {}).to_dict(),
             "model_checksums": model_checksums(option_sets),
         }
 

@@ -142,9 +142,18 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     """Zero-mean, unit-std smooth noise (float32), filtered at quarter resolution and upsampled (fast)."""
     small_shape = (shape[0] // 4 + 1, shape[1] // 4 + 1)
     small = ndimage.gaussian_filter(rng.standard_normal(small_shape).astype(np.float32), max(sigma / 4, 0.5))
-    zoom = (shape[0] / small_shape[0], shape[1] / small_shape[1])
-    noise = ndimage.zoom(small, zoom, order=1)[: shape[0], : shape[1]]
+    noise = _upsample_linear(_upsample_linear(small, shape[0], axis=0), shape[1], axis=1)
     return noise / max(float(noise.std()), 1e-6)
+
+
+def _upsample_linear(array: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Linear interpolation of ``array`` to ``size`` samples along ``axis`` (pixel centres aligned)."""
+    position = np.clip((np.arange(size, dtype=np.float32) + 0.5) * array.shape[axis] / size - 0.5, 0,
+                       array.shape[axis] - 1)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, array.shape[axis] - 1)
+    weight = (position - low).astype(np.float32).reshape([-1 if dim == axis else 1 for dim in range(array.ndim)])
+    return np.take(array, low, axis=axis) * (1 - weight) + np.take(array, high, axis=axis) * weight
 
 
 def _soften(mask: np.ndarray, sigma: float) -> np.ndarray:

@@ -25,6 +25,9 @@ from rosalia_hf.losses import rosalia_mask_losses
 from rosalia_hf.processing_rosalia import resize_longest_shape
 
 IGNORE_INDEX = -100
+# Arguments that Trainer, peft or generation utilities may pass and that change nothing here.
+_IGNORED_FORWARD_KWARGS = frozenset({"return_dict", "output_attentions", "output_hidden_states", "use_cache",
+                                     "num_items_in_batch"})
 
 
 @dataclass
@@ -244,6 +247,9 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
         image_index (`torch.LongTensor` of shape `(n,)`, *optional*): the image row of each instruction; default
             ``arange(n)`` (requires ``m == n``). Both towers run once per image, not once per instruction.
         """
+        unexpected = set(kwargs) - _IGNORED_FORWARD_KWARGS
+        if unexpected:
+            raise TypeError(f"RosaliaForSegmentation.forward got unexpected arguments {sorted(unexpected)}")
         device = input_ids.device
         n_images = pixel_values.shape[0]
         image_index = self._check_image_index(image_index, input_ids.shape[0], n_images, device)

@@ -277,6 +277,8 @@ def test_mask_count_mismatch_is_reported(tester, prepared):
         model(**batch, masks=[torch.zeros(3, 3)] + tester.masks()[1:])
     with pytest.raises(ValueError, match="image_index"):
         model(**{**batch, "image_index": torch.tensor([0, 1, 2])})
+    with pytest.raises(TypeError, match="mask_valid"):
+        model(**batch, mask_valid=torch.ones(3))
 
 
 def test_save_load_and_automodel_round_trip(tmp_path, prepared):

@@ -1,0 +1,19 @@
+"""predict survives a model that would generate image placeholders (untrained or drifting language models do)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rosalia_hf.testing import tiny_rosalia
+
+
+def test_generated_text_never_contains_image_placeholders():
+    model, processor = tiny_rosalia(seed=0)
+    with torch.no_grad():  # make <image> the most likely next token everywhere
+        model.llava.lm_head.weight[processor.image_token_id] += 50.0
+    images = [np.zeros((40, 50), np.uint8), np.full((30, 60), 90, np.uint8)]
+    out = model.predict(images, ["Segment the edema.", "Segment the effusion in the left lung base."],
+                        processor=processor, max_new_tokens=4)
+    assert [o["mask"].shape for o in out] == [(40, 50), (30, 60)]
+    assert all("<image>" not in o["text"] for o in out)

@@ -247,7 +247,8 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
         image_index (`torch.LongTensor` of shape `(n,)`, *optional*): the image row of each instruction; default
             ``arange(n)`` (requires ``m == n``). Both towers run once per image, not once per instruction.
         """
-        unexpected = set(kwargs) - _IGNORED_FORWARD_KWARGS
+        # None-valued extras (peft's CAUSAL_LM wrapper passes inputs_embeds=None, task_ids=None) change nothing.
+        unexpected = {k for k, v in kwargs.items() if v is not None} - _IGNORED_FORWARD_KWARGS
         if unexpected:
             raise TypeError(f"RosaliaForSegmentation.forward got unexpected arguments {sorted(unexpected)}")
         device = input_ids.device

@@ -226,6 +226,7 @@ def test_gradients_reach_trainable_parts_not_sam_encoder(tester):
 
 
 def test_lora_adapters_receive_gradients(tester):
+    """LoRA without a task type (the CAUSAL_LM wrapper expects a GenerationMixin model)."""
     peft = pytest.importorskip("peft")
     model, processor = tiny_rosalia(2)
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
@@ -279,6 +280,7 @@ def test_mask_count_mismatch_is_reported(tester, prepared):
         model(**{**batch, "image_index": torch.tensor([0, 1, 2])})
     with pytest.raises(TypeError, match="mask_valid"):
         model(**batch, mask_valid=torch.ones(3))
+    assert model(**batch, inputs_embeds=None, return_dict=True).logits is not None  # None extras are harmless
 
 
 def test_save_load_and_automodel_round_trip(tmp_path, prepared):

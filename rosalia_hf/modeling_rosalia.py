@@ -133,9 +133,10 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
         """CLIP patch features projected to the text width, ``(num_images, num_patches, text_hidden)``."""
         llava_cfg = self.config.llava_config
         tower = self.llava.model.vision_tower
-        dtype = next(tower.parameters()).dtype
+        param = next(tower.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_vision_tower):
-            out = tower(pixel_values.to(dtype), output_hidden_states=True, return_dict=True)
+            out = tower(pixel_values.to(device=param.device, dtype=param.dtype), output_hidden_states=True,
+                        return_dict=True)
             feats = out.hidden_states[llava_cfg.vision_feature_layer]
             if llava_cfg.vision_feature_select_strategy == "default":
                 feats = feats[:, 1:]
@@ -144,9 +145,10 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
     def get_sam_image_embeddings(self, sam_pixel_values: torch.Tensor) -> torch.Tensor:
         """SAM image embeddings ``(num_images, 256, e, e)``; no gradients when the encoder is frozen."""
         encoder = self.sam.vision_encoder
-        dtype = next(encoder.parameters()).dtype
+        param = next(encoder.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_sam_image_encoder):
-            return encoder(sam_pixel_values.to(dtype), return_dict=True).last_hidden_state
+            pixels = sam_pixel_values.to(device=param.device, dtype=param.dtype)
+            return encoder(pixels, return_dict=True).last_hidden_state
 
     # --- language model ---
     def _language_forward(self, input_ids, attention_mask, image_features, image_index):

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-METRIC_DIR = Path(__file__).resolve().parents[1] / "metrics" / "ils"
+# ``rosalia_hf/ils_metric`` links to the repository's ``metrics/ils`` and is a real folder in an installed wheel
+METRIC_DIR = Path(__file__).resolve().parent / "ils_metric"
 THUMBNAIL_SIDE = 192
 
 
@@ -30,7 +31,7 @@ def load_ils_metric(path: str | Path | None = None, **kwargs: Any):
     folder = Path(path) if path is not None else METRIC_DIR
     if not (folder / "ils.py").is_file():
         raise FileNotFoundError(f"no ILS metric module at {folder} (expected ils.py); pass metric_path")
-    return evaluate.load(str(folder), **kwargs)
+    return evaluate.load(str(folder / "ils.py"), **kwargs)
 
 
 def metric_functions(metric) -> ModuleType:

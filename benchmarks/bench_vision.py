@@ -32,6 +32,12 @@ import torch
 FRAME = (2500, 2048)
 
 
+def report(name: str, seconds: float) -> tuple[str, float]:
+    """Print one figure as soon as it is measured (the RadEdit figures take minutes on a CPU)."""
+    print(f"{name:<52}  {seconds:9.3f} s", flush=True)
+    return name, seconds
+
+
 def median_seconds(run: Callable[[], object], repeats: int, device: str) -> float:
     """Median wall time of ``run`` over ``repeats`` calls after one warm-up."""
     run()
@@ -97,26 +103,24 @@ def bench_radedit(args: argparse.Namespace) -> list[tuple[str, float]]:
     image = np.random.default_rng(0).integers(0, 256, FRAME, dtype=np.uint8)
     mask = np.zeros(FRAME, bool)
     mask[400:2100, 200:1850] = True
-    rows = []
     with torch.inference_mode():
         unet1 = median_seconds(
             lambda: backend.unet(latent1, 500, encoder_hidden_states=text1), args.repeats, args.device
         )
+        rows = [report("radedit UNet call, batch 1 (64x64 latent)", unet1)]
         unet2 = median_seconds(
             lambda: backend.unet(latent2, 500, encoder_hidden_states=text2), args.repeats, args.device
         )
+        rows.append(report("radedit UNet call, batch 2 (guidance)", unet2))
         vae = median_seconds(
             lambda: backend.vae.decode(backend.vae.encode(pixels).latent_dist.mode()).sample, args.repeats, args.device
         )
-    edit = median_seconds(lambda: backend.edit([image], [mask], ["bench"]), max(1, args.repeats - 2), args.device)
-    active = len(backend._timesteps())
-    rows += [
-        ("radedit UNet call, batch 1 (64x64 latent)", unet1),
-        ("radedit UNet call, batch 2 (guidance)", unet2),
-        ("radedit VAE encode + decode 512^2", vae),
-        (f"radedit edit 2500x2048, {args.steps} steps ({active} active)", edit),
-        ("radedit edit extrapolated to 100 steps, skip 0.3", 70 * unet1 + 70 * unet2 + vae),
-    ]
+        rows.append(report("radedit VAE encode + decode 512^2", vae))
+    rows.append(report("radedit edit extrapolated to 100 steps, skip 0.3", 70 * unet1 + 70 * unet2 + vae))
+    if args.steps:
+        active = len(backend._timesteps())
+        edit = median_seconds(lambda: backend.edit([image], [mask], ["bench"]), 1, args.device)
+        rows.append(report(f"radedit edit 2500x2048, {args.steps} steps ({active} active)", edit))
     return rows
 
 
@@ -142,7 +146,7 @@ def bench_yolo(args: argparse.Namespace) -> list[tuple[str, float]]:
         for scale in ("n", "x"):
             detector = YoloLesionBoxes(yolo_checkpoint(Path(folder), scale), device=args.device, imgsz=1024)
             seconds = median_seconds(lambda d=detector: d.detect([image], ["bench"]), args.repeats, args.device)
-            rows.append((f"yolo v8{scale} detect 2500x2048 at imgsz 1024", seconds))
+            rows.append(report(f"yolo v8{scale} detect 2500x2048 at imgsz 1024", seconds))
     return rows
 
 
@@ -150,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float16", help="RadEdit dtype on accelerators (CPU runs float32)")
-    parser.add_argument("--steps", type=int, default=4, help="RadEdit steps of the whole-edit timing")
+    parser.add_argument("--steps", type=int, default=4, help="RadEdit steps of the whole-edit timing (0: skip it)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--skip-radedit", action="store_true")
@@ -160,15 +164,11 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    if not args.skip_yolo:
-        rows += bench_yolo(args)
-    if not args.skip_radedit:
-        rows += bench_radedit(args)
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, median of {args.repeats} after a warm-up")
-    width = max(len(name) for name, _ in rows)
-    for name, seconds in rows:
-        print(f"{name:<{width}}  {seconds:9.3f} s")
+    if not args.skip_yolo:
+        bench_yolo(args)
+    if not args.skip_radedit:
+        bench_radedit(args)
 
 
 if __name__ == "__main__":

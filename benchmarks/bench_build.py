@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--keep", help="keep the cohort and outputs in this folder")
     args = parser.parse_args()
+    from mimic_ils.build.orchestrate import _git_commit
+
+    os.environ["MIMIC_ILS_CODE_COMMIT"] = _git_commit() or "unknown"  # commits landing mid-run must not differ
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_build_"))
     from mimic_ils.synth import generate_cohort
 

@@ -12,6 +12,8 @@ that image while it stays in a small cache, which is what the image-grouping sam
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +33,10 @@ class RosaliaPairs(Dataset):
     Items are dicts: ``image_key`` (dicom id), ``image`` (``HxW uint8``), ``instruction``, ``answer``, ``mask``
     (``HxW bool``, all False for negatives), ``positive`` (bool), ``lesion`` and ``question_type``.
     ``positive`` and ``image_keys`` are read from the Arrow columns without decoding any image.
+
+    Debugging aid: with the environment variable ``ROSALIA_BATCH_LOG`` set to a folder, every batch fetched
+    through ``__getitems__`` (how a ``DataLoader`` fetches a batch) appends ``{"rank": r, "indices": [...]}`` to
+    ``FOLDER/batches-rank{r}.jsonl``, ``r`` being the ``RANK`` environment variable (0 when unset).
     """
 
     def __init__(self, dataset, cache_size: int = 16) -> None:
@@ -68,6 +74,13 @@ class RosaliaPairs(Dataset):
             "answer": pair["answer"], "mask": mask, "positive": self.positive[index],
             "lesion": pair["lesion"], "question_type": pair["question_type"],
         }
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        items = [self[index] for index in indices]
+        log_folder = os.environ.get("ROSALIA_BATCH_LOG")
+        if log_folder:
+            _log_batch(log_folder, [int(index) for index in indices])
+        return items
 
     def _decoded_row(self, row: int) -> dict:
         if row in self._cache:
@@ -123,6 +136,13 @@ class RosaliaCollator:
         if self.histogram_equalization_prob > 0 and rng.random() < self.histogram_equalization_prob:
             return equalize_histogram(image)
         return image
+
+
+def _log_batch(folder: str, indices: list[int]) -> None:
+    rank = int(os.environ.get("RANK", 0))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f"batches-rank{rank}.jsonl"), "a") as log:
+        log.write(json.dumps({"rank": rank, "indices": indices}) + "\n")
 
 
 def _gray_uint8(image) -> np.ndarray:

@@ -256,3 +256,76 @@ def test_phantom_kill_resume_equals_three_shards(cohort, tmp_path):
     assert subprocess.run(command, env=env).returncode == 0
     resumed, sharded = folder_bytes(out), folder_bytes(tmp_path / "sharded")
     assert [name for name in resumed if name.endswith(".parquet")] and resumed == sharded
+
+
+class _CrashingStages(FakeStages):
+    """A bug (not a MimicIlsError) in grounding one image and in structuring one report."""
+
+    def structure(self, study):
+        if study.study_id == str(50000000 + 7919 * 5):
+            raise KeyError("sentence_index")
+        return super().structure(study)
+
+    def ground(self, report, cues, study, image):
+        if image.dicom_id == "d006a":
+            raise ZeroDivisionError("division by zero")
+        return super().ground(report, cues, study, image)
+
+
+def test_a_crashing_stage_excludes_its_study_and_the_build_goes_on(tmp_path):
+    info = build(None, tmp_path / "out", stages=_CrashingStages(N_FAKE), progress=False)["info"]
+    ledger = pq.read_table(tmp_path / "out" / "ledger.parquet").to_pylist()
+    reasons = {row["study_id"]: row["reason"] for row in ledger if row["kind"] == "study"}
+    assert reasons[str(50000000 + 7919 * 5)] == "report: internal error (KeyError: 'sentence_index')"
+    assert "grounding: internal error (ZeroDivisionError" in reasons[str(50000000 + 7919 * 6)]
+    assert info["ledger"]["fates"]["study:used"] + info["ledger"]["fates"]["study:excluded"] == N_FAKE
+
+
+def test_full_disk_stops_with_a_clear_message_and_resumes(fake_build, tmp_path, monkeypatch):
+    import errno
+
+    from mimic_ils.build import workdir
+
+    real_write, calls = workdir.atomic_write_bytes, []
+
+    def failing_write(path, data):
+        calls.append(path)
+        if len(calls) > 40:  # after the first chunk of studies is committed
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(workdir, "atomic_write_bytes", failing_write)
+    with pytest.raises(MimicIlsError, match="disk full while writing .*; free space and rerun"):
+        build(None, tmp_path / "out", stages=FakeStages(N_FAKE), work=tmp_path / "work", progress=False)
+    monkeypatch.setattr(workdir, "atomic_write_bytes", real_write)
+    result = build(None, tmp_path / "out", stages=FakeStages(N_FAKE), work=tmp_path / "work", progress=False)
+    assert result["processed"]["cached"] >= 1
+    assert folder_bytes(tmp_path / "out") == folder_bytes(fake_build)
+
+
+def test_dataset_card_yaml_counts_and_provenance(fake_build):
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(fake_build / "README.md")
+    assert card.data.annotations_creators == ["machine-generated"]
+    assert card.data.source_datasets == ["extended|mimic-cxr"]
+    assert [entry["config_name"] for entry in card.data.configs] == ["pairs", "images"]
+    assert card.data.configs[1]["data_files"][0]["path"][0] == "train/images/metadata.parquet"
+    assert "| train | 12 | 8 | 4 | 4 | 4 | 4 |" in card.text
+    assert '"report_backend": "fake"' in card.text and "study:excluded 2" in card.text
+
+
+@pytest.mark.parametrize("config_name", ["pairs", "images"])
+def test_builder_class_reads_a_built_folder(fake_build, tmp_path, config_name):
+    from mimic_ils.builder import MimicIls
+
+    builder = MimicIls(config_name=config_name, data_dir=str(fake_build), cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()
+    dataset = builder.as_dataset()
+    expected = pairs_features() if config_name == "pairs" else images_features()
+    assert dataset["validate"].features == expected
+    reference = datasets.load_dataset(str(fake_build), config_name, split="validate")
+    assert dataset["validate"]["dicom_id"] == reference["dicom_id"]
+    row = dataset["validate"][0]
+    assert row["image"].size == (56, 48)
+    assert "mimic-cxr-reports.zip" in builder.manual_download_instructions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from pathlib import Path
@@ -51,6 +52,20 @@ def build(
     workdir = WorkDir(work or default_work_dir(out))
     workdir.bind_config(config.fingerprint())
     studies = select_studies(stages.studies(), Shard(), limit)
+    try:
+        return _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step, process,
+                                  progress, shard_wait_s)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise MimicIlsError(
+                f"disk full while writing {error.filename or 'the work or output folder'}; free space and rerun the "
+                "same command (finished studies are kept)"
+            ) from None
+        raise
+
+
+def _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step, process, progress,
+                       shard_wait_s) -> dict[str, Any]:
     processed = {}
     if process:
         mine = [study for study in studies if current.owns(study.study_id)]

@@ -72,6 +72,11 @@ def cached_report(stages: Stages, work: WorkDir, study: Study) -> StructuredRepo
             cached = {"report": report_to_dict(stages.structure(study))}
         except MimicIlsError as error:
             cached = {"error": f"report: {error}"}
+        except OSError:  # the machine's problem (full disk, lost mount), not the study's: stop with the reason
+            raise
+        except Exception as error:  # a bug in one study's stage must not stop the batch; the ledger names it
+            logger.exception("report stage crashed on study %s", study.study_id)
+            cached = {"error": f"report: internal error ({type(error).__name__}: {error})"}
         write_checked_json(path, cached)
     return cached["error"] if "error" in cached else report_from_dict(cached["report"])
 
@@ -106,9 +111,18 @@ def _ground_one(stages, work, study, image, report, cues, files) -> tuple[list[d
     if isinstance(image_cues, str):
         return [], [], image_cues
     try:
-        grounded = stages.ground(report, image_cues, study, image)
+        return _grounded_rows(stages, work, study, image, report, image_cues, files)
     except MimicIlsError as error:
         return [], [], f"grounding: {error}"
+    except OSError:  # the machine's problem (full disk, lost mount), not the image's: stop with the reason
+        raise
+    except Exception as error:  # a bug on one image must not stop the batch; the ledger names it
+        logger.exception("grounding crashed on image %s of study %s", image.dicom_id, study.study_id)
+        return [], [], f"grounding: internal error ({type(error).__name__}: {error})"
+
+
+def _grounded_rows(stages, work, study, image, report, image_cues, files) -> tuple[list[dict], list[dict], str | None]:
+    grounded = stages.ground(report, image_cues, study, image)
     if grounded.excluded:
         return [], [], f"qc: {grounded.excluded}"
     findings = [{"dicom_id": image.dicom_id, "what": what, "reason": why} for what, why in grounded.exclusions]

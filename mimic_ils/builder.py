@@ -39,10 +39,12 @@ _HOMEPAGE = "https://physionet.org/content/mimic-cxr/2.1.0/"
 
 @dataclass
 class MimicIlsConfig(datasets.BuilderConfig):
-    """``build_config``: build YAML used when ``data_dir`` is a MIMIC-CXR root; ``backends``: phantom | real | FILE."""
+    """When ``data_dir`` is a MIMIC-CXR root: ``build_config`` (build YAML), ``backends`` (phantom | real | vision
+    YAML), ``limit`` (first N studies)."""
 
     build_config: str | None = None
     backends: str | None = None
+    limit: int | None = None
 
 
 class MimicIls(datasets.GeneratorBasedBuilder):
@@ -95,10 +97,11 @@ class MimicIls(datasets.GeneratorBasedBuilder):
 
         config = BuildConfig.from_yaml(self.config.build_config) if self.config.build_config else BuildConfig()
         config = config.with_backends(self.config.backends or ("real" if isinstance(config.vision, str) else None))
-        key = json.dumps({"root": str(data_dir), "config": config.fingerprint()}, sort_keys=True)
+        key = json.dumps({"root": str(data_dir), "config": config.fingerprint(), "limit": self.config.limit},
+                         sort_keys=True)
         out = Path(self._cache_dir_root) / "mimic_ils_builds" / hashlib.sha256(key.encode()).hexdigest()[:16]
         if not (out / "README.md").exists():
-            build(data_dir, out, config=config)
+            build(data_dir, out, config=config, limit=self.config.limit)
         return out
 
     def _generate_examples(self, files: list[Path]):

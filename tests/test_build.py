@@ -329,3 +329,15 @@ def test_builder_class_reads_a_built_folder(fake_build, tmp_path, config_name):
     row = dataset["validate"][0]
     assert row["image"].size == (56, 48)
     assert "mimic-cxr-reports.zip" in builder.manual_download_instructions
+
+
+def test_builder_class_builds_from_a_mimic_root(cohort, tmp_path):
+    from mimic_ils.builder import MimicIls
+
+    builder = MimicIls(config_name="images", data_dir=str(cohort), cache_dir=str(tmp_path / "cache"),
+                       backends="phantom", limit=4)
+    builder.download_and_prepare()
+    dataset = builder.as_dataset()
+    assert dataset["train"].features == images_features()
+    assert len({row["study_id"] for split in dataset.values() for row in split}) <= 4
+    assert all(len(row["pairs"]) > 0 for row in dataset["train"])

@@ -45,7 +45,7 @@ class FakeStages:
         out = []
         for k in range(self.n_studies):
             study_id = str(50000000 + 7919 * k)
-            split = ("train", "train", "validate", "test")[k % 4]
+            split = ("train", "train", "validate", "test")[k % 4] if k != 11 else ""
             images = [ImageRecord(f"d{k:03d}a", "100", study_id, "PA", f"files/{k}a.dcm")]
             if k % 3 == 1:
                 images.append(ImageRecord(f"d{k:03d}b", "100", study_id, "LATERAL", f"files/{k}b.dcm"))

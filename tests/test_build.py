@@ -80,6 +80,7 @@ def test_ledger_accounts_for_every_study(fake_build):
     assert len(studies) == N_FAKE == len({row["study_id"] for row in studies})
     excluded = {row["study_id"]: row["reason"] for row in studies if row["fate"] == "excluded"}
     assert excluded["50000000"].startswith("report: ")
+    assert excluded[str(50000000 + 7919 * 11)] == "ingest: study has no valid split (none)"
     assert "vision: lungs_heart backend failed" in excluded[str(50000000 + 7919 * 4)]
     images = [row for row in ledger if row["kind"] == "image"]
     assert any(row["reason"] == "qc: view LATERAL is not frontal (PA/AP)" for row in images)
@@ -312,7 +313,7 @@ def test_dataset_card_yaml_counts_and_provenance(fake_build):
     assert [entry["config_name"] for entry in card.data.configs] == ["pairs", "images"]
     assert card.data.configs[1]["data_files"][0]["path"][0] == "train/images/metadata.parquet"
     assert "| train | 12 | 8 | 4 | 4 | 4 | 4 |" in card.text
-    assert '"report_backend": "fake"' in card.text and "study:excluded 2" in card.text
+    assert '"report_backend": "fake"' in card.text and "study:excluded 3" in card.text
 
 
 @pytest.mark.parametrize("config_name", ["pairs", "images"])

@@ -35,7 +35,7 @@ def test_tables_count_pairs_per_lesion_question_type_and_polarity(built):
     assert sum(sum(row.values()) for row in train.values()) == stats["counts"]["train"]["pairs"] == 12
     assert set(train) == set(LESION_TYPES) and train["cardiomegaly"]["global/positive"] == 0
     assert stats["counts"]["train"]["unique_masks"] == 4 and stats["counts"]["validate"]["images"] == 4
-    assert stats["ledger"]["fates"]["study:excluded"] == 2
+    assert stats["ledger"]["fates"]["study:excluded"] == 3
     assert stats["ledger"]["reasons"]["image: qc: view LATERAL is not frontal (PA/AP)"] == 4
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from mimic_ils.build.shard import Shard
 from mimic_ils.build.stages import Stages
 from mimic_ils.build.workdir import WorkDir, encode_png, mask_digest, read_checked_json, write_checked_json
-from mimic_ils.schema import Finding, MimicIlsError, Section, StructuredReport, Study
+from mimic_ils.schema import SPLITS, Finding, MimicIlsError, Section, StructuredReport, Study
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def run_shard(
 
 
 def _run_chunk(stages: Stages, work: WorkDir, chunk: Sequence[Study], bars: _Bars) -> list[dict[str, Any]]:
-    reports = {study.study_id: cached_report(stages, work, study) for study in chunk}
+    reports = {study.study_id: _split_problem(study) or cached_report(stages, work, study) for study in chunk}
     bars.update("report", len(chunk))
     usable = [study for study in chunk if not isinstance(reports[study.study_id], str)]
     frontal = [image for study in usable for image in study.frontal_images]
@@ -61,6 +61,12 @@ def _run_chunk(stages: Stages, work: WorkDir, chunk: Sequence[Study], bars: _Bar
         results.append(study_result(stages, work, study, reports[study.study_id], cues))
         bars.update("grounding", len(study.frontal_images))
     return results
+
+
+def _split_problem(study: Study) -> str | None:
+    if study.split in SPLITS:
+        return None
+    return f"ingest: study has no valid split ({study.split or 'none'})"
 
 
 def cached_report(stages: Stages, work: WorkDir, study: Study) -> StructuredReport | str:
@@ -91,7 +97,7 @@ def study_result(
         if not image.is_frontal:
             entry["reason"] = f"qc: view {image.view or 'unknown'} is not frontal (PA/AP)"
         elif isinstance(report, str):
-            entry["reason"] = "study excluded: report stage failed"
+            entry["reason"] = f"study excluded ({report.split(':')[0]} failed)"
         else:
             image_pairs, image_findings, reason = _ground_one(stages, work, study, image, report, cues, files)
             pairs += image_pairs

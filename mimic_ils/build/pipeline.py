@@ -117,6 +117,10 @@ def _ground_one(stages, work, study, image, report, cues, files) -> tuple[list[d
     if isinstance(image_cues, str):
         return [], [], image_cues
     try:
+        image_cues = image_cues() if callable(image_cues) else image_cues
+    except (MimicIlsError, ValueError, KeyError) as error:
+        return [], [], f"vision: {error}"
+    try:
         return _grounded_rows(stages, work, study, image, report, image_cues, files)
     except MimicIlsError as error:
         return [], [], f"grounding: {error}"

@@ -8,7 +8,8 @@ with small fakes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mimic_ils.build.config import BuildConfig
-from mimic_ils.schema import ImageRecord, MimicIlsError, Pair, StructuredReport, Study, VisionCues
+from mimic_ils.schema import ImageRecord, Pair, StructuredReport, Study, VisionCues
 
 
 @dataclass
@@ -29,6 +30,9 @@ class Grounded:
     excluded: str | None = None
 
 
+CuesOrReason = VisionCues | Callable[[], VisionCues] | str
+
+
 class Stages(Protocol):
     def studies(self) -> list[Study]:
         """Every study of the cohort's metadata (the ledger accounts for each)."""
@@ -36,8 +40,9 @@ class Stages(Protocol):
     def structure(self, study: Study) -> StructuredReport:
         """The structured report; raises a MimicIlsError with a one-line reason."""
 
-    def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, VisionCues | str]:
-        """Vision cues per dicom id, or the one-line reason the image has none. Cached under ``vision_dir``."""
+    def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, CuesOrReason]:
+        """Vision cues per dicom id (or a zero-argument loader of them, so a chunk's cues are not all in memory at
+        once), or the one-line reason the image has none. Cached under ``vision_dir``."""
 
     def ground(self, report: StructuredReport, cues: VisionCues, study: Study, image: ImageRecord) -> Grounded:
         """Grounding, QC and pairs of one frontal image."""
@@ -81,15 +86,10 @@ class ProjectStages:
     def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, VisionCues | str]:
         from mimic_ils.vision import runner
 
-        out: dict[str, VisionCues | str] = {}
+        out: dict[str, CuesOrReason] = {}
         for dicom_id, status in runner.run_cues(self.root, list(images), vision_dir, self.vision_config()):
-            if status not in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS):
-                out[dicom_id] = f"vision: {status}"
-                continue
-            try:
-                out[dicom_id] = runner.load_cues(vision_dir / dicom_id)
-            except (MimicIlsError, OSError, ValueError, KeyError) as error:
-                out[dicom_id] = f"vision: {error}"
+            ok = status in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS)
+            out[dicom_id] = functools.partial(runner.load_cues, vision_dir / dicom_id) if ok else f"vision: {status}"
         return out
 
     def image_png_path(self, dicom_id: str, vision_dir: Path) -> Path:

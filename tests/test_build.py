@@ -342,3 +342,24 @@ def test_builder_class_builds_from_a_mimic_root(cohort, tmp_path):
     assert dataset["train"].features == images_features()
     assert len({row["study_id"] for split in dataset.values() for row in split}) <= 4
     assert all(len(row["pairs"]) > 0 for row in dataset["train"])
+
+
+def test_vision_config_from_build_config(tmp_path, monkeypatch):
+    from mimic_ils.build.stages import make_vision_config
+    from mimic_ils.schema import BackendError
+    from mimic_ils.vision.runner import VisionConfig
+
+    phantom = make_vision_config(VisionConfig, BuildConfig(vision="phantom", batch_size=3), tmp_path)
+    assert {spec.name for spec in phantom.steps.values()} == {"phantom"} and phantom.batch_size == 3
+    assert phantom.device == "cpu"
+    path = tmp_path / "vision.yaml"
+    path.write_text("steps: {lungs_heart: phantom, pseudo_normal: phantom, anatomy: phantom, lesion_boxes: phantom}\n")
+    custom = make_vision_config(VisionConfig, BuildConfig(device="cpu").with_backends(str(path)), tmp_path)
+    assert custom.steps["anatomy"].name == "phantom"
+    real = BuildConfig(vision={"preset": "real", "weights_dir": str(tmp_path / "w")}, device="cpu")
+    assert make_vision_config(VisionConfig, real, tmp_path).steps["pseudo_normal"].name == "radedit"
+    with pytest.raises(MimicIlsError, match="neither a preset nor a readable YAML"):
+        BuildConfig().with_backends(str(tmp_path / "missing.yaml"))
+    monkeypatch.delenv("MIMIC_ILS_WEIGHTS", raising=False)
+    with pytest.raises(BackendError, match="needs a weights folder"):
+        make_vision_config(VisionConfig, BuildConfig(vision="real", device="cpu"), tmp_path)

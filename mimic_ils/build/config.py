@@ -11,7 +11,9 @@ Example (``examples/configs/build_phantom.yaml``)::
     batch_size: 8             # images per vision batch (does not change the output)
 
 The fingerprint (everything but ``batch_size`` and ``device``) is stored in the work folder: cached results made
-with another config are never mixed into a build.
+with another config are never mixed into a build. ``seed`` is recorded in the provenance; the pipeline's own
+randomness (which negatives are drawn) is seeded by each study id (DESIGN.md), so no output depends on the order or
+the grouping in which studies are processed.
 """
 
 from __future__ import annotations

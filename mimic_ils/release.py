@@ -29,7 +29,7 @@ import numpy as np
 
 from mimic_ils.build.card import render_card
 from mimic_ils.build.ledger import summarize_ledger
-from mimic_ils.build.merge import _counts, _swap_in
+from mimic_ils.build.merge import _counts, _swap_in, check_out_folder
 from mimic_ils.build.templates import parse_pair
 from mimic_ils.build.workdir import atomic_write_bytes, encode_png, mask_digest
 from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
@@ -77,6 +77,7 @@ def find_mask(release: Path, mask_path: str) -> Path | None:
 def import_release(release: str | Path, images: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the release as a built folder at ``out`` (same features as ``mimic-ils build``); returns build info."""
     release, images, out = Path(release), Path(images), Path(out)
+    check_out_folder(out)
     splits = load_release(release)
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)

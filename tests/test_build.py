@@ -363,3 +363,12 @@ def test_vision_config_from_build_config(tmp_path, monkeypatch):
     monkeypatch.delenv("MIMIC_ILS_WEIGHTS", raising=False)
     with pytest.raises(BackendError, match="needs a weights folder"):
         make_vision_config(VisionConfig, BuildConfig(vision="real", device="cpu"), tmp_path)
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_build(tmp_path):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    with pytest.raises(MimicIlsError, match="is not a MIMIC-ILS folder"):
+        build(None, precious, stages=FakeStages(4), work=tmp_path / "work", progress=False)
+    assert (precious / "thesis.tex").read_text() == "do not delete"

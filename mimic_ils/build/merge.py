@@ -33,6 +33,7 @@ def collect_results(work: WorkDir, studies: Sequence[Study]) -> list[dict[str, A
 def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[str, Any]) -> dict[str, Any]:
     """Write the dataset folder ``out`` from the work folder; returns the counts per split."""
     out = Path(out)
+    check_out_folder(out)
     results = collect_results(work, studies)
     partial = out.parent / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -75,6 +76,12 @@ def _counts(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -
         "masks": len({row["mask_file_name"] for row in rows if row["mask_file_name"]}),
         "studies": sum(result["fate"] == "used" for result in results),
     }
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse to replace a folder that is neither empty nor an earlier MIMIC-ILS build (it would be deleted)."""
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "build_info.json").is_file()):
+        raise MimicIlsError(f"--out {out} exists and is not a MIMIC-ILS folder; choose a new or empty folder")
 
 
 def _swap_in(partial: Path, out: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mimic_ils.build.config import BuildConfig
-from mimic_ils.build.merge import merge
+from mimic_ils.build.merge import check_out_folder, merge
 from mimic_ils.build.pipeline import run_shard, select_studies
 from mimic_ils.build.shard import Shard, resolve_shard, shard_from_env
 from mimic_ils.build.stages import ProjectStages, Stages
@@ -47,6 +47,7 @@ def build(
     Returns ``{"processed": {...}, "info": {...} or None}``.
     """
     config = config or BuildConfig()
+    check_out_folder(Path(out))  # before days of work, not at the merge
     stages = stages or ProjectStages(mimic_root, config)
     current = shard if isinstance(shard, Shard) else resolve_shard(shard)
     workdir = WorkDir(work or default_work_dir(out))

@@ -175,7 +175,9 @@ class RadEditPseudoNormal:
                 f"{self.unet.config.cross_attention_dim}; wrong text encoder folder?"
             )
         for module in (self.unet, self.vae, self.text_encoder):
-            module.to(self.device, self.dtype).eval().requires_grad_(False)
+            if module.dtype != self.dtype:  # from_components with modules of another dtype
+                module.to(dtype=self.dtype)
+            module.to(self.device).eval().requires_grad_(False)
         self.scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.conditional, self.unconditional = self._encode_prompt(self._prompt), self._encode_prompt("")

@@ -123,8 +123,11 @@ def test_corrupted_cache_is_detected_and_recomputed(fake_build, tmp_path):
     build(None, out, stages=FakeStages(N_FAKE), work=work.root, progress=False)
     study_file = sorted((work.root / "studies").glob("*.json"))[3]
     study_file.write_bytes(study_file.read_bytes()[:-5] + b"XXXXX")
-    mask = sorted((work.root / "masks").glob("*.png"))[0]
-    mask.write_bytes(b"not a png")
+    masks = sorted((work.root / "masks").glob("*.png"))
+    masks[0].write_bytes(b"not a png")
+    same_size = bytearray(masks[1].read_bytes())
+    same_size[len(same_size) // 2] ^= 0xFF  # caught by the merge's sha256 check, not by the size check of resuming
+    masks[1].write_bytes(bytes(same_size))
     result = build(None, out, stages=FakeStages(N_FAKE), work=work.root, progress=False)
     assert result["processed"]["computed"] >= 2
     assert folder_bytes(out) == folder_bytes(fake_build)

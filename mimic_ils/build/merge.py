@@ -16,14 +16,18 @@ from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, split_relative, wr
 from mimic_ils.schema import SPLITS, MimicIlsError, Study
 
 
+class MissingResults(MimicIlsError):
+    """Some studies of the build have no valid result in the work folder (unfinished shard, corrupted file)."""
+
+
 def collect_results(work: WorkDir, studies: Sequence[Study]) -> list[dict[str, Any]]:
     """Every study's cached result, sorted by study id; a clear error when some shard has not finished."""
     results, missing = [], []
     for study in sorted(studies, key=lambda item: item.study_id):
-        result = load_study_result(work, study.study_id)
+        result = load_study_result(work, study.study_id, full_check=True)
         (missing.append(study.study_id) if result is None else results.append(result))
     if missing:
-        raise MimicIlsError(
+        raise MissingResults(
             f"{len(missing)} of {len(studies)} studies have no valid result in {work.root} (first: {missing[0]}); "
             "run (or rerun) the build for the missing shards before --merge"
         )

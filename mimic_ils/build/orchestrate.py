@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mimic_ils.build.config import BuildConfig
-from mimic_ils.build.merge import check_out_folder, merge
+from mimic_ils.build.merge import MissingResults, check_out_folder, merge
 from mimic_ils.build.pipeline import run_shard, select_studies
 from mimic_ils.build.shard import Shard, resolve_shard, shard_from_env
 from mimic_ils.build.stages import ProjectStages, Stages
@@ -79,7 +79,14 @@ def _process_and_merge(stages, workdir, studies, out, config, current, shard, li
     if merge_step or not process:
         if process and current.count > 1:
             _wait_for_shards(workdir, current.count, shard_wait_s)
-        info = merge(workdir, studies, out, build_info(config, stages, limit))
+        try:
+            info = merge(workdir, studies, out, build_info(config, stages, limit))
+        except MissingResults:
+            if not process or current.count > 1:
+                raise
+            # The merge's full check found a file that is intact in size but not in content: recompute, once.
+            run_shard(stages, workdir, studies, chunk_size=max(4, config.batch_size), progress=progress)
+            info = merge(workdir, studies, out, build_info(config, stages, limit))
     return {"processed": processed, "info": info}
 
 

@@ -20,7 +20,7 @@ from mimic_ils.schema import SPLITS, Finding, MimicIlsError, Section, Structured
 
 logger = logging.getLogger(__name__)
 
-STUDY_ARTIFACT_VERSION = 1
+STUDY_ARTIFACT_VERSION = 2
 
 
 def select_studies(studies: Iterable[Study], shard: Shard, limit: int | None = None) -> list[Study]:
@@ -180,16 +180,21 @@ def _study_fate(report: StructuredReport | str, images: list[dict]) -> tuple[str
     return "excluded", f"no usable frontal image ({(frontal_reasons or reasons)[0]})"
 
 
-def load_study_result(work: WorkDir, study_id: str, *, verify_files: bool = True) -> dict[str, Any] | None:
-    """The cached study artifact if valid and every PNG it names is intact; else None (recompute it)."""
-    result = read_checked_json(work.study_path(study_id))
+def load_study_result(work: WorkDir, study_id: str, *, full_check: bool = False) -> dict[str, Any] | None:
+    """The cached study artifact if valid and every PNG it names is intact, else None (recompute it).
+
+    Resuming checks the PNGs' sizes (a restart at full scale must not re-hash a terabyte); ``full_check`` (the
+    merge) also checks their sha256 and, on a mismatch, deletes the study artifact so that a rerun recomputes it.
+    """
+    path = work.study_path(study_id)
+    result = read_checked_json(path)
     if result is None or result.get("version") != STUDY_ARTIFACT_VERSION:
         return None
-    if verify_files:
-        for relative, digest in result["files"].items():
-            if not work.file_ok(work.root / relative, digest):
-                logger.warning("study %s: %s is missing or corrupted; recomputing the study", study_id, relative)
-                return None
+    for relative, record in result["files"].items():
+        if not work.file_ok(work.root / relative, record, full=full_check):
+            logger.warning("study %s: %s is missing or corrupted; the study will be recomputed", study_id, relative)
+            path.unlink(missing_ok=True)
+            return None
     return result
 
 

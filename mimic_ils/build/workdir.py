@@ -151,11 +151,18 @@ class WorkDir:
             write_checked_json(path, fingerprint)
 
     def write_file_checked(self, path: Path, data: bytes) -> str:
-        """Write a PNG (image or mask) unless an identical one is there; return its sha256."""
-        digest = sha256_bytes(data)
-        if not (path.exists() and sha256_file(path) == digest):
+        """Write a PNG (image or mask) unless an identical one is there; return its record ``"<sha256>:<size>"``."""
+        record = f"{sha256_bytes(data)}:{len(data)}"
+        if not self.file_ok(path, record, full=True):
             atomic_write_bytes(path, data)
-        return digest
+        return record
 
-    def file_ok(self, path: Path, digest: str) -> bool:
-        return path.exists() and sha256_file(path) == digest
+    def file_ok(self, path: Path, record: str, *, full: bool = True) -> bool:
+        """Whether ``path`` matches its record: size only (cheap, for resuming) or size and sha256 (the merge)."""
+        digest, _, size = record.partition(":")
+        try:
+            if path.stat().st_size != int(size):
+                return False
+        except (FileNotFoundError, ValueError):
+            return False
+        return not full or sha256_file(path) == digest

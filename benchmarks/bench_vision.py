@@ -14,7 +14,7 @@ image.
 HybridGNet and CXAS have their own script, ``benchmarks/bench_vision_networks.py``.
 
     .venv/bin/python benchmarks/bench_vision.py [--device cpu] [--steps 4] [--repeats 3] [--threads 2]
-        [--skip-radedit] [--skip-yolo]
+        [--skip-radedit] [--skip-yolo] [--runner-studies N]
 """
 
 from __future__ import annotations
@@ -150,6 +150,22 @@ def bench_yolo(args: argparse.Namespace) -> list[tuple[str, float]]:
     return rows
 
 
+def bench_runner(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """The phantom pipeline through ``run_cues`` (cues + PNG/JSON artifacts) on a fresh synthetic cohort."""
+    from mimic_ils.ingest import iter_studies
+    from mimic_ils.synth import generate_cohort
+    from mimic_ils.vision.runner import VisionConfig, run_cues
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = generate_cohort(Path(folder) / "cohort", args.runner_studies, 0)
+        images = [image for study in iter_studies(root) for image in study.frontal_images]
+        start = time.perf_counter()
+        statuses = run_cues(root, images, Path(folder) / "cues", VisionConfig.preset("phantom"))
+        seconds = (time.perf_counter() - start) / max(1, len(images))
+        written = sum(status == "written" for _, status in statuses)
+        return [report(f"runner, phantom backends, per image ({written} written)", seconds)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -159,6 +175,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     parser.add_argument("--skip-radedit", action="store_true")
     parser.add_argument("--skip-yolo", action="store_true")
+    parser.add_argument("--runner-studies", type=int, default=0, help="also time run_cues (phantom) on N studies")
     args = parser.parse_args()
     import ultralytics  # noqa: F401  (it sets torch's thread count on import; ours must come after)
 
@@ -167,6 +184,8 @@ def main() -> None:
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, median of {args.repeats} after a warm-up")
     if not args.skip_yolo:
         bench_yolo(args)
+    if args.runner_studies:
+        bench_runner(args)
     if not args.skip_radedit:
         bench_radedit(args)
 

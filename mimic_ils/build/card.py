@@ -60,6 +60,7 @@ def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], 
         size_categories=[_size_category(total)],
         tags=["medical", "chest-x-ray", "instruction-guided-segmentation", "mimic-cxr"],
         configs=configs_yaml(files),
+        dataset_info=_features_yaml(),
     )
     template = TEMPLATE if TEMPLATE.exists() else None
     card = DatasetCard.from_template(
@@ -67,6 +68,14 @@ def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], 
         counts_table=counts_markdown(counts), provenance=_provenance_markdown(info),
     )
     return str(card)
+
+
+def _features_yaml() -> list[dict[str, Any]]:
+    """``dataset_info`` entries documenting both configs' features (the loader derives the same ones)."""
+    from mimic_ils.features import images_features, pairs_features
+
+    return [{"config_name": "pairs", "features": pairs_features()._to_yaml_list()},
+            {"config_name": "images", "features": images_features()._to_yaml_list()}]
 
 
 def _provenance_markdown(info: dict[str, Any]) -> str:

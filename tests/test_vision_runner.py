@@ -132,10 +132,18 @@ def test_missing_real_weights_stop_the_run_with_a_clear_error(cohort, tmp_path: 
         run_cues(root, records[:1], tmp_path / "out", VisionConfig.from_dict({"steps": steps}))
 
 
-def test_load_cues_refuses_an_incomplete_folder(tmp_path: Path) -> None:
+def test_load_cues_refuses_an_incomplete_or_altered_folder(cohort, tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     with pytest.raises(BackendError, match="incomplete"):
         load_cues(tmp_path / "x")
+    root, records = cohort
+    run_cues(root, records[:1], tmp_path, VisionConfig.preset("phantom"))
+    boxes = tmp_path / records[0].dicom_id / "boxes.json"
+    text = boxes.read_text()
+    boxes.write_text(text.replace("1", "2", 1))  # same size, other content: only the checksum sees it
+    assert runner.artifact_complete(boxes.parent) and not runner.artifact_complete(boxes.parent, checksums=True)
+    with pytest.raises(BackendError, match="mismatched"):
+        load_cues(boxes.parent)
 
 
 def test_cues_command_writes_overlays_and_resumes(cohort, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

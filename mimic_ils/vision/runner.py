@@ -8,10 +8,11 @@ lungs ∪ heart -> anatomy labels on the pseudo-normal image -> lesion boxes on 
 * ``lung_right.png``, ``lung_left.png``, ``heart.png``, ``anatomy/<label>.png``: HxW masks, 0 / 255;
 * ``boxes.json``: list of ``{"xyxy": [x0, y0, x1, y1], "confidence", "class_id", "class_name"}`` (original-frame
   pixels);
-* ``cues.json``: the manifest (dicom id, frame, backends, SHA-256 of every file above), written last.
+* ``cues.json``: the manifest (dicom id, frame, backends, size and SHA-256 of every file above), written last.
 
 A folder is built under a temporary name and renamed into place, so a folder with a valid manifest is complete;
-images whose folder is complete are skipped, which makes a run resumable. One image's problem becomes its status
+images whose folder is complete (every file present with its recorded size) are skipped, which makes a run
+resumable; :func:`load_cues` also checks the checksums. One image's problem becomes its status
 (a one-line reason) and never stops the batch.
 """
 
@@ -183,16 +184,19 @@ def _read_dicom_fallback(path: Path) -> np.ndarray:
     return np.rint((pixels - low) / max(high - low, 1e-9) * 255).astype(np.uint8)
 
 
-def artifact_complete(folder: Path) -> bool:
-    """True when ``folder`` has a manifest whose every listed file exists with the recorded checksum."""
+def artifact_complete(folder: Path, checksums: bool = False) -> bool:
+    """True when ``folder`` has a manifest whose every listed file exists with the recorded size (and, with
+    ``checksums``, the recorded SHA-256; sizes alone keep a resume over many images cheap)."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        files = manifest["files"]
+        files, sizes = manifest["files"], manifest.get("sizes")
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return manifest.get("version") == MANIFEST_VERSION and all(
-        (folder / name).is_file() and _sha256(folder / name) == digest for name, digest in files.items()
-    )
+    if manifest.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
+        return False
+    if checksums or not isinstance(sizes, dict):
+        return all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in files.items())
+    return all((folder / name).is_file() and (folder / name).stat().st_size == sizes.get(name) for name in files)
 
 
 def _sha256(path: Path) -> str:
@@ -352,6 +356,7 @@ def write_artifacts(
             "width": int(image.shape[1]),
             "backends": backends,
             "files": {name: _sha256(staging / name) for name in [*files, "boxes.json"]},
+            "sizes": {name: (staging / name).stat().st_size for name in [*files, "boxes.json"]},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         if final.exists():
@@ -385,7 +390,7 @@ def load_cues(artifact_dir: str | Path) -> VisionCues:
     Raises ``BackendError`` when the folder is incomplete or a file does not match its manifest checksum.
     """
     folder = Path(artifact_dir)
-    if not artifact_complete(folder):
+    if not artifact_complete(folder, checksums=True):
         raise BackendError(f"{folder}: incomplete vision artifacts (missing or mismatched {MANIFEST})")
     manifest = json.loads((folder / MANIFEST).read_text())
 

@@ -1,4 +1,5 @@
-"""Fixtures of the vision tests: the shared tiny synthetic cohort (``tests/_cohort.py``) and its frontal images."""
+"""Fixtures of the vision tests: the shared tiny synthetic cohort (``tests/_cohort.py``) and its frontal images,
+and tiny random RadEdit components and YOLO checkpoints saved in their real on-disk formats."""
 
 from __future__ import annotations
 
@@ -35,3 +36,72 @@ def cohort_with_truth(tmp_path_factory, n_studies: int = 6, seed: int = 0) -> tu
 
     root = make_cohort(tmp_path_factory, n_studies=n_studies, seed=seed)
     return root, frontal_records(root)
+
+
+HIDDEN = 32
+WORDS = ["no", "acute", "cardio", "##pulmonary", "process", "effusion", "normal"]
+
+
+def save_tiny_radedit(root: Path) -> dict[str, str]:
+    """Tiny random UNet (radedit snapshot layout, ``unet/``), VAE and BERT text encoder + offline tokenizer saved
+    with ``save_pretrained`` under ``root``; returns the backend's folder options."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=HIDDEN,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    unet.save_pretrained(root / "radedit" / "unet")
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    vae.save_pretrained(root / "vae")
+    vocab = root / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tokenizer = BertTokenizer(str(vocab), model_max_length=128)
+    text = BertModel(
+        BertConfig(
+            vocab_size=len(WORDS) + 5,
+            hidden_size=HIDDEN,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=128,
+        )
+    )
+    text.save_pretrained(root / "text")
+    tokenizer.save_pretrained(root / "text")
+    return {"unet": str(root / "radedit"), "vae": str(root / "vae"), "text_encoder": str(root / "text")}
+
+
+def save_tiny_yolo(path: Path, n_classes: int = 14) -> Path:
+    """A yolov8n-shaped ultralytics detector with random weights and ``n_classes`` classes, saved as a ``.pt``."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from mimic_ils.vision.yolo import VINBIG_CLASSES
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=n_classes, verbose=False)
+    model.names = {i: (VINBIG_CLASSES[i] if i < 14 else f"c{i}") for i in range(n_classes)}
+    torch.save({"model": model, "train_args": {"imgsz": 128}, "epoch": -1}, path)
+    return path

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _vision_helpers import HIDDEN, save_tiny_radedit
 
 from mimic_ils.schema import BackendError
 from mimic_ils.vision import base
@@ -13,61 +14,10 @@ from mimic_ils.vision import base
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-HIDDEN = 32
-WORDS = ["no", "acute", "cardio", "##pulmonary", "process", "effusion", "normal"]
-
-
-def _save_tiny_components(root: Path) -> dict[str, str]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=HIDDEN,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
-    unet.save_pretrained(root / "radedit" / "unet")
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=8,
-        sample_size=32,
-    )
-    vae.save_pretrained(root / "vae")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = BertTokenizer(str(vocab), model_max_length=128)
-    text = BertModel(
-        BertConfig(
-            vocab_size=len(WORDS) + 5,
-            hidden_size=HIDDEN,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=37,
-            max_position_embeddings=128,
-        )
-    )
-    text.save_pretrained(root / "text")
-    tokenizer.save_pretrained(root / "text")
-    return {"unet": str(root / "radedit"), "vae": str(root / "vae"), "text_encoder": str(root / "text")}
-
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return _save_tiny_components(tmp_path_factory.mktemp("radedit"))
+    return save_tiny_radedit(tmp_path_factory.mktemp("radedit"))
 
 
 @pytest.fixture(scope="module")

@@ -162,3 +162,30 @@ def test_cues_command_writes_overlays_and_resumes(cohort, tmp_path: Path, capsys
     assert cli.main(arguments) == 0
     assert all(line.endswith("exists") for line in capsys.readouterr().out.strip().splitlines()[:-1])
     assert cli.main([*arguments[:-2], "--backends", str(tmp_path / "nope.yaml")]) == 1
+
+
+def test_real_backends_run_through_the_registry_from_a_yaml_config(cohort, tmp_path: Path) -> None:
+    """RadEdit and YOLO (tiny random weights, real loading code) inside the runner, with phantom lungs and anatomy."""
+    import yaml
+    from _vision_helpers import save_tiny_radedit, save_tiny_yolo
+
+    root, records = cohort
+    radedit = {**save_tiny_radedit(tmp_path / "radedit"), "num_inference_steps": 2, "resolution": 64}
+    yolo = {"weights": str(save_tiny_yolo(tmp_path / "vinbig.pt")), "imgsz": 128, "conf": 1e-6}
+    steps = {
+        "lungs_heart": "phantom",
+        "anatomy": "phantom",
+        "pseudo_normal": {"name": "radedit", "options": radedit},
+        "lesion_boxes": {"name": "yolo", "options": yolo},
+    }
+    (tmp_path / "vision.yaml").write_text(yaml.safe_dump({"device": "cpu", "batch_size": 2, "steps": steps}))
+    config = VisionConfig.from_yaml(tmp_path / "vision.yaml")
+    statuses = run_cues(root, records[:2], tmp_path / "out", config)
+    assert [status for _, status in statuses] == [STATUS_WRITTEN, STATUS_WRITTEN]
+    cues = load_cues(tmp_path / "out" / records[0].dicom_id)
+    edit_mask = cues.lung_right | cues.lung_left | cues.heart
+    np.testing.assert_array_equal(cues.pseudo_normal[~edit_mask], cues.image[~edit_mask])
+    assert not np.array_equal(cues.pseudo_normal[edit_mask], cues.image[edit_mask])
+    assert cues.boxes and all(box.class_id not in (0, 9, 12) for box in cues.boxes)
+    manifest = json.loads((tmp_path / "out" / records[0].dicom_id / "cues.json").read_text())
+    assert manifest["backends"]["pseudo_normal"] == "radedit" and manifest["backends"]["lesion_boxes"] == "yolo"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _vision_helpers import save_tiny_yolo
 
 from mimic_ils.schema import BackendError
 from mimic_ils.vision import base
@@ -17,19 +18,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("ultralytics")
 
 
-def _save_checkpoint(path: Path, n_classes: int = 14) -> Path:
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(0)
-    model = DetectionModel("yolov8n.yaml", nc=n_classes, verbose=False)
-    model.names = {i: (VINBIG_CLASSES[i] if i < 14 else f"c{i}") for i in range(n_classes)}
-    torch.save({"model": model, "train_args": {"imgsz": 128}, "epoch": -1}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save_checkpoint(tmp_path_factory.mktemp("yolo") / "vinbig.pt")
+    return save_tiny_yolo(tmp_path_factory.mktemp("yolo") / "vinbig.pt")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +89,7 @@ def test_yolov5_repository_checkpoint_is_refused_clearly(tmp_path: Path) -> None
 def test_missing_file_and_wrong_class_count_are_refused(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="not found"):
         base.create("lesion_boxes", "yolo", weights=str(tmp_path / "absent.pt"))
-    wrong = _save_checkpoint(tmp_path / "coco.pt", n_classes=3)
+    wrong = save_tiny_yolo(tmp_path / "coco.pt", n_classes=3)
     with pytest.raises(BackendError, match="14 VinBigData"):
         base.create("lesion_boxes", "yolo", weights=str(wrong))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

@@ -158,30 +158,9 @@ def _accepts(factory: object, keyword: str) -> bool:
 
 def _read_image(root: Path, record: ImageRecord) -> np.ndarray:
     """The record's DICOM as ``HxW uint8`` (radiologist's view), through ``mimic_ils.dicom.read_dicom``."""
-    try:
-        from mimic_ils.dicom import read_dicom
-    except ImportError:
-        read_dicom = _read_dicom_fallback
+    from mimic_ils.dicom import read_dicom
+
     return np.asarray(read_dicom(root / record.path))
-
-
-def _read_dicom_fallback(path: Path) -> np.ndarray:
-    """Stand-in for ``mimic_ils.dicom.read_dicom`` while that module is missing: modality + VOI LUT, MONOCHROME1
-    inverted, min-max scaled to ``HxW uint8``."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    from mimic_ils.schema import DicomReadError
-
-    try:
-        dataset = pydicom.dcmread(path)
-        pixels = apply_voi_lut(apply_modality_lut(dataset.pixel_array, dataset), dataset).astype(np.float64)
-    except Exception as error:  # pydicom raises many types for broken files
-        raise DicomReadError(f"{Path(path).name}: unreadable DICOM ({type(error).__name__}: {error})") from None
-    if getattr(dataset, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        pixels = pixels.max() - pixels
-    low, high = pixels.min(), pixels.max()
-    return np.rint((pixels - low) / max(high - low, 1e-9) * 255).astype(np.uint8)
 
 
 def artifact_complete(folder: Path, checksums: bool = False) -> bool:

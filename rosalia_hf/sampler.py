@@ -78,7 +78,7 @@ class BalancedPolarityBatchSampler(Sampler[list[int]]):
         self.total_batches = (per_class // half) // num_replicas * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration draw the order of ``epoch`` (call it before each epoch, as with DistributedSampler)."""
+        """Make the next iteration draw the order of ``epoch`` (call before each epoch, like DistributedSampler)."""
         self.epoch = epoch
 
     @property

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import datasets
-import pytest
-
 from _training_helpers import tiny_images_dataset, write_dataset_folder
 
 ROOT = Path(__file__).resolve().parents[1]

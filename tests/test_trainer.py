@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from _training_helpers import tiny_images_dataset, tiny_pairs_dataset
+
 from rosalia_hf import RosaliaForSegmentation
 from rosalia_hf.testing import tiny_rosalia
 from rosalia_hf.trainer import RosaliaTrainer, describe_trainable, prepare_model_for_training

@@ -1,14 +1,15 @@
 """Training-step throughput of ``RosaliaTrainer`` on ``tiny_rosalia`` (CPU): with vs without once-per-image encoders.
 
     .venv/bin/python benchmarks/bench_training.py [--sam-size 256] [--image-size 512] [--pairs-per-image 4]
-        [--batch 8] [--steps 12] [--threads 2]
+        [--batch 8] [--steps 12] [--threads 2] [--rounds 2]
 
 *With reuse*: the sampler keeps the pairs of an image together and ``RosaliaCollator(group_by_image=True)`` hands
 each unique image to CLIP and SAM once (``image_index``). *Without*: ``group_by_image=False`` in both, so every
 pair is preprocessed and encoded on its own. Each image carries ``--pairs-per-image`` pairs, half positive and half
 negative (MIMIC-ILS images carry several pairs), so a 1:1 batch of 8 holds 2 images with reuse and 8 without.
 A step is timed from ``on_step_begin`` to ``on_step_end`` plus the data loading before it (wall time between
-consecutive step ends); the median over steps after ``--warmup`` is reported as samples/s.
+consecutive step ends); the two modes alternate ``--rounds`` times (the machine may be shared) and the median over
+all timed steps of a mode is reported as samples/s.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def make_pairs(num_images: int, size: int, pairs_per_image: int, seed: int = 0) 
                          "question_type": "global" if positive else "basic",
                          "locations": ["right lung"] if positive else ["left lung"],
                          "certainty": "definitive" if positive else None,
-                         "instruction": "Segment the opacity." if positive else "Segment the opacity in the left lung.",
+                         "instruction": f"Segment the opacity{'' if positive else ' in the left lung'}.",
                          "answer": "[SEG] It is in the right lung." if positive else "[SEG] There is no opacity.",
                          "polarity": "positive" if positive else "negative", "mask": mask,
                          "study_id": f"s{index}", "dicom_id": f"img{index}", "split": "train"})
@@ -76,8 +77,8 @@ def make_pairs(num_images: int, size: int, pairs_per_image: int, seed: int = 0) 
     return datasets.Dataset.from_dict(columns, features=pairs_features())
 
 
-def samples_per_second(dataset: datasets.Dataset, group: bool, args: argparse.Namespace) -> tuple[float, float]:
-    """Median samples/s and median step seconds of ``args.steps`` training steps after ``args.warmup``."""
+def step_times(dataset: datasets.Dataset, group: bool, args: argparse.Namespace) -> tuple[list[float], float]:
+    """Seconds of ``args.steps`` training steps after warm-up, and the mean number of encoded images per batch."""
     model, processor = tiny_rosalia(seed=0, sam_image_size=args.sam_size)
     with tempfile.TemporaryDirectory() as output:
         training = RosaliaTrainingArguments(
@@ -89,9 +90,16 @@ def samples_per_second(dataset: datasets.Dataset, group: bool, args: argparse.Na
         )
         timer = StepTimer()
         trainer = RosaliaTrainer(model.train(), training, processor, train_dataset=dataset, callbacks=[timer])
+        collate, images_per_batch = trainer.data_collator, []
+
+        def counting_collate(items):
+            batch = collate(items)
+            images_per_batch.append(len(batch["sam_pixel_values"]))
+            return batch
+
+        trainer.data_collator = counting_collate
         trainer.train()
-    step = statistics.median(timer.times[args.warmup:])
-    return args.batch / step, step
+    return timer.times[args.warmup:], statistics.mean(images_per_batch)
 
 
 def main() -> None:
@@ -103,6 +111,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="alternate with/without this many times (shared CPUs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     datasets.disable_progress_bars()
@@ -110,13 +119,20 @@ def main() -> None:
     dataset = make_pairs(num_images, args.image_size, args.pairs_per_image)
     print(f"tiny_rosalia(sam_image_size={args.sam_size}), {args.image_size}x{args.image_size} images, "
           f"{args.pairs_per_image} pairs/image, batch {args.batch}, {args.steps} timed steps, "
-          f"{args.threads} threads")
+          f"{args.threads} threads, {args.rounds} alternating rounds")
+    times: dict[bool, list[float]] = {True: [], False: []}
+    images: dict[bool, float] = {}
+    for _ in range(args.rounds):
+        for group in (True, False):
+            seconds, images[group] = step_times(dataset, group, args)
+            times[group] += seconds
     results = {}
     for group in (True, False):
-        rate, step = samples_per_second(dataset, group, args)
-        results[group] = rate
+        step = statistics.median(times[group])
+        results[group] = args.batch / step
         label = "with reuse (group_by_image=True) " if group else "without (group_by_image=False)  "
-        print(f"{label} median step {step * 1000:8.1f} ms  {rate:7.2f} samples/s")
+        print(f"{label} {images[group]:4.1f} encoded images/batch  median step {step * 1000:8.1f} ms  "
+              f"{results[group]:7.2f} samples/s")
     print(f"ratio with/without: {results[True] / results[False]:.2f}x")
 
 

@@ -34,7 +34,8 @@ class ScriptArguments:
                                         "checkpoint); None trains rosalia_hf.testing.tiny_rosalia()."})
     train_config: str = field(default="images", metadata={"help": "Dataset configuration to train on: images|pairs."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str = field(default="validate", metadata={"help": "Split of the `pairs` configuration to validate on."})
+    eval_split: str = field(default="validate",
+                            metadata={"help": "Split of the `pairs` configuration to validate on."})
     save_merged: bool = field(default=True, metadata={"help": "Also save the model with LoRA merged."})
     tiny_seed: int = field(default=0, metadata={"help": "Seed of tiny_rosalia() when no model is given."})
 

@@ -1,7 +1,8 @@
 """Slow training checks: 2-process torchrun on CPU (gloo), DeepSpeed ZeRO-2 on CPU, and the learning run.
 
 Each runs ``examples/train_rosalia.py`` (or the trainer) through its real code path on a dataset folder with the
-documented features (``_training_helpers.write_dataset_folder``). Run with ``pytest -m slow tests/test_training_slow.py``.
+documented features (``_training_helpers.write_dataset_folder``).
+Run with ``.venv/bin/python -m pytest -m slow tests/test_training_slow.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import datasets
 import pytest
-
 from _training_helpers import write_dataset_folder
+
 from rosalia_hf.data import RosaliaPairs
 from rosalia_hf.sampler import BalancedPolarityBatchSampler
 

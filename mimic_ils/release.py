@@ -100,7 +100,7 @@ def import_release(release: str | Path, images: str | Path, out: str | Path) -> 
     info = {"code_version": _version(), "source": "mimic-cxr-ext-ils 1.0.0 release", "counts": counts,
             "ledger": summarize_ledger(ledger)}
     atomic_write_bytes(partial / "build_info.json", json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
-    atomic_write_bytes(partial / "README.md", render_card(files, counts, info).encode("utf-8"))
+    atomic_write_bytes(partial / "README.md", render_card(files, counts, info, partial).encode("utf-8"))
     _swap_in(partial, out)
     return info
 

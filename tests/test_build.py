@@ -375,3 +375,16 @@ def test_refuses_to_replace_a_folder_that_is_not_a_build(tmp_path):
     with pytest.raises(MimicIlsError, match="is not a MIMIC-ILS folder"):
         build(None, precious, stages=FakeStages(4), work=tmp_path / "work", progress=False)
     assert (precious / "thesis.tex").read_text() == "do not delete"
+
+
+def test_two_builds_in_folders_of_the_same_name_never_share_the_datasets_cache(tmp_path):
+    # datasets keys its cache of a local folder on the base name and the builder configs: the content digest in
+    # each config's description is what keeps the second build from loading the first one's rows
+    sizes = {}
+    for parent, n_studies in (("first", N_FAKE), ("second", N_FAKE - 4)):
+        out = tmp_path / parent / "mimic-ils"
+        build(None, out, stages=FakeStages(n_studies), progress=False)
+        expected = pq.read_table(out / "train" / "metadata.parquet").num_rows
+        sizes[parent] = datasets.load_dataset(str(out), "pairs", split="train").num_rows
+        assert sizes[parent] == expected
+    assert sizes["first"] != sizes["second"]

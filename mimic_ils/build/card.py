@@ -7,25 +7,41 @@ relative to the metadata file, so the folder is relocatable and needs no project
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from mimic_ils.schema import SPLITS
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "builders" / "mimic_ils" / "README.md"
+# mimic_ils/data/dataset_card_template.md links to builders/mimic_ils/README.md (a real file in an installed wheel)
+TEMPLATE = Path(__file__).resolve().parents[1] / "data" / "dataset_card_template.md"
 CONFIGS = {"pairs": "{split}/metadata.parquet", "images": "{split}/images/metadata.parquet"}
 
 
-def configs_yaml(image_suffixes: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """``configs:`` entries from ``{split: [image suffixes]}`` (splits without rows are absent)."""
+def metadata_digest(folder: str | Path) -> str:
+    """SHA-256 over every metadata Parquet of a built folder (names and bytes): the content of the build."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*/**/metadata.parquet")):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def configs_yaml(image_suffixes: dict[str, list[str]], digest: str = "") -> list[dict[str, Any]]:
+    """``configs:`` entries from ``{split: [image suffixes]}`` (splits without rows are absent).
+
+    Each entry carries the build's content digest in its ``description``: ``datasets`` keys its cache of a local
+    folder on the folder's base name and the builder configs only, so without it a rebuilt folder (or another build
+    in a folder of the same name) would load the previous build's rows from the cache.
+    """
     entries = []
     for config, metadata in CONFIGS.items():
         data_files = [
             {"split": split, "path": [metadata.format(split=split)] + [f"{split}/images/*{ext}" for ext in exts]}
             for split in SPLITS if split in image_suffixes for exts in [image_suffixes[split]]
         ]
-        entry = {"config_name": config, "data_files": data_files, "drop_labels": True}
+        entry = {"config_name": config, "data_files": data_files, "drop_labels": True,
+                 "description": f"MIMIC-ILS {config}, build content sha256 {digest}"}
         if config == "pairs":
             entry["default"] = True
         entries.append(entry)
@@ -43,8 +59,9 @@ def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], info: dict[str, Any]) -> str:
-    """The README.md text of a built folder."""
+def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], info: dict[str, Any],
+                folder: str | Path) -> str:
+    """The README.md text of the built folder ``folder`` (its metadata files already written)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     total = sum(row["pairs"] for row in counts.values())
@@ -59,7 +76,7 @@ def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], 
         task_categories=["image-segmentation"],
         size_categories=[_size_category(total)],
         tags=["medical", "chest-x-ray", "instruction-guided-segmentation", "mimic-cxr"],
-        configs=configs_yaml(files),
+        configs=configs_yaml(files, metadata_digest(folder)),
         dataset_info=_features_yaml(),
     )
     template = TEMPLATE if TEMPLATE.exists() else None

@@ -56,7 +56,7 @@ def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[s
     write_parquet(ledger, LEDGER_SCHEMA, partial / "ledger.parquet")
     info = {**info, "counts": counts, "ledger": summarize_ledger(ledger)}
     atomic_write_bytes(partial / "build_info.json", json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
-    atomic_write_bytes(partial / "README.md", render_card(files, counts, info).encode("utf-8"))
+    atomic_write_bytes(partial / "README.md", render_card(files, counts, info, partial).encode("utf-8"))
     _swap_in(partial, out)
     return info
 

@@ -37,7 +37,7 @@ SHA-256 hash of the study id, drawn in a fixed order, so the output does not dep
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -401,13 +401,18 @@ def _absent_negative(
     _negative_at(builder, rng, lesion, lesion, (LUNG_REGIONS[int(rng.integers(len(LUNG_REGIONS)))],))
 
 
-def limit_study_negatives(pairs: Iterable[Pair]) -> list[Pair]:
-    """Keep at most one negative per (study, lesion) across a study's images (the smallest dicom id wins)."""
+def limit_study_negatives(pairs: Iterable[Pair] | Iterable[Mapping]) -> list:
+    """Keep at most one negative per (study, lesion) across a study's images (the smallest dicom id wins).
+
+    Takes :class:`Pair` objects or dataset rows (mappings with the same field names).
+    """
     pairs = list(pairs)
+    get = (lambda item, name: item[name]) if pairs and isinstance(pairs[0], Mapping) else getattr
     chosen: dict[tuple[str, str], str] = {}
-    for pair in sorted(pairs, key=lambda p: p.dicom_id):
-        if pair.polarity == "negative":
-            chosen.setdefault((pair.study_id, pair.lesion), pair.dicom_id)
+    for pair in sorted(pairs, key=lambda p: get(p, "dicom_id")):
+        if get(pair, "polarity") == "negative":
+            chosen.setdefault((get(pair, "study_id"), get(pair, "lesion")), get(pair, "dicom_id"))
     return [
-        pair for pair in pairs if pair.polarity == "positive" or chosen[(pair.study_id, pair.lesion)] == pair.dicom_id
+        pair for pair in pairs if get(pair, "polarity") == "positive"
+        or chosen[(get(pair, "study_id"), get(pair, "lesion"))] == get(pair, "dicom_id")
     ]

@@ -16,6 +16,7 @@ from typing import Any
 from mimic_ils.build.shard import Shard
 from mimic_ils.build.stages import Stages
 from mimic_ils.build.workdir import WorkDir, encode_png, mask_digest, read_checked_json, write_checked_json
+from mimic_ils.pairs import limit_study_negatives
 from mimic_ils.schema import SPLITS, Finding, MimicIlsError, Section, StructuredReport, Study
 
 logger = logging.getLogger(__name__)
@@ -104,12 +105,27 @@ def study_result(
             findings += image_findings
             entry.update(fate="used" if image_pairs else "excluded", reason=reason if not image_pairs else None)
         images.append(entry)
+    pairs = _one_negative_per_lesion(pairs, images, files)
     fate, reason = _study_fate(report, images)
     return {
         "version": STUDY_ARTIFACT_VERSION, "study_id": study.study_id, "subject_id": study.subject_id,
         "split": study.split, "fate": fate, "reason": reason, "images": images, "pairs": pairs,
         "findings": findings, "files": dict(sorted(files.items())),
     }
+
+
+def _one_negative_per_lesion(pairs: list[dict], images: list[dict], files: dict[str, str]) -> list[dict]:
+    """Appendix C holds per study, grounding works per image: keep one negative per lesion type in the study.
+
+    An image left with no pair is excluded with that reason, and its image file is not written out.
+    """
+    kept = limit_study_negatives(pairs)
+    used = {row["dicom_id"] for row in kept}
+    for entry in images:
+        if entry["fate"] == "used" and entry["dicom_id"] not in used:
+            entry.update(fate="excluded", reason="pairs: its negatives are given by another image of the study")
+            files.pop(f"images/{entry['dicom_id']}.png", None)
+    return kept
 
 
 def _ground_one(stages, work, study, image, report, cues, files) -> tuple[list[dict], list[dict], str | None]:

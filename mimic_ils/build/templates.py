@@ -82,7 +82,7 @@ def appendix_c_problems(rows: Iterable[dict]) -> list[str]:
     problems = []
     for row in rows:
         problems += [f"{row['id']}: {problem}" for problem in _row_problems(row)]
-    negatives = Counter((row["dicom_id"], row["lesion"]) for row in rows if row["polarity"] == "negative")
+    negatives = Counter((row["study_id"], row["lesion"]) for row in rows if row["polarity"] == "negative")
     problems += [f"{key}: {count} negatives of one lesion type" for key, count in negatives.items() if count > 1]
     return problems
 

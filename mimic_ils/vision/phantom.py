@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -33,6 +33,9 @@ from scipy import ndimage
 from mimic_ils.schema import HEART_LABEL, LUNG_LABELS, BackendError, Box, CohortError
 from mimic_ils.vision import base
 from mimic_ils.vision.yolo import VINBIG_CLASSES
+
+if TYPE_CHECKING:
+    from mimic_ils.synth import PhantomImageTruth
 
 # Which VinBigData classes a detector would plausibly fire for each MIMIC-ILS lesion type (first = most likely).
 LESION_TO_VINBIG = {
@@ -45,20 +48,6 @@ LESION_TO_VINBIG = {
     "effusion": ("Pleural effusion",),
 }
 SPURIOUS_CLASSES = ("Lung Opacity", "Infiltration", "Nodule/Mass", "Pleural thickening", "Calcification")
-
-
-@dataclass(frozen=True)
-class _ImageTruth:
-    """The sidecar arrays of one frontal image (see the sidecar contract) and its study's lesion types."""
-
-    display: np.ndarray
-    normal: np.ndarray
-    lung_right: np.ndarray
-    lung_left: np.ndarray
-    heart: np.ndarray
-    anatomy: np.ndarray
-    lesions: np.ndarray
-    lesion_types: tuple[str, ...]
 
 
 def stable_seed(*parts: object) -> int:
@@ -80,24 +69,18 @@ class PhantomTruth:
             for image in study.get("images", []):
                 self._lesion_types[image["dicom_id"]] = types
 
-    def load(self, dicom_id: str) -> _ImageTruth:
+    def load(self, dicom_id: str) -> PhantomImageTruth:
         """The truth of one frontal image; raises ``BackendError`` when the sidecar has none for it."""
         from mimic_ils import synth
 
         try:
-            truth = synth.load_image_truth(self.root, dicom_id)
+            return synth.load_image_truth(self.root, dicom_id)
         except CohortError as error:
             raise BackendError(f"phantom: {error}") from None
-        return _ImageTruth(
-            display=truth.display,
-            normal=truth.normal,
-            lung_right=truth.lung_right.astype(bool),
-            lung_left=truth.lung_left.astype(bool),
-            heart=truth.heart.astype(bool),
-            anatomy=truth.anatomy.astype(bool),
-            lesions=truth.lesions.astype(bool),
-            lesion_types=self._lesion_types.get(dicom_id, ("opacity",) * len(truth.lesions))[: len(truth.lesions)],
-        )
+
+    def lesion_types(self, dicom_id: str, count: int) -> tuple[str, ...]:
+        """The lesion type of each of the image's ``count`` lesion masks, in sidecar order."""
+        return self._lesion_types.get(dicom_id, ("opacity",) * count)[:count]
 
 
 def smooth_displacement(shape: tuple[int, int], amplitude: float, rng: np.random.Generator) -> np.ndarray:
@@ -120,7 +103,7 @@ def warp_masks(masks: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     return masks[:, rows, cols]
 
 
-def _check_frame(image: np.ndarray, truth: _ImageTruth, dicom_id: str) -> None:
+def _check_frame(image: np.ndarray, truth: PhantomImageTruth, dicom_id: str) -> None:
     if image.shape[:2] != truth.display.shape:
         raise BackendError(f"{dicom_id}: image is {image.shape[:2]} but its phantom truth is {truth.display.shape}")
 
@@ -254,9 +237,10 @@ class PhantomLesionBoxes(_PhantomBackend):
         truth = self.truth.load(dicom_id)
         _check_frame(image, truth, dicom_id)
         rng = self._rng(dicom_id)
+        types = self.truth.lesion_types(dicom_id, len(truth.lesions))
         boxes = [
             box
-            for mask, lesion_type in zip(truth.lesions, truth.lesion_types, strict=True)
+            for mask, lesion_type in zip(truth.lesions, types, strict=True)
             for box in self._lesion_boxes(mask, lesion_type, rng)
         ]
         boxes += self._spurious_boxes(truth.lung_right | truth.lung_left, rng)

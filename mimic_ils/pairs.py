@@ -101,6 +101,14 @@ def join_locations(labels: Sequence[str]) -> str:
     return f"{', '.join(labels[:-1])} and {labels[-1]}"
 
 
+def split_locations(text: str | None) -> tuple[str, ...]:
+    """Inverse of :func:`join_locations`: ``"a, b and c"`` -> ``("a", "b", "c")``; None or "" -> ``()``."""
+    if not text:
+        return ()
+    head, _, last = text.rpartition(" and ")
+    return (*head.split(", "), last) if head else (last,)
+
+
 @dataclass(frozen=True)
 class FindingOutcome:
     """A finding of the report after grounding: ``mask_key`` is None when it was not grounded.

@@ -343,3 +343,14 @@ def test_custom_inference_types():
     config = GroundingConfig(opacity_inference_types=("consolidation",))
     plan = _plan(FindingOutcome("consolidation", "definitive", ("left lung",), ("left lung",), "k0"), config=config)
     assert _positives(plan, "lesion_inference")[0].answer == "[SEG] It is highly suggestive of consolidation."
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+def test_split_locations_inverts_join_and_the_build_parser_reads_every_length(count):
+    from mimic_ils.build.templates import parse_pair
+
+    labels = list(P.ZONE_LABELS[:count])
+    assert P.split_locations(P.join_locations(labels)) == tuple(labels)
+    instruction = f"Segment the opacity in the {P.join_locations(labels)} and predict its type."
+    parsed = parse_pair(instruction, "[SEG] It is highly suggestive of edema.")
+    assert parsed.locations == tuple(labels) and parsed.lesion == "edema" and parsed.certainty == "definitive"

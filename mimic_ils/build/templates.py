@@ -12,11 +12,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mimic_ils.pairs import join_locations, split_locations
 from mimic_ils.schema import HEART_LABEL, LESION_TYPES, LUNG_LABELS, MimicIlsError
 
 INFERENCE_LESIONS = ("pneumonia", "atelectasis", "edema")
 _LOCATION = "|".join(re.escape(label) for label in sorted((*LUNG_LABELS, HEART_LABEL), key=len, reverse=True))
-_LOCATIONS = rf"(?P<loc>(?:{_LOCATION})(?: and (?:{_LOCATION}))*)"
+_LOCATIONS = rf"(?P<loc>(?:{_LOCATION})(?:(?:, | and )(?:{_LOCATION}))*)"
 _TARGET = rf"(?P<target>{'|'.join(LESION_TYPES)})"
 _LESION = rf"(?P<lesion>{'|'.join(LESION_TYPES)})"
 
@@ -37,10 +38,6 @@ class ParsedPair:
     certainty: str | None
 
 
-def split_locations(text: str | None) -> tuple[str, ...]:
-    return tuple(text.split(" and ")) if text else ()
-
-
 def parse_pair(instruction: str, answer: str) -> ParsedPair:
     """The fields a Table 2 pair carries in its text; raises MimicIlsError for a string off the templates."""
     for question_type, pattern in _INSTRUCTIONS:
@@ -53,7 +50,7 @@ def parse_pair(instruction: str, answer: str) -> ParsedPair:
 
 
 def _parse_answer(question_type: str, target: str, locations: tuple[str, ...], answer: str, instruction: str):
-    place = " and ".join(locations)
+    place = join_locations(locations) if locations else ""
     if question_type == "lesion_inference":
         for certainty, phrase in (("definitive", "It is highly suggestive of"), ("tentative", "It possibly reflects")):
             match = re.fullmatch(rf"\[SEG\] {phrase} {_LESION}\.", answer)

@@ -59,36 +59,11 @@ def load_model(script: ScriptArguments):
         from rosalia_hf.testing import tiny_rosalia
 
         model, processor = tiny_rosalia(seed=script.tiny_seed)
-        revive_sam_image_encoder(model, seed=script.tiny_seed)
         return model.train(), processor
     from rosalia_hf import RosaliaForSegmentation, RosaliaProcessor
 
     return (RosaliaForSegmentation.from_pretrained(script.model_name_or_path),
             RosaliaProcessor.from_pretrained(script.model_name_or_path))
-
-
-def revive_sam_image_encoder(model, std: float = 0.02, seed: int = 0) -> bool:
-    """Re-draws a randomly initialised SAM image encoder whose weights are ~0; returns whether it did.
-
-    ``transformers``' ``SamVisionConfig`` defaults to ``initializer_range=1e-10``: a *random* SAM image encoder then
-    has weights of std 1e-10, every LayerNorm sees variance far below its eps, and the image embeddings are ~1e-21
-    for every image, so no mask can depend on the image and a tiny model never learns to segment. The linear and
-    convolution weights are drawn again from N(0, ``std``) (biases 0), seeded. Pretrained encoders are left alone.
-    """
-    import torch
-
-    encoder = model.sam.vision_encoder
-    if max(float(p.detach().float().std()) for p in encoder.parameters() if p.dim() >= 2) > 1e-6:
-        return False
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in encoder.modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
-                if module.bias is not None:
-                    module.bias.zero_()
-    model.config.sam_config.vision_config.initializer_range = std
-    return True
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,3 +17,12 @@ def test_generated_text_never_contains_image_placeholders():
                         processor=processor, max_new_tokens=4)
     assert [o["mask"].shape for o in out] == [(40, 50), (30, 60)]
     assert all("<image>" not in o["text"] for o in out)
+
+
+def test_tiny_sam_image_encoder_is_alive():
+    # transformers' SamVisionConfig defaults to initializer_range=1e-10: a random encoder would then map every
+    # image to ~0 and no tiny model could learn to segment
+    model, _ = tiny_rosalia(seed=0)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    embeddings = model.get_sam_image_embeddings(pixels)
+    assert embeddings.std() > 0.1 and (embeddings[0] - embeddings[1]).abs().mean() > 0.1

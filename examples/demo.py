@@ -92,6 +92,8 @@ def main() -> None:
     print(f"    validation before/after training: {json.dumps(result['before'])} -> {json.dumps(result['after'])}")
     figures = metrics.get("metrics", metrics)
     print(f"    test: gIoU {figures['giou']:.3f}  cIoU {figures['ciou']:.3f}  N-Acc {figures['n_acc']:.3f}")
+    print("    (a tiny random model trained for seconds on a small phantom set: a smoke run of the real code path,"
+          " not a model; examples/learning_curve.py shows a tiny model learning, benchmarks/ the figures)")
     for path in (dataset / "README.md", dataset / "stats", out / "overlays", run_dir / "loss_curve.png",
                  run_dir / "merged" / "README.md", out / "evaluation" / "report.md"):
         print(f"    {path}")

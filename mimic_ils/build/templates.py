@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mimic_ils import pairs as P
 from mimic_ils.pairs import join_locations, split_locations
 from mimic_ils.schema import HEART_LABEL, LESION_TYPES, LUNG_LABELS, MimicIlsError
 
@@ -21,11 +22,24 @@ _LOCATIONS = rf"(?P<loc>(?:{_LOCATION})(?:(?:, | and )(?:{_LOCATION}))*)"
 _TARGET = rf"(?P<target>{'|'.join(LESION_TYPES)})"
 _LESION = rf"(?P<lesion>{'|'.join(LESION_TYPES)})"
 
+
+
+def _pattern(template: str, **groups: str) -> re.Pattern:
+    """A regex that matches ``template`` (a ``str.format`` string of ``mimic_ils.pairs``) with named groups."""
+    text = re.escape(template)
+    for name, group in groups.items():
+        text = text.replace(re.escape("{" + name + "}"), group)
+    return re.compile(text)
+
+
 _INSTRUCTIONS = (
-    ("lesion_inference", re.compile(rf"Segment the opacity in the {_LOCATIONS} and predict its type\.")),
-    ("basic", re.compile(rf"Segment the {_TARGET} in the {_LOCATIONS}\.")),
-    ("global", re.compile(rf"Segment the {_TARGET}\.")),
+    ("lesion_inference", _pattern(P.INFERENCE_INSTRUCTION, location=_LOCATIONS)),
+    ("basic", _pattern(P.BASIC_INSTRUCTION, target=_TARGET, location=_LOCATIONS)),
+    ("global", _pattern(P.GLOBAL_INSTRUCTION, target=_TARGET)),
 )
+_INFERENCE_ANSWERS = (("definitive", _pattern(P.INFERENCE_DEFINITIVE, lesion=_LESION)),
+                      ("tentative", _pattern(P.INFERENCE_TENTATIVE, lesion=_LESION)))
+_GLOBAL_POSITIVE = _pattern(P.GLOBAL_POSITIVE, location=_LOCATIONS)
 
 
 @dataclass(frozen=True)
@@ -52,22 +66,22 @@ def parse_pair(instruction: str, answer: str) -> ParsedPair:
 def _parse_answer(question_type: str, target: str, locations: tuple[str, ...], answer: str, instruction: str):
     place = join_locations(locations) if locations else ""
     if question_type == "lesion_inference":
-        for certainty, phrase in (("definitive", "It is highly suggestive of"), ("tentative", "It possibly reflects")):
-            match = re.fullmatch(rf"\[SEG\] {phrase} {_LESION}\.", answer)
+        for certainty, pattern in _INFERENCE_ANSWERS:
+            match = pattern.fullmatch(answer)
             if match:
                 return ParsedPair(question_type, "positive", target, match["lesion"], locations, certainty)
-        if answer == f"[SEG] There is no opacity in the {place}.":
+        if answer == P.INFERENCE_NEGATIVE.format(location=place):
             return ParsedPair(question_type, "negative", target, None, locations, None)
     elif question_type == "basic":
-        if answer == "[SEG]":
+        if answer == P.BASIC_POSITIVE:
             return ParsedPair(question_type, "positive", target, target, locations, None)
-        if answer == f"[SEG] There is no {target} in the {place}.":
+        if answer == P.BASIC_NEGATIVE.format(target=target, location=place):
             return ParsedPair(question_type, "negative", target, target, locations, None)
     else:
-        match = re.fullmatch(rf"\[SEG\] It is located in the {_LOCATIONS}\.", answer)
-        if match or answer == "[SEG]":
+        match = _GLOBAL_POSITIVE.fullmatch(answer)
+        if match or answer == P.BASIC_POSITIVE:
             return ParsedPair(question_type, "positive", target, target, split_locations(match and match["loc"]), None)
-        if answer == f"[SEG] There is no {target}.":
+        if answer == P.GLOBAL_NEGATIVE.format(target=target):
             return ParsedPair(question_type, "negative", target, target, (), None)
     raise MimicIlsError(f"answer {answer!r} does not fit the template of {instruction!r}")
 

@@ -20,18 +20,15 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return save_tiny_radedit(tmp_path_factory.mktemp("radedit"))
 
 
+def _create(folders: dict[str, str]):
+    """The tiny RadEdit backend through the registry, loaded from the saved component folders."""
+    return base.create("pseudo_normal", "radedit", **folders, num_inference_steps=4, resolution=64,
+                       guidance_scale=3.0, skip_ratio=0.25, batch_size=2)
+
+
 @pytest.fixture(scope="module")
 def backend(folders: dict[str, str]):
-    return base.create(
-        "pseudo_normal",
-        "radedit",
-        **folders,
-        num_inference_steps=4,
-        resolution=64,
-        guidance_scale=3.0,
-        skip_ratio=0.25,
-        batch_size=2,
-    )
+    return _create(folders)
 
 
 def _case(shape: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,16 +61,7 @@ def test_non_square_output_in_original_frame_and_keep_region_untouched(backend) 
 def test_rerun_is_byte_identical_and_seed_depends_on_dicom_id(backend, folders) -> None:
     image, mask = _case((64, 80), 2)
     first = backend.edit([image, image], [mask, mask], ["same", "other"])
-    fresh = base.create(
-        "pseudo_normal",
-        "radedit",
-        **folders,
-        num_inference_steps=4,
-        resolution=64,
-        guidance_scale=3.0,
-        skip_ratio=0.25,
-        batch_size=2,
-    )
+    fresh = _create(folders)
     again = fresh.edit([image, image], [mask, mask], ["same", "other"])
     assert [out.tobytes() for out in first] == [out.tobytes() for out in again]
     assert first[0].tobytes() != first[1].tobytes()  # the VAE latent sample is seeded per dicom id

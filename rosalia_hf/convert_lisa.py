@@ -5,10 +5,17 @@ the multimodal projector (``model.mm_projector``: one Linear, or ``.0``/``.2`` f
 ``model.text_hidden_fcs.0.{0,2}`` and SAM under ``model.visual_model.*`` (original SAM key layout). CLIP is not
 included: it comes from a local ``openai/clip-vit-large-patch14`` folder (``--clip``), as in LISA.
 
-The tokenizer is read from the checkpoint folder (or ``--tokenizer``); ``[SEG]``, ``<im_start>``, ``<im_end>`` and
-``<image>`` are added only if absent, and every id is read back from the tokenizer, never assumed. Tokens that the
-checkpoint has no embedding row for (``<image>``, whose row is never read because image features replace it) get
-the mean row. Unknown or missing keys abort the conversion with their names; nothing is written.
+The tokenizer is read from the checkpoint folder (or ``--tokenizer``): LLaMA's sentencepiece ``tokenizer.model``
+and ``added_tokens.json``, rebuilt as a fast tokenizer that gives the ids of LISA's transformers 4.31 slow tokenizer
+(``rosalia_hf.tokenization_lisa``). A folder with only a ``tokenizer.json`` (not LISA's layout) is read as it is,
+with LISA's added-token rules. ``<image>`` is added; every id is read back from the tokenizer, never assumed, and
+checked against ``config.json``'s ``vocab_size``. Tokens that the checkpoint has no embedding row for (``<image>``,
+whose row is never read because image features replace it) get the mean row. The CLIP image processor runs on PIL,
+which reproduces the pixels LISA was trained with.
+
+Unknown or missing keys, a tokenizer or CLIP folder that does not fit the checkpoint: the conversion stops with one
+line naming the file and field, and no output folder is left behind (everything is written to a temporary sibling
+folder that is renamed at the end).
 
     python -m rosalia_hf.convert_lisa --checkpoint LISA-7B-v1 --clip clip-vit-large-patch14 --output rosalia-hf
 """
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,7 +43,9 @@ from rosalia_hf.convert_sam import (
     write_model,
 )
 from rosalia_hf.modeling_rosalia import RosaliaForSegmentation
-from rosalia_hf.processing_rosalia import RosaliaProcessor
+from rosalia_hf.processing_rosalia import RosaliaProcessor, add_rosalia_tokens
+from rosalia_hf.tokenization_lisa import LisaTokenizerError
+from rosalia_hf.tokenization_lisa import load_lisa_tokenizer as load_reference_tokenizer
 
 SAM_PREFIX = "model.visual_model."
 LM = "llava.model.language_model."
@@ -152,17 +163,22 @@ def convert_lisa_checkpoint(checkpoint: str | Path, clip: str | Path, output: st
                             tokenizer: str | Path | None = None, sam_decoder_heads: int = 8,
                             dtype: torch.dtype | None = None) -> Path:
     """LISA-format folder + local CLIP folder → ``RosaliaForSegmentation`` + ``RosaliaProcessor`` folder."""
-    checkpoint = Path(checkpoint)
-    lisa_config = json.loads((checkpoint / "config.json").read_text()) if (checkpoint / "config.json").exists() else {}
+    checkpoint, output = Path(checkpoint), Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise CheckpointConversionError(f"{output}: exists and is not empty; choose a new output folder")
+    lisa_config = _read_json(checkpoint / "config.json") if (checkpoint / "config.json").exists() else {}
     state = load_checkpoint(checkpoint)
     projector = detect_projector(state)
     sam_config = infer_sam_config(_sam_part(state), sam_decoder_heads)
-    clip_model = CLIPVisionModel.from_pretrained(clip)
+    clip_model = load_clip_tower(clip, lisa_config, state, projector)
+    use_im_start_end = bool(lisa_config.get("mm_use_im_start_end", True))
     processor = RosaliaProcessor(
-        CLIPImageProcessor.from_pretrained(clip), load_lisa_tokenizer(tokenizer or checkpoint),
-        use_im_start_end=bool(lisa_config.get("mm_use_im_start_end", True)),
+        CLIPImageProcessor.from_pretrained(clip),
+        load_lisa_tokenizer(tokenizer or checkpoint, use_im_start_end, lisa_config.get("vocab_size")),
+        use_im_start_end=use_im_start_end,
         image_seq_length=_image_seq_length(clip_model.config),
         sam_image_size=sam_config.vision_config.image_size,
+        clip_backend="pil",
     )
     converted, unknown, sources = convert_lisa_state_dict(state, projector, clip_model.state_dict())
     vocab_size = len(processor.tokenizer)
@@ -173,30 +189,78 @@ def convert_lisa_checkpoint(checkpoint: str | Path, clip: str | Path, output: st
     pad_vocab_rows(converted, vocab_size)
     config = build_config(lisa_config, clip_model.config, sam_config, projector, processor, vocab_size)
     check_complete(converted, expected_state_shapes(RosaliaForSegmentation, config), unknown, sources)
-    out = write_model(converted, config, output, dtype)
-    processor.save_pretrained(out)
-    return out
+
+    def write(folder: Path) -> None:
+        write_model(converted, config, folder, dtype)
+        processor.save_pretrained(folder)
+
+    return write_atomically(output, write)
 
 
-def has_protobuf() -> bool:
+def write_atomically(output: Path, write) -> Path:
+    """Runs ``write(tmp)`` into a temporary sibling folder, then renames it to ``output``; on failure nothing stays."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
-        import google.protobuf  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        write(tmp)
+        if output.exists():
+            output.rmdir()  # checked empty above
+        tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
 
 
-def load_lisa_tokenizer(path: str | Path):
-    """The checkpoint's tokenizer; a clear error when it cannot be read (LLaMA's ``tokenizer.model`` needs
-    ``protobuf`` to be converted when the folder has no ``tokenizer.json``)."""
+def _read_json(path: Path) -> dict:
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise CheckpointConversionError(f"{path}: not valid JSON ({err})") from err
+
+
+def load_clip_tower(clip: str | Path, lisa_config: Mapping, state: Mapping[str, torch.Tensor],
+                    projector: str) -> CLIPVisionModel:
+    """The CLIP vision tower of ``clip``, checked against the checkpoint: its width must be the projector's input
+    width (``mm_hidden_size``) and its preprocessor must crop to the tower's input size."""
+    clip = Path(clip)
+    for name in ("config.json", "preprocessor_config.json"):
+        if not (clip / name).exists():
+            raise CheckpointConversionError(f"{clip / name}: missing; --clip must be a local "
+                                            "openai/clip-vit-large-patch14 folder")
+    tower = CLIPVisionModel.from_pretrained(clip)
+    width = tower.config.hidden_size
+    mm_hidden = lisa_config.get("mm_hidden_size")
+    if mm_hidden is not None and int(mm_hidden) != width:
+        raise CheckpointConversionError(f"{clip / 'config.json'}: vision hidden_size {width} != mm_hidden_size "
+                                        f"{mm_hidden} in the checkpoint's config.json (a CLIP of another size)")
+    first = "model.mm_projector.weight" if projector == "linear" else "model.mm_projector.0.weight"
+    if int(state[first].shape[1]) != width:
+        raise CheckpointConversionError(f"{clip / 'config.json'}: vision hidden_size {width} != "
+                                        f"{int(state[first].shape[1])}, the input width of the checkpoint's {first}")
+    crop = _read_json(clip / "preprocessor_config.json").get("crop_size")
+    crop = crop.get("height") if isinstance(crop, dict) else crop
+    if crop is not None and int(crop) != tower.config.image_size:
+        raise CheckpointConversionError(f"{clip / 'preprocessor_config.json'}: crop_size {crop} != the tower's "
+                                        f"image_size {tower.config.image_size} in config.json")
+    return tower
+
+
+def load_lisa_tokenizer(path: str | Path, use_im_start_end: bool = True, vocab_size: int | None = None):
+    """The checkpoint's tokenizer with LISA's ids (``tokenization_lisa``); a folder with only ``tokenizer.json``
+    is read as it is, with LISA's added-token rules. Errors name the file and field."""
+    path = Path(path)
+    try:
+        if (path / "tokenizer.model").exists() or not (path / "tokenizer.json").exists():
+            return load_reference_tokenizer(path, use_im_start_end, vocab_size)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except LisaTokenizerError as err:
+        raise CheckpointConversionError(str(err)) from err
     except (ImportError, ValueError, OSError) as err:
-        hint = ""
-        if (Path(path) / "tokenizer.model").exists() and not has_protobuf():
-            hint = "; reading a sentencepiece tokenizer.model needs the `protobuf` package"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointConversionError(f"cannot read the tokenizer in {path}: {reason}{hint}") from err
+        raise CheckpointConversionError(f"cannot read the tokenizer in {path}: {reason}") from err
+    add_rosalia_tokens(tokenizer, use_im_start_end=use_im_start_end)
+    return tokenizer
 
 
 def _sam_part(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

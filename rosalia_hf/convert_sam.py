@@ -12,6 +12,7 @@ reported.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -181,11 +182,31 @@ def check_complete(converted: Mapping[str, torch.Tensor], expected: Mapping[str,
         raise CheckpointConversionError("refusing to write a partial model: " + "; ".join(problems))
 
 
+def indexed_shards(folder: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``)
+    names, or [] without an index; a shard it names but the folder lacks is an error."""
+    for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / name
+        if not index.exists():
+            continue
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointConversionError(f"{index}: no readable weight_map ({err})") from err
+        shards = [folder / f for f in sorted(set(weight_map.values()))]
+        absent = [s.name for s in shards if not s.exists()]
+        if absent:
+            raise CheckpointConversionError(f"{index}: names shard(s) missing from {folder}: {', '.join(absent)}")
+        return shards
+    return []
+
+
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.pth``/``.bin`` (weights only) or ``.safetensors`` file, or a folder of shards."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(path.glob("*.pth"))
+        files = indexed_shards(path) or sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) or sorted(
+            path.glob("*.pth"))
         if not files:
             raise CheckpointConversionError(f"{path}: no .safetensors, .bin or .pth weight files")
         merged: dict[str, torch.Tensor] = {}

@@ -6,8 +6,13 @@ Outputs:
 * ``pixel_values`` ``(m, 3, C, C)`` float: CLIP pixels, one row per image (``m`` images);
 * ``sam_pixel_values`` ``(m, 3, S, S)`` float: longest side resized to ``S``, SAM mean/std, zero pad bottom/right;
 * ``original_sizes`` ``(m, 2)`` long: ``(H, W)`` of each image; ``image_index`` ``(n,)`` long: image of each row;
-* ``input_ids``, ``attention_mask`` ``(n, L)`` long; ``labels`` ``(n, L)`` (answers given): answer tokens, -100
-  elsewhere.
+* ``input_ids``, ``attention_mask`` ``(n, L)`` long; ``labels`` ``(n, L)`` (answers given): answer tokens and
+  ``</s>``, -100 elsewhere (LISA's training targets).
+
+Added tokens follow LISA's transformers 4.31 rules (``rosalia_hf.tokenization_lisa``): ``[SEG]``, ``<im_start>`` and
+``<im_end>`` eat the whitespace on both sides; ``<image>`` strips nothing. ``clip_backend="pil"`` runs CLIP
+preprocessing on PIL (bicubic on 8-bit pixels, as transformers 4.31 did and LISA/ROSALIA checkpoints were trained
+with); ``"torchvision"`` (our tiny configs) differs from it by one or two 8-bit levels in about 0.5% of values.
 """
 
 from __future__ import annotations
@@ -19,13 +24,20 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 from transformers.feature_extraction_utils import BatchFeature
+from transformers.image_processing_backends import PilBackend
 from transformers.processing_utils import ProcessorMixin
 
+from rosalia_hf.tokenization_lisa import (
+    IM_END_TOKEN,
+    IM_START_TOKEN,
+    IMAGE_TOKEN,
+    SEG_TOKEN,
+    image_placeholder_token,
+    stripping_token,
+)
+
 IGNORE_INDEX = -100
-IMAGE_TOKEN = "<image>"
-IM_START_TOKEN = "<im_start>"
-IM_END_TOKEN = "<im_end>"
-SEG_TOKEN = "[SEG]"
+CLIP_BACKENDS = ("torchvision", "pil")
 # LLaVA "v1" conversation (LISA's default template): roles USER/ASSISTANT, separators " " and "</s>".
 LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -79,19 +91,33 @@ def sam_pixel_values(rgb: np.ndarray, target: int) -> torch.Tensor:
 
 
 def add_rosalia_tokens(tokenizer, seg_token: str = SEG_TOKEN, use_im_start_end: bool = True) -> dict[str, int]:
-    """Adds ``[SEG]``, ``<image>`` (and ``<im_start>``/``<im_end>``) once; returns their ids, read back.
+    """Adds ``[SEG]``, ``<image>`` (and ``<im_start>``/``<im_end>``) once, with LISA's whitespace rules; returns
+    their ids, read back.
 
-    Idempotent: tokens already in the vocabulary keep their ids (LISA tokenizers already hold ``[SEG]``).
+    Idempotent: tokens already in the vocabulary keep their ids (LISA tokenizers already hold ``[SEG]``) and only
+    get the stripping flags. New ones are appended in the order ``[SEG]``, ``<im_start>``, ``<im_end>``, ``<image>``.
     """
-    wanted = [seg_token] + ([IM_START_TOKEN, IM_END_TOKEN] if use_im_start_end else []) + [IMAGE_TOKEN]
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in wanted if t not in vocab]
-    if seg_token in missing:
-        tokenizer.add_tokens([seg_token])
-    special = [t for t in missing if t != seg_token]
-    if special:
-        tokenizer.add_tokens(special, special_tokens=True)
-    return {t: tokenizer.convert_tokens_to_ids(t) for t in wanted}
+    tokenizer.add_tokens([stripping_token(seg_token, special=False)])
+    delimiters = [IM_START_TOKEN, IM_END_TOKEN] if use_im_start_end else []
+    if delimiters:
+        tokenizer.add_tokens([stripping_token(t, special=True) for t in delimiters], special_tokens=True)
+    tokenizer.add_tokens([image_placeholder_token()], special_tokens=True)
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in [seg_token, *delimiters, IMAGE_TOKEN]}
+
+
+def with_clip_backend(image_processor, backend: str):
+    """``image_processor`` on the requested backend (same settings); only CLIP processors can change backend."""
+    if backend not in CLIP_BACKENDS:
+        raise ValueError(f"clip_backend must be one of {CLIP_BACKENDS}, got {backend!r}")
+    if image_processor is None or (backend == "pil") == isinstance(image_processor, PilBackend):
+        return image_processor
+    from transformers import CLIPImageProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    if not isinstance(image_processor, (CLIPImageProcessor, CLIPImageProcessorPil)):
+        raise ValueError(f"clip_backend={backend!r} needs a CLIP image processor, got {type(image_processor).__name__}")
+    settings = {k: v for k, v in image_processor.to_dict().items() if k != "image_processor_type"}
+    return (CLIPImageProcessorPil if backend == "pil" else CLIPImageProcessor)(**settings)
 
 
 def build_prompt(instruction: str, image_seq_length: int, use_im_start_end: bool = True) -> str:
@@ -114,11 +140,15 @@ class RosaliaProcessor(ProcessorMixin):
         use_im_start_end (`bool`): wrap the image tokens in ``<im_start>``/``<im_end>`` (LISA-7B-v1 does).
         equalize_histogram (`bool`), equalize_probability (`float`): histogram-equalise each image with this
             probability (training augmentation / X-ray normalisation); the random draw uses ``rng`` of ``__call__``.
+        clip_backend (`str`): ``"pil"`` reproduces LISA's CLIP pixels exactly (converted checkpoints);
+            ``"torchvision"`` is faster and within two 8-bit levels of it.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, sam_image_size: int = 1024,
                  seg_token: str = SEG_TOKEN, use_im_start_end: bool = True, equalize_histogram: bool = False,
-                 equalize_probability: float = 1.0, chat_template=None, **kwargs):
+                 equalize_probability: float = 1.0, clip_backend: str = "torchvision", chat_template=None, **kwargs):
+        image_processor = with_clip_backend(image_processor, clip_backend)
+        self.clip_backend = clip_backend
         self.image_seq_length = image_seq_length
         self.sam_image_size = sam_image_size
         self.seg_token = seg_token
@@ -203,6 +233,27 @@ class RosaliaProcessor(ProcessorMixin):
         batch["image_index"] = torch.as_tensor(list(image_index), dtype=torch.long)
         return BatchFeature(batch)
 
+    def decode_answer(self, ids: Sequence[int]) -> str:
+        """Answer text as LISA shows it: special tokens dropped, ``[SEG]`` set off by spaces, double spaces folded.
+
+        transformers 4.31 decoded the text between added tokens separately and joined the parts with a space;
+        LISA's chat then replaced double spaces by one. Decoding the ids in one go would glue ``[SEG]`` to its
+        neighbours, since the stripping rules removed the spaces around it when encoding.
+        """
+        tok = self.tokenizer
+        added = {i for i, t in tok.added_tokens_decoder.items() if not t.special}
+        special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+        parts, chunk = [], []
+        for i in (int(v) for v in ids):
+            if i in added:
+                parts.extend([tok.decode(chunk), tok.convert_ids_to_tokens(i)] if chunk else [tok.convert_ids_to_tokens(i)])
+                chunk = []
+            elif i not in special:
+                chunk.append(i)
+        if chunk:
+            parts.append(tok.decode(chunk))
+        return " ".join(parts).replace("  ", " ").strip()
+
     def batch_decode(self, *args, **kwargs) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
 
@@ -218,5 +269,5 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["RosaliaProcessor", "add_rosalia_tokens", "build_prompt", "equalize_histogram", "resize_longest_shape",
+__all__ = ["RosaliaProcessor", "add_rosalia_tokens", "build_prompt", "with_clip_backend", "equalize_histogram", "resize_longest_shape",
            "sam_pixel_values", "to_rgb_uint8", "LLAVA_V1_SYSTEM", "IGNORE_INDEX"]

@@ -228,8 +228,12 @@ def test_lisa_conversion_reproduces_reference(projector, official, tmp_path):
     images = [rgb[..., 0] for rgb in _images()]
     args = (images, ["Segment the heart.", "Where is the opacity?"], ["Sure, it is [SEG].", "[SEG]"])
     batch, expected_batch = loaded(*args), processor(*args)
+    assert loaded.clip_backend == "pil" and processor.clip_backend == "torchvision"
     for key in expected_batch:
-        torch.testing.assert_close(batch[key], expected_batch[key])
+        if key == "pixel_values":  # PIL (LISA's) vs torchvision bicubic: at most one 8-bit level apart here
+            assert float((batch[key] - expected_batch[key]).abs().max()) <= 1 / 255 / 0.26130258 + 1e-6
+        else:
+            torch.testing.assert_close(batch[key], expected_batch[key])
     with torch.no_grad():
         got, want = model(**batch), reference(**batch)
     torch.testing.assert_close(got.logits[..., :LISA_VOCAB], want.logits[..., :LISA_VOCAB], rtol=1e-5, atol=1e-5)
@@ -282,23 +286,6 @@ def test_lisa_converter_rejects_foreign_tokenizer(official, tmp_path):
     with pytest.raises(CheckpointConversionError, match="does not belong to this checkpoint"):
         convert_lisa_checkpoint(lisa, clip, tmp_path / "out", sam_decoder_heads=2)
     assert not (tmp_path / "out").exists()
-
-
-def test_sentencepiece_tokenizer_loads_or_fails_clearly(tmp_path):
-    """LISA folders ship LLaMA's sentencepiece ``tokenizer.model`` without ``tokenizer.json``."""
-    spm = pytest.importorskip("sentencepiece")
-    from rosalia_hf.convert_lisa import has_protobuf, load_lisa_tokenizer
-
-    lines = ["Segment the opacity in the right lung base.", "There is no effusion. Sure, it is the heart."] * 20
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_path / "tokenizer"),
-                                   vocab_size=300, model_type="bpe", byte_fallback=True, minloglevel=2)
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer"}))
-    if not has_protobuf():
-        with pytest.raises(CheckpointConversionError, match="needs the `protobuf` package"):
-            load_lisa_tokenizer(tmp_path)
-    else:
-        tok = load_lisa_tokenizer(tmp_path)
-        assert tok.decode(tok("the right lung", add_special_tokens=False)["input_ids"]) == "the right lung"
 
 
 # ---------------------------------------------------------------- real checkpoints (slow, opt-in by path)

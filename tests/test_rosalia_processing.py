@@ -36,17 +36,29 @@ def test_conversation_follows_llava_v1(processor):
     batch = processor([_image()], ["Segment the heart."], answers=["Sure, it is [SEG]."])
     text = processor.decode(batch["input_ids"][0], skip_special_tokens=False)
     image = "<im_start>" + "<image>" * processor.image_seq_length + "<im_end>"
-    assert text == f"<s>{LLAVA_V1_SYSTEM} USER: {image}\nSegment the heart. ASSISTANT: Sure, it is [SEG].</s>"
+    # LISA's prompt, with the whitespace around [SEG], <im_start> and <im_end> eaten by those tokens (4.31 rules)
+    assert text == f"<s>{LLAVA_V1_SYSTEM} USER:{image}Segment the heart. ASSISTANT: Sure, it is[SEG].</s>"
     assert int((batch["input_ids"] == processor.image_token_id).sum()) == processor.image_seq_length == 16
 
 
+def test_added_tokens_strip_whitespace_as_lisa_does(processor):
+    tok = processor.tokenizer
+    for spaced, tight in [("is [SEG] .", "is[SEG]."), ("a  [SEG]\nb", "a[SEG]b"), ("x <im_end>\n y", "x<im_end>y")]:
+        assert tok(spaced)["input_ids"] == tok(tight)["input_ids"], spaced
+    # </s> and <image> keep their neighbours' whitespace
+    assert tok("a </s>")["input_ids"] != tok("a</s>")["input_ids"]
+    assert tok("a <image>")["input_ids"] != tok("a<image>")["input_ids"]
+
+
 def test_labels_keep_answer_tokens_only(processor):
-    batch = processor([_image(), _image()], ["Segment the heart.", "Where is the effusion?"],
-                      answers=["Sure, it is [SEG].", "There is no effusion. [SEG]"])
-    for row, answer in enumerate(["Sure, it is [SEG].", "There is no effusion. [SEG]"]):
+    answers = ["Sure, it is [SEG].", "There is no effusion. [SEG]", "[SEG] There is no edema in the left lung base."]
+    batch = processor([_image()] * 3, ["Segment the heart.", "Where is the effusion?", "Segment the edema."],
+                      answers=answers)
+    for row, answer in enumerate(answers):
         labels = batch["labels"][row]
         kept = labels[labels != IGNORE_INDEX]
-        assert processor.decode(kept, skip_special_tokens=False).strip() == answer + "</s>"
+        assert int(kept[-1]) == processor.tokenizer.eos_token_id
+        assert processor.decode_answer(kept) == answer.replace("[SEG].", "[SEG] .")
         first = int((labels != IGNORE_INDEX).nonzero()[0])
         prompt = processor.decode(batch["input_ids"][row, :first], skip_special_tokens=False)
         assert prompt.endswith("ASSISTANT:")
@@ -55,6 +67,15 @@ def test_labels_keep_answer_tokens_only(processor):
     pad = batch["attention_mask"] == 0
     assert pad.any() and (batch["labels"][pad] == IGNORE_INDEX).all()
     assert (batch["attention_mask"][:, 0] == 1).all()
+
+
+def test_decode_answer_sets_seg_apart_and_drops_special_tokens(processor):
+    tok = processor.tokenizer
+    ids = tok("[SEG] It is located in the right lung base.</s>", add_special_tokens=False)["input_ids"]
+    assert processor.decode_answer(ids) == "[SEG] It is located in the right lung base."
+    two = tok("Sure, [SEG] and [SEG].", add_special_tokens=False)["input_ids"]
+    assert processor.decode_answer(two) == "Sure, [SEG] and [SEG] ."
+    assert processor.decode_answer([processor.image_token_id, tok.eos_token_id]) == ""
 
 
 def test_generation_prompt_is_left_padded(processor):

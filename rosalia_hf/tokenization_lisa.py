@@ -89,7 +89,7 @@ def check_added_ids(added: dict[str, int], source: str, base_size: int, required
         raise LisaTokenizerError(f"{source}: added token ids {dict(sorted(beyond.items(), key=lambda kv: kv[1]))} "
                                  f"must run from {base_size} (the size of tokenizer.model) without gaps")
     if vocab_size is not None:
-        over = {t: i for t, i in beyond.items() if i >= vocab_size}
+        over = {t: i for t, i in sorted(beyond.items(), key=lambda kv: kv[1]) if i >= vocab_size}
         if over:
             raise LisaTokenizerError(f"{source}: ids {over} are outside config.json vocab_size {vocab_size}: "
                                      "the tokenizer does not belong to this checkpoint")

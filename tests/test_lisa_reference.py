@@ -10,6 +10,10 @@ with ``python -m rosalia_hf.convert_lisa`` and checked on the README's four poin
 3. greedy generation gives the reference's ids, and its first mask;
 4. our CLIP and SAM pixels are within one 8-bit level of the reference's.
 
+Each fixture also runs in the layout of the real ``LISA-7B-v1``/``ROSALIA-7B-v1`` (``real_layout``): the
+sentencepiece model grown to LLaMA's 32,000 pieces, so ``[SEG]``, ``<im_start>``, ``<im_end>`` are 32000-32002
+and the checkpoint has 32,003 rows, in bf16 ``.safetensors`` shards with an index, slow tokenizer files only.
+
 Nothing here is taken from the fixture's values beyond what the README defines: sizes, ids and counts are read
 from ``cases.json`` and the tensors, so another seed, vocabulary, image size or answer with two ``[SEG]`` works.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,6 +35,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from rosalia_hf import RosaliaForSegmentation, RosaliaProcessor
+from rosalia_hf.convert_sam import load_checkpoint
 from rosalia_hf.inference import predict_batch
 from rosalia_hf.processing_rosalia import IGNORE_INDEX, SAM_PIXEL_STD
 
@@ -44,6 +50,9 @@ def fixture_dirs() -> list[Path]:
     return found + extra
 
 
+LLAMA_PIECES = 32000
+
+
 @dataclass
 class Reference:
     root: Path
@@ -51,6 +60,7 @@ class Reference:
     tensors: dict[str, torch.Tensor]
     model: RosaliaForSegmentation
     processor: RosaliaProcessor
+    id_map: dict[int, int]  # reference id -> id in the checkpoint under test (identity but for real_layout)
 
     @property
     def cases(self) -> list[dict]:
@@ -59,11 +69,20 @@ class Reference:
     def get(self, index: int, name: str) -> torch.Tensor:
         return self.tensors[f"case{index}.{name}"]
 
-    def expand(self, ids: torch.Tensor) -> list[int]:
-        """The reference's ids with its single -200 replaced by our image token, once per image position."""
+    def ids(self, index: int, name: str) -> list[int]:
+        return [self.id_map.get(i, i) for i in self.get(index, name).tolist()]
+
+    def expand(self, ids: torch.Tensor | list[int]) -> list[int]:
+        """Reference ids (mapped) with the single -200 replaced by our image token, once per image position."""
         n = self.meta["checkpoint"]["image_seq_length"]
         image = self.processor.image_token_id
-        return [t for i in ids.tolist() for t in ([image] * n if i == REFERENCE_IMAGE_ID else [i])]
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        return [t for i in ids for t in ([image] * n if i == REFERENCE_IMAGE_ID else [self.id_map.get(i, i)])]
+
+    @property
+    def logit_columns(self) -> list[int]:
+        """Our vocabulary columns of the reference's logits, in its order."""
+        return [self.id_map.get(i, i) for i in range(self.meta["checkpoint"]["lm_head_rows"])]
 
     def image(self, index: int) -> np.ndarray:
         return np.asarray(Image.open(self.root / self.cases[index]["image"]).convert("RGB"))
@@ -72,20 +91,68 @@ class Reference:
         return tuple(self.cases[index]["image_size_hw"])
 
 
-@pytest.fixture(scope="module", params=fixture_dirs(), ids=lambda p: p.name)
+def real_layout(root: Path, out: Path) -> tuple[Path, dict[int, int]]:
+    """The fixture's checkpoint as LISA-7B-v1 is laid out: 32,000 sentencepiece pieces (the extra ones are single
+    CJK characters the inputs never contain), the added tokens at 32000+, embedding and lm_head rows to match (new
+    rows: the mean row, so they never win a greedy step), bf16 ``.safetensors`` shards + index, no tokenizer.json."""
+    from safetensors.torch import save_file
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    for name in ("clip", "images"):
+        shutil.copytree(root / name, out / name)
+    lisa = out / "lisa"
+    lisa.mkdir()
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString((root / "lisa" / "tokenizer.model").read_bytes())
+    base = len(proto.pieces)
+    for k in range(LLAMA_PIECES - base):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = chr(0x4E00 + k), -1e6 - k, 1
+    (lisa / "tokenizer.model").write_bytes(proto.SerializeToString())
+    added = json.loads((root / "lisa" / "added_tokens.json").read_text())
+    id_map = {i: LLAMA_PIECES + (i - base) for i in added.values()}
+    (lisa / "added_tokens.json").write_text(json.dumps({t: id_map[i] for t, i in added.items()}))
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        shutil.copy(root / "lisa" / name, lisa / name)
+    config = json.loads((root / "lisa" / "config.json").read_text())
+    rows = LLAMA_PIECES + len(added)
+    (lisa / "config.json").write_text(json.dumps({**config, "vocab_size": rows}))
+    state = load_checkpoint(root / "lisa")
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        weight = state[key]
+        filler = weight.float().mean(0, keepdim=True).to(weight.dtype).expand(LLAMA_PIECES - base, -1)
+        state[key] = torch.cat([weight[:base], filler, weight[base:]]).contiguous()
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, names in shards.items():
+        save_file({k: state[k].contiguous() for k in names}, lisa / name)
+    (lisa / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}))
+    return out, id_map
+
+
+def _params() -> list:
+    dirs = fixture_dirs()
+    return [pytest.param((d, False), id=d.name) for d in dirs] + [pytest.param((d, True), id=f"{d.name}-real_layout")
+                                                                 for d in dirs[:1]]
+
+
+@pytest.fixture(scope="module", params=_params())
 def ref(request, tmp_path_factory) -> Reference:
-    root = request.param
-    out = tmp_path_factory.mktemp(root.name) / "rosalia"
+    root, as_real_layout = request.param
+    work = tmp_path_factory.mktemp(root.name)
+    checkpoint, id_map = real_layout(root, work / "layout") if as_real_layout else (root, {})
+    out = work / "rosalia"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "rosalia_hf.convert_lisa", "--checkpoint", str(root / "lisa"),
-                           "--clip", str(root / "clip"), "--output", str(out)], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "rosalia_hf.convert_lisa", "--checkpoint", str(checkpoint / "lisa"),
+                           "--clip", str(checkpoint / "clip"), "--output", str(out)], env=env, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads((root / "cases.json").read_text())
     with safe_open(root / "expected.safetensors", "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model = RosaliaForSegmentation.from_pretrained(out, dtype=torch.float32).eval()
-    return Reference(root, meta, tensors, model, RosaliaProcessor.from_pretrained(out))
+    return Reference(root, meta, tensors, model, RosaliaProcessor.from_pretrained(out), id_map)
 
 
 def _indices(ref: Reference) -> range:
@@ -93,14 +160,14 @@ def _indices(ref: Reference) -> range:
 
 
 def test_converted_ids_are_the_checkpoints(ref):
-    ckpt = ref.meta["checkpoint"]
+    ckpt = {k: ref.id_map.get(v, v) if k.endswith("_id") else v for k, v in ref.meta["checkpoint"].items()}
     tok = ref.processor.tokenizer
     assert ref.processor.seg_token_id == ref.model.config.seg_token_index == ckpt["seg_token_id"]
     assert tok.convert_tokens_to_ids(["<im_start>", "<im_end>"]) == [ckpt["im_start_id"], ckpt["im_end_id"]]
     assert ref.processor.image_seq_length == ckpt["image_seq_length"]
     assert ref.processor.sam_image_size == ref.model.config.sam_image_size == ckpt["sam_image_size"]
     assert ref.model.config.llava_config.vision_config.image_size == ckpt["clip_image_size"]
-    assert ref.model.get_input_embeddings().weight.shape[0] >= ckpt["lm_head_rows"]
+    assert ref.model.get_input_embeddings().weight.shape[0] >= max(ref.logit_columns) + 1
 
 
 # ------------------------------------------------------------------ 1. ids
@@ -159,7 +226,6 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_logits_and_masks_match_the_reference(ref):
-    vocab = ref.meta["checkpoint"]["lm_head_rows"]
     captured = []
     hook = ref.model.text_hidden_fcs.register_forward_hook(lambda m, args, out: captured.append((args[0], out)))
     try:
@@ -169,7 +235,7 @@ def test_logits_and_masks_match_the_reference(ref):
             with torch.no_grad():
                 out = ref.model(input_ids=ids, **_reference_batch(ref, i))
             name = ref.cases[i]["name"]
-            logits = out.logits[0, ref.get(i, "logits_positions"), :vocab]
+            logits = out.logits[0, ref.get(i, "logits_positions")][:, ref.logit_columns]
             assert _max_diff(logits, ref.get(i, "logits")) <= TOLERANCE, name
             expected_masks = ref.get(i, "mask_logits")
             assert len(out.pred_masks) == expected_masks.shape[0] == ref.cases[i]["num_seg"], name
@@ -224,7 +290,7 @@ def _generate(ref: Reference, indices: list[int]) -> list[dict]:
 
 def _check_generation(ref: Reference, i: int, result: dict) -> None:
     name = ref.cases[i]["name"]
-    assert result["generated_ids"] == ref.get(i, "generated_ids").tolist(), name
+    assert result["generated_ids"] == ref.ids(i, "generated_ids"), name
     seg = ref.processor.seg_token_id
     assert len(result["masks"]) == result["generated_ids"].count(seg) == ref.cases[i]["generated_num_seg"], name
     expected = ref.get(i, "generated_first_mask_logits")
@@ -254,7 +320,7 @@ def test_answer_text_reads_as_lisas_chat_shows_it(ref):
     double spaces; whitespace aside, our text is the same."""
     for i in _indices(ref):
         theirs = ref.cases[i]["generated_text"].replace(ref.processor.tokenizer.eos_token, "")
-        ours = ref.processor.decode_answer(ref.get(i, "generated_ids").tolist())
+        ours = ref.processor.decode_answer(ref.ids(i, "generated_ids"))
         assert ours.split() == theirs.split(), ref.cases[i]["name"]
 
 

@@ -166,7 +166,7 @@ def evaluate_model(
     *,
     batch_size: int = 8,
     segment_only: bool = False,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = 512,
     metric=None,
     num_cases: int = 1,
     progress: bool = True,

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-
 DEFAULT_MAX_NEW_TOKENS = 512  # LISA chat.py
 
 
@@ -45,16 +44,17 @@ def predict_batch(model, processor, batch, *, segment_only: bool = False,
     a reference implementation's): the generation prompts, or with ``segment_only`` the ``[SEG]`` answers."""
     device = next(model.parameters()).device
     if segment_only:
-        texts = [processor.seg_token] * batch["input_ids"].shape[0]
+        answers = [[processor.seg_token_id]] * batch["input_ids"].shape[0]
     else:
-        batch, texts = _generate(model, processor, batch.to(device), max_new_tokens, generate_kwargs or {})
+        batch, answers = _generate(model, processor, batch.to(device), max_new_tokens, generate_kwargs or {})
     batch = batch.to(device)
     out = model(**batch)
-    return _collect(processor, batch, out, texts)
+    return _collect(batch, out, answers, [processor.decode_answer(ids) for ids in answers])
 
 
 def _generate(model, processor, prompt, max_new_tokens: int, generate_kwargs: dict):
-    """Greedy generation with LLaVA; returns the prompt+answer batch to re-encode, and the answer texts."""
+    """Greedy generation with LLaVA; returns the prompt+answer batch to re-encode, and each row's new ids (up to
+    and including ``</s>``)."""
     rows = prompt["image_index"]
     pixel = prompt["pixel_values"][rows].to(next(model.parameters()).dtype)
     tok = processor.tokenizer
@@ -64,11 +64,11 @@ def _generate(model, processor, prompt, max_new_tokens: int, generate_kwargs: di
                                      pixel_values=pixel, max_new_tokens=max_new_tokens, **options)
     new = generated[:, prompt["input_ids"].shape[1]:]
     keep = _until_eos(new, tok.eos_token_id)
-    texts = [processor.decode_answer(ids[k].tolist()) for ids, k in zip(new, keep, strict=True)]
+    answers = [ids[k].tolist() for ids, k in zip(new, keep, strict=True)]
     batch = dict(prompt)
     batch["input_ids"] = torch.cat([prompt["input_ids"], torch.where(keep, new, tok.pad_token_id)], dim=1)
     batch["attention_mask"] = torch.cat([prompt["attention_mask"], keep.long()], dim=1)
-    return type(prompt)(batch), texts
+    return type(prompt)(batch), answers
 
 
 def _until_eos(new: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -78,9 +78,9 @@ def _until_eos(new: torch.Tensor, eos_id: int) -> torch.Tensor:
     return before == 0
 
 
-def _collect(processor, batch, out, texts: list[str]) -> list[dict]:
+def _collect(batch, out, answers: list[list[int]], texts: list[str]) -> list[dict]:
     """Per row: ``masks`` (one ``HxW`` bool per ``[SEG]``, in answer order), ``mask_logits`` (their float maps),
-    ``mask`` (the first, or all False), ``text`` and ``empty``."""
+    ``mask`` (the first, or all False), ``text``, ``answer_ids`` (the generated ids) and ``empty``."""
     sizes = batch["original_sizes"].tolist()
     image_index = batch["image_index"].tolist()
     logits_of_row: dict[int, list] = {}
@@ -88,12 +88,13 @@ def _collect(processor, batch, out, texts: list[str]) -> list[dict]:
         for k, row in enumerate(out.seg_row_index.tolist()):
             logits_of_row.setdefault(row, []).append(out.pred_masks[k].detach().float().cpu())
     results = []
-    for row, text in enumerate(texts):
+    for row, (ids, text) in enumerate(zip(answers, texts, strict=True)):
         height, width = sizes[image_index[row]]
         logits = logits_of_row.get(row, [])
         masks = [(m > 0).numpy() for m in logits]
         mask = masks[0] if masks else np.zeros((height, width), dtype=bool)
         results.append({"mask": mask, "masks": masks, "mask_logits": [m.numpy() for m in logits], "text": text,
+                        "answer_ids": ids,
                         "empty": not bool(mask.any())})
     return results
 

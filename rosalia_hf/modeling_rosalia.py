@@ -329,12 +329,12 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
         ``images``: ``HxW`` or ``HxWx3`` uint8 arrays (or PIL images); one per instruction, or unique images with
         ``image_index`` naming each instruction's image (the image towers then run once per image). Returns, per
         instruction, ``{"mask": HxW bool, "masks": [HxW bool, ...], "mask_logits": [HxW float, ...], "text": str,
-        "empty": bool}``, all in the original frame. ``masks`` holds one mask per ``[SEG]`` of the answer, in
-        order (as LISA's ``evaluate``); ``mask`` is the first one, or all False for an answer without ``[SEG]``;
-        ``empty`` means no pixel of ``mask`` is positive (the paper's N-Acc criterion). Generation is greedy with
-        at most ``max_new_tokens`` (512, as LISA's chat). ``segment_only`` teacher-forces ``"[SEG]"`` as the
-        answer and skips text generation. ``dtype`` casts the model in place first (e.g. ``torch.bfloat16``);
-        ``generate_kwargs`` go to ``generate``.
+        "answer_ids": [int, ...], "empty": bool}``, masks in the original frame. ``masks`` holds one mask per
+        ``[SEG]`` of the answer, in order (as LISA's ``evaluate``); ``mask`` is the first one, or all False for an
+        answer without ``[SEG]``; ``empty`` means no pixel of ``mask`` is positive (the paper's N-Acc criterion).
+        Generation is greedy with at most ``max_new_tokens`` (512, as LISA's chat). ``segment_only``
+        teacher-forces ``"[SEG]"`` as the answer and skips text generation. ``dtype`` casts the model in place
+        first (e.g. ``torch.bfloat16``); ``generate_kwargs`` go to ``generate``.
         """
         from rosalia_hf.inference import run_predict
 

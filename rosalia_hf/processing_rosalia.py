@@ -115,7 +115,8 @@ def with_clip_backend(image_processor, backend: str):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     if not isinstance(image_processor, (CLIPImageProcessor, CLIPImageProcessorPil)):
-        raise ValueError(f"clip_backend={backend!r} needs a CLIP image processor, got {type(image_processor).__name__}")
+        raise ValueError(f"clip_backend={backend!r} needs a CLIP image processor, "
+                         f"got {type(image_processor).__name__}")
     settings = {k: v for k, v in image_processor.to_dict().items() if k != "image_processor_type"}
     return (CLIPImageProcessorPil if backend == "pil" else CLIPImageProcessor)(**settings)
 
@@ -246,7 +247,7 @@ class RosaliaProcessor(ProcessorMixin):
         parts, chunk = [], []
         for i in (int(v) for v in ids):
             if i in added:
-                parts.extend([tok.decode(chunk), tok.convert_ids_to_tokens(i)] if chunk else [tok.convert_ids_to_tokens(i)])
+                parts.extend(([tok.decode(chunk)] if chunk else []) + [tok.convert_ids_to_tokens(i)])
                 chunk = []
             elif i not in special:
                 chunk.append(i)
@@ -269,5 +270,6 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["RosaliaProcessor", "add_rosalia_tokens", "build_prompt", "with_clip_backend", "equalize_histogram", "resize_longest_shape",
+__all__ = ["RosaliaProcessor", "add_rosalia_tokens", "build_prompt", "with_clip_backend", "equalize_histogram",
+           "resize_longest_shape",
            "sam_pixel_values", "to_rgb_uint8", "LLAVA_V1_SYSTEM", "IGNORE_INDEX"]

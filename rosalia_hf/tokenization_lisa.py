@@ -161,5 +161,6 @@ def load_lisa_tokenizer(folder: str | Path, use_im_start_end: bool = True,
                                    padding_side="right", clean_up_tokenization_spaces=False)
 
 
-__all__ = ["LisaTokenizerError", "load_lisa_tokenizer", "check_sentencepiece_model", "lisa_pipeline", "stripping_token",
+__all__ = ["LisaTokenizerError", "load_lisa_tokenizer", "check_sentencepiece_model", "lisa_pipeline",
+           "stripping_token",
            "image_placeholder_token", "check_added_ids", "read_added_tokens"]

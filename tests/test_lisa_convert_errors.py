@@ -53,7 +53,8 @@ BREAKAGES = {
     "no tokenizer.model": (lambda lisa, clip: (lisa / "tokenizer.model").unlink(), r"lisa/tokenizer\.model: missing"),
     "added ids beyond the config": (
         lambda lisa, clip: _edit_json(lisa / "config.json", vocab_size=421),
-        r"lisa/added_tokens\.json: ids \{'<im_start>': 421, '<im_end>': 422\} are outside config\.json vocab_size 421"),
+        r"lisa/added_tokens\.json: ids \{'<im_start>': 421, '<im_end>': 422\} are outside config\.json "
+        r"vocab_size 421"),
     "added ids with a gap": (
         lambda lisa, clip: _edit_json(lisa / "added_tokens.json", **{"<im_end>": 423}),
         r"lisa/added_tokens\.json: added token ids .* must run from 420"),

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="folder for report.md, cases.png and metrics.json")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--segment-only", action="store_true", help="teacher-force [SEG]; no text accuracy")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=512,
+                        help="greedy answer length limit (512, as LISA's chat; a trained model stops at </s>)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N pairs")
     parser.add_argument("--num-cases", type=int, default=1, help="best and worst cases per lesion in the grid")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

@@ -295,15 +295,24 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
             raise ValueError(f"original_sizes has {len(sizes)} rows for {n_images} images")
         return sizes
 
+    def _text_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean token cross-entropy over the supervised (answer) positions, with the softmax taken over the vocabulary
+        without the ``<image>`` placeholder: LISA has no such token, so the loss is the reference's, and generation
+        never produces it either. Only the supervised rows are gathered (a few dozen per answer, not the sequence)."""
+        shift_labels = labels[:, 1:].to(logits.device)
+        supervised = shift_labels != IGNORE_INDEX
+        selected = logits[:, :-1][supervised].float()
+        image_token = self.config.llava_config.image_token_index
+        if image_token is not None and 0 <= image_token < selected.shape[-1]:
+            column = torch.tensor([image_token], device=selected.device)
+            selected = selected.index_fill(-1, column, float("-inf"))
+        return F.cross_entropy(selected, shift_labels[supervised])
+
     def _add_losses(self, out: RosaliaOutput, labels, masks, mask_positive, rows, seg_image_index, sizes) -> None:
         cfg = self.config
         total = None
         if labels is not None:
-            shift_logits = out.logits[:, :-1].float()
-            shift_labels = labels[:, 1:].to(shift_logits.device)
-            ce = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                                 ignore_index=IGNORE_INDEX)
-            out.ce_loss = cfg.ce_loss_weight * ce
+            out.ce_loss = cfg.ce_loss_weight * self._text_loss(out.logits, labels)
             total = out.ce_loss
         if masks is not None:
             targets = _targets_per_seg(masks, rows, seg_image_index, sizes)

@@ -250,6 +250,36 @@ def test_logits_and_masks_match_the_reference(ref):
         hook.remove()
 
 
+def test_training_loss_is_lisas_cross_entropy(ref):
+    """The labels our collator makes, through our loss, give LISA's token cross-entropy (its logits, its vocabulary),
+    so fine-tuning a converted checkpoint continues the reference's objective. (Not for ``real_layout``: its
+    31,580 filler rows are ours, the reference's softmax never saw them.)"""
+    if ref.id_map:
+        pytest.skip("the real_layout variant's filler vocabulary rows are not the reference's")
+    import torch.nn.functional as F
+
+    from rosalia_hf.data import RosaliaCollator
+
+    collate = RosaliaCollator(ref.processor)
+    for i in _indices(ref):
+        case = ref.cases[i]
+        height, width = ref.size(i)
+        batch = collate([{"image_key": case["image"], "image": ref.image(i), "instruction": case["instruction"],
+                          "answer": case["answer"], "mask": np.zeros((height, width), bool), "positive": False}])
+        ids = ref.expand(ref.get(i, "input_ids"))
+        assert batch["input_ids"][0].tolist() == ids
+        batch.update(_reference_batch(ref, i))
+        with torch.no_grad():
+            out = ref.model(**{k: v for k, v in batch.items() if k not in ("masks", "mask_positive")})
+        positions = ref.get(i, "logits_positions")
+        n = ref.meta["checkpoint"]["image_seq_length"]
+        reference_ids = [t for j in ref.get(i, "input_ids").tolist() for t in ([j] * n if j == REFERENCE_IMAGE_ID
+                                                                               else [j])]
+        targets = torch.tensor(reference_ids)[positions[:-1] + 1]  # the reference's own vocabulary
+        theirs = F.cross_entropy(ref.get(i, "logits")[:-1], targets)
+        assert abs(float(out.ce_loss) / ref.model.config.ce_loss_weight - float(theirs)) <= 1e-5, case["name"]
+
+
 def test_seg_positions_are_the_tokens_before_each_seg(ref):
     seg = ref.processor.seg_token_id
     for i in _indices(ref):

@@ -51,6 +51,7 @@ HEART_LABEL = "heart"
 
 PRESENCE = ("positive", "negative")
 CERTAINTY = ("definitive", "tentative")
+LOCATION_SOURCES = ("report", "context", "entity")
 QUESTION_TYPES = ("basic", "global", "lesion_inference")
 POLARITY = ("positive", "negative")
 
@@ -117,11 +118,15 @@ class Section:
 
 @dataclass(frozen=True)
 class Finding:
-    """The paper's six-tuple (Fig. 9) plus the normalised lesion type and the mapped lung categories.
+    """The paper's seven fields (Fig. 9) plus the normalised lesion type and the mapped lung categories.
 
-    ``sentence_index`` is 1-based over the chosen section's sentences. ``lesion_type`` is one of LESION_TYPES or
-    None for findings outside the seven types (they still matter for empty locations). ``locations`` are
-    LUNG_LABELS; empty when the report names no place (or names a non-lung place).
+    ``sentence_index`` is 1-based over the chosen section's sentences; ``predicted_lesion_sentence_index`` is the
+    sentence that names ``predicted_lesion_type`` (it may be a later one: "Left basal opacity. This likely
+    represents atelectasis."), None without a predicted type. ``lesion_type`` is one of LESION_TYPES or None for
+    findings outside the seven types (they still matter for empty locations). ``locations`` are LUNG_LABELS; empty
+    when no lung place could be given. ``location_source`` says where they came from: ``"report"`` (the finding's
+    own location words), ``"context"`` (another finding or sentence it refers to), ``"entity"`` (no location
+    given; the entity decides, as Fig. 10 does for "no specific location information"), None when there are none.
     """
 
     entity: str
@@ -132,6 +137,8 @@ class Finding:
     predicted_lesion_type: str | None = None
     lesion_type: str | None = None
     locations: tuple[str, ...] = ()
+    predicted_lesion_sentence_index: int | None = None
+    location_source: str | None = None
 
     @property
     def is_positive(self) -> bool:

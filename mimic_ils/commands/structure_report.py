@@ -3,7 +3,7 @@
 One input (a file or ``-`` for stdin) prints one JSON object::
 
     {"section": {"name", "text"}, "findings": [{"entity", "sentence_index", "presence", "certainty", "location",
-     "predicted_lesion_type", "lesion_type", "locations"}]}
+     "predicted_lesion_type", "predicted_lesion_sentence_index", "lesion_type", "locations", "location_source"}]}
 
 Several inputs print JSON Lines, one object per input in input order, each with a ``"file"`` key; a report that
 cannot be structured prints ``{"file", "error"}`` and the batch goes on (exit status 1 if any failed). All reports
@@ -79,7 +79,8 @@ def report_json(report: Any) -> dict[str, Any]:
         "findings": [
             {"entity": f.entity, "sentence_index": f.sentence_index, "presence": f.presence,
              "certainty": f.certainty, "location": f.location, "predicted_lesion_type": f.predicted_lesion_type,
-             "lesion_type": f.lesion_type, "locations": list(f.locations)}
+             "predicted_lesion_sentence_index": f.predicted_lesion_sentence_index, "lesion_type": f.lesion_type,
+             "locations": list(f.locations), "location_source": f.location_source}
             for f in report.findings
         ],
     }

@@ -55,27 +55,40 @@ from dataclasses import dataclass
 from mimic_ils.schema import LUNG_LABELS
 
 COARSE_CATEGORIES = (
-    "lung", "pleura", "heart", "mediastinum", "hilum", "trachea", "bronchus", "aorta", "diaphragm", "abdomen",
-    "spine", "rib", "clavicle", "shoulder", "soft tissue", "other",
-)
+    "thoracic spine", "cervical spine", "lumbar spine", "clavicle", "scapula", "rib", "sternum", "diaphragm",
+    "mediastinum", "abdomen", "heart", "breast", "trachea", "vessels", "lung", "pleura", "lateral view location",
+)  # the paper's 17 (Fig. 10, step 1)
+LATERAL_VIEW_PATTERN = re.compile(
+    r"(?<![\w-])(?:retrocardiac|retrosternal|middle mediastin\w*|posterior (?:costophrenic )?(?:sulcus|sulci|angles?)"
+    r"|anterior clear space|retrosternal clear space)(?![\w-])")
+# Step 1 keywords for the non-lung categories, tried in this order after the lateral view places and lung places.
 _COARSE_KEYWORDS = (
-    ("heart", r"heart|cardiac|pericardial|pericardium|atrium|atrial|ventricle|ventricular"),
-    ("mediastinum", r"mediastin\w*|paratracheal|subcarinal|aortopulmonary"),
-    ("hilum", r"hilar|hilum|hila"),
+    ("heart", r"heart|cardiac|pericardial|pericardium|atrium|atrial|ventricle|ventricular|myocardium|myocardial"),
+    ("vessels", r"aorta|aortic|pulmonary arter(?:y|ies)|vena cava|svc|ivc|vascular|vasculature|vessels?|"
+                r"azygos|brachiocephalic|subclavian vein"),
+    ("mediastinum", r"mediastin\w*|cardiomediastinal|paratracheal|subcarinal|aortopulmonary|esophag\w*"),
     ("pleura", r"pleura|pleural|fissures?"),
     ("trachea", r"trachea|tracheal|carina"),
-    ("bronchus", r"bronchus|bronchi|bronchial"),
-    ("aorta", r"aorta|aortic"),
     ("diaphragm", r"hemidiaphragms?|diaphragms?|diaphragmatic|subdiaphragmatic"),
-    ("abdomen", r"abdomen|abdominal|stomach|bowel|liver|spleen|upper quadrant|colon|gastric"),
-    ("spine", r"spine|vertebrae?|vertebral|spinal"),
+    ("abdomen", r"abdomen|abdominal|stomach|bowel|liver|hepatic|spleen|splenic|upper quadrant|colon|colonic|gastric|"
+                r"duodenum|duodenal|pancreas|kidneys?|renal"),
+    ("cervical spine", r"cervical spine|cervical vertebrae?|c-spine"),
+    ("lumbar spine", r"lumbar spine|lumbar vertebrae?|l-spine"),
+    ("thoracic spine", r"thoracic spine|thoracolumbar|spine|vertebrae?|vertebral(?: bod(?:y|ies))?|spinal"),
     ("rib", r"ribs?"),
     ("clavicle", r"clavicles?|clavicular"),
-    ("shoulder", r"shoulders?|humerus|humeral|scapulae?|glenohumeral|acromioclavicular"),
-    ("soft tissue", r"soft tissues?|chest wall|axillae?|axillary|breasts?|neck|subcutaneous"),
+    ("scapula", r"scapulae?|scapular"),
+    ("sternum", r"sternum|sternal|manubri\w*"),
+    ("breast", r"breasts?|nipples?|mammary"),
 )
-_NON_LUNG_WORDS = "|".join(pattern for _, pattern in _COARSE_KEYWORDS)
+# Places outside the 17 categories (their findings get no lung label either).
+_UNRELATED_KEYWORDS = r"shoulders?|humerus|humeral|glenohumeral|acromioclavicular|soft tissues?|chest wall|axillae?|" \
+                      r"axillary|neck|subcutaneous|skin"
+_NON_LUNG_WORDS = "|".join([pattern for name, pattern in _COARSE_KEYWORDS if name != "pleura"] + [_UNRELATED_KEYWORDS])
 NON_LUNG_PATTERN = re.compile(rf"(?<![\w-])(?:(?:right|left|bilateral)\s+)?(?:{_NON_LUNG_WORDS})(?![\w-])")
+_LUNG_WORDS = re.compile(r"(?<![\w-])(?:hilar|hilum|hila|perihilar|lingula|lingular|lungs?|pulmonary|"
+                         r"costophrenic|bronch\w*|parenchyma\w*|lobes?|lobar)(?![\w-])")
+_UNRELATED = re.compile(rf"(?<![\w-])(?:{_UNRELATED_KEYWORDS})(?![\w-])")
 _COARSE_REGEXES = tuple((name, re.compile(rf"(?<![\w-])(?:{pattern})(?![\w-])")) for name, pattern in _COARSE_KEYWORDS)
 
 _SIDE = r"(?:right|left|bilateral|both|b/l)"
@@ -208,17 +221,22 @@ def labels_for_spans(spans: list[LocationSpan]) -> tuple[str, ...]:
 
 
 def coarse_category(phrase: str | None) -> str | None:
-    """Step 1: the coarse anatomical category of a location phrase (one of COARSE_CATEGORIES), None if no phrase."""
+    """Step 1: the coarse category (one of the paper's 17 COARSE_CATEGORIES) of a location phrase; None for no
+    phrase or one unrelated to chest anatomy. Places seen mainly on the lateral view (retrocardiac, retrosternal,
+    middle mediastinum) are always "lateral view location"; hilar, costophrenic angle, lingula, a bare side are lung.
+    """
     if not phrase or not phrase.strip():
         return None
     text = " ".join(phrase.lower().split())
+    if LATERAL_VIEW_PATTERN.search(text):
+        return "lateral view location"
     spans = find_location_spans(text)
-    if any(not span.side_only and labels_for_spans([span]) for span in spans):
+    if any(not span.side_only and labels_for_spans([span]) for span in spans) or _LUNG_WORDS.search(text):
         return "lung"
     for name, regex in _COARSE_REGEXES:
         if regex.search(text):
             return name
-    return "lung" if spans else "other"
+    return "lung" if spans and not _UNRELATED.search(text) else None
 
 
 def map_lung_labels(phrase: str) -> tuple[str, ...]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
+import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from mimic_ils.report import get_backend, structure_report
 from mimic_ils.report.llm import (
     LOCATION_STEP1_PROMPT,
     LOCATION_STEP2_PROMPT,
+    NO_LOCATION,
     STRUCTURING_PROMPT,
     LlmBackend,
     TransformersTransport,
@@ -26,7 +26,10 @@ from mimic_ils.report.llm import (
     parse_structuring,
 )
 from mimic_ils.report.locations import COARSE_CATEGORIES
-from mimic_ils.schema import LESION_TYPES, LUNG_LABELS, BackendError, ReportError
+from mimic_ils.schema import LESION_TYPES, LUNG_LABELS, BackendError, ReportError, Section
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _llm_helpers import FakeChatServer, ScriptedTransport, mapping_text, parse_mapping_text  # noqa: E402
 
 REPORT = (
     "                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n INDICATION:  ___F with"
@@ -37,66 +40,33 @@ SENTENCES = ("1. Right lower lobe opacity likely reflects pneumonia.\n2. No pleu
              "3. The heart is enlarged.")
 STRUCTURED = [
     {"entity": "opacity", "sentence_index": 1, "presence": "positive", "certainty": "tentative",
-     "location": "right lower lobe", "predicted_lesion_type": "pneumonia"},
+     "location": "right lower lobe", "predicted_lesion_type": "pneumonia", "predicted_lesion_type_sentence_index": 1},
     {"entity": "pleural effusion", "sentence_index": 2, "presence": "negative", "certainty": "definitive",
-     "location": None, "predicted_lesion_type": None},
+     "location": None, "predicted_lesion_type": None, "predicted_lesion_type_sentence_index": None},
     {"entity": "cardiomegaly", "sentence_index": 3, "presence": "positive", "certainty": "definitive",
-     "location": "heart", "predicted_lesion_type": None},
+     "location": "heart", "predicted_lesion_type": None, "predicted_lesion_type_sentence_index": None},
 ]
-STEP1 = {"right lower lobe": ["lung"], "heart": ["heart"]}
-STEP2 = {"right lower lobe": ["lung lower lobe right"]}
+# keyed by (entity, location); None = the finding had no location
+STEP1 = {("opacity", "right lower lobe"): ["lung"], ("pleural effusion", None): ["pleura"],
+         ("cardiomegaly", "heart"): ["heart"]}
+STEP2 = {("opacity", "right lower lobe"): ["lung lower lobe right"]}
 
 
-def good_answer(body: dict) -> str:
+def good_answer(body: dict, structured: list | None = None, step1: dict | None = None,
+                step2: dict | None = None) -> str:
     system, user = body["messages"][0]["content"], body["messages"][1]["content"]
     if system == STRUCTURING_PROMPT:
-        return "```json\n" + json.dumps(STRUCTURED) + "\n```"
+        return "```json\n" + json.dumps(STRUCTURED if structured is None else structured) + "\n```"
+    key = parse_mapping_text(user)
     if system == LOCATION_STEP1_PROMPT:
-        return json.dumps(STEP1[user])
-    return "Answer: " + json.dumps(STEP2[user])
-
-
-class FakeChatServer:
-    """A tiny OpenAI-compatible ``/v1/chat/completions`` server in a thread; records every request body."""
-
-    def __init__(self, answer=good_answer) -> None:
-        self.answer, self.requests = answer, []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, **body})
-                reply = server.answer(body)
-                status, text = reply if isinstance(reply, tuple) else (200, reply)
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-    def systems(self) -> list[str]:
-        return [request["messages"][0]["content"] for request in self.requests]
+        return json.dumps((STEP1 if step1 is None else step1)[key])
+    assert system == LOCATION_STEP2_PROMPT
+    return "Answer: " + json.dumps((STEP2 if step2 is None else step2)[key])
 
 
 @pytest.fixture
 def server():
-    fake = FakeChatServer()
+    fake = FakeChatServer(good_answer)
     yield fake
     fake.close()
 
@@ -105,22 +75,24 @@ def test_prompts_parsing_and_two_step_mapping(server, tmp_path):
     backend = get_backend("llm", url=server.url, model_name="mistral-small", cache_dir=tmp_path / "cache")
     report = structure_report(REPORT, backend=backend)
     assert report.section.name == "findings"
-    assert [(f.entity, f.presence, f.certainty, f.location, f.predicted_lesion_type, f.lesion_type, f.locations)
-            for f in report.findings] == [
-        ("opacity", "positive", "tentative", "right lower lobe", "pneumonia", "pneumonia", ("lung lower lobe right",)),
-        ("pleural effusion", "negative", "definitive", None, None, "effusion", ()),
-        ("cardiomegaly", "positive", "definitive", "heart", None, "cardiomegaly", ()),
+    assert [(f.entity, f.presence, f.certainty, f.location, f.predicted_lesion_type, f.lesion_type, f.locations,
+             f.predicted_lesion_sentence_index, f.location_source) for f in report.findings] == [
+        ("opacity", "positive", "tentative", "right lower lobe", "pneumonia", "pneumonia", ("lung lower lobe right",),
+         1, "report"),
+        ("pleural effusion", "negative", "definitive", None, None, "effusion", (), None, None),
+        ("cardiomegaly", "positive", "definitive", "heart", None, "cardiomegaly", (), None, None),
     ]
     first = server.requests[0]
     assert first["path"] == "/v1/chat/completions" and first["model"] == "mistral-small"
     assert first["temperature"] == 0
     assert first["messages"] == [{"role": "system", "content": STRUCTURING_PROMPT},
                                  {"role": "user", "content": SENTENCES}]
-    # step 1 for both phrases; step 2 only for the one placed in the lung
+    # step 1 for every finding (the one without a location too); step 2 only for the one placed in the lung
     assert server.systems() == [STRUCTURING_PROMPT, LOCATION_STEP1_PROMPT, LOCATION_STEP2_PROMPT,
-                                LOCATION_STEP1_PROMPT]
-    assert [request["messages"][1]["content"] for request in server.requests[1:]] == [
-        "right lower lobe", "right lower lobe", "heart"]
+                                LOCATION_STEP1_PROMPT, LOCATION_STEP1_PROMPT]
+    assert server.users()[1:] == [
+        "Entity: opacity\nLocation: right lower lobe", "Entity: opacity\nLocation: right lower lobe",
+        f"Entity: pleural effusion\nLocation: {NO_LOCATION}", "Entity: cardiomegaly\nLocation: heart"]
 
 
 def test_devices_dropped_and_rule_mapping_option(tmp_path):
@@ -136,17 +108,20 @@ def test_devices_dropped_and_rule_mapping_option(tmp_path):
         report = structure_report(REPORT, backend=backend)
     finally:
         fake.close()
-    assert [(f.entity, f.locations) for f in report.findings] == [("opacity", ("lung lower lobe right",))]
+    assert [(f.entity, f.locations, f.location_source) for f in report.findings] == [
+        ("opacity", ("lung lower lobe right",), "report")]
     assert fake.systems() == [STRUCTURING_PROMPT]  # no location prompt with the rule table
     with pytest.raises(BackendError, match="location mapping"):
         LlmBackend(url=fake.url, mapping="cxas")
 
 
 def test_prompt_texts_name_the_schema_and_categories():
-    for key in ("entity", "sentence_index", "presence", "certainty", "location", "predicted_lesion_type"):
-        assert f'"{key}"' in STRUCTURING_PROMPT
+    keys = ("entity", "sentence_index", "presence", "certainty", "location", "predicted_lesion_type",
+            "predicted_lesion_type_sentence_index")
+    assert all(f'"{key}"' in STRUCTURING_PROMPT for key in keys) and "seven keys" in STRUCTURING_PROMPT
     assert all(name in STRUCTURING_PROMPT for name in LESION_TYPES)
-    assert len(COARSE_CATEGORIES) == 16 and all(f"- {name}\n" in LOCATION_STEP1_PROMPT for name in COARSE_CATEGORIES)
+    assert len(COARSE_CATEGORIES) == 17 and all(f"- {name}\n" in LOCATION_STEP1_PROMPT for name in COARSE_CATEGORIES)
+    assert "list of 17 categories" in LOCATION_STEP1_PROMPT and "list of 15 categories" in LOCATION_STEP2_PROMPT
     assert all(f"- {name}\n" in LOCATION_STEP2_PROMPT for name in LUNG_LABELS)
 
 
@@ -166,7 +141,7 @@ def test_retry_with_the_parse_error(tmp_path):
     retry = fake.requests[1]["messages"]
     assert retry[2] == {"role": "assistant", "content": "I think there is an opacity."}
     assert retry[3]["role"] == "user" and "could not be parsed: no JSON array or object" in retry[3]["content"]
-    assert backend.calls == 2
+    assert backend.calls == 2 + 1  # structuring and its retry, then step 1 for the effusion
 
 
 @pytest.mark.parametrize("bad", [
@@ -190,13 +165,13 @@ def test_cache_hit_costs_no_call(server, tmp_path):
     first = LlmBackend(url=server.url, cache_dir=tmp_path)
     expected = structure_report(REPORT, backend=first)
     sent = len(server.requests)
-    assert sent == 4 and len(list(tmp_path.glob("*.json"))) == 4
+    assert sent == 5 and len(list(tmp_path.glob("*.json"))) == 5
     again = LlmBackend(url=server.url, cache_dir=tmp_path)
     assert structure_report(REPORT, backend=again) == expected
     assert len(server.requests) == sent and again.calls == 0
     other_model = LlmBackend(url=server.url, model_name="medgemma", cache_dir=tmp_path)
     structure_report(REPORT, backend=other_model)
-    assert other_model.calls == 4  # the key includes the model
+    assert other_model.calls == 5  # the key includes the model
 
 
 @pytest.mark.parametrize("url", ["http://192.168.1.20:8000", "https://api.example.org/v1", "http://10.0.0.1"])
@@ -291,7 +266,7 @@ def test_cli_llm_batch_goes_on_after_a_bad_answer(tmp_path, capsys):
     assert code == 1 and [line["file"] for line in lines] == [str(good), str(bad), str(good)]
     assert lines[0]["findings"][0]["locations"] == ["lung lower lobe right"] and lines[0] == lines[2]
     assert "unparseable" in lines[1]["error"]
-    assert len(fake.requests) == 4 + 2  # first report, then the bad one and its retry; the repeat is cached
+    assert len(fake.requests) == 5 + 2  # first report, then the bad one and its retry; the repeat is cached
 
 
 # ------------------------------------------------------------------------------------ transformers transport

@@ -14,8 +14,16 @@ Each answer is parsed as JSON and validated against its schema; an invalid answe
 error; an answer that still fails raises :class:`ReportError` for that study (never guessed). Valid answers are
 cached on disk, one JSON file per ``sha256(model, prompt, text)``, so a rerun costs no model call.
 
-The prompt wording is our reconstruction of the paper's Fig. 9 / Fig. 10 from its description (the figure text was
-not available to us verbatim); the 16 coarse categories of step 1 are :data:`COARSE_CATEGORIES`.
+The prompts are written in our own words and follow the rules of the paper's Fig. 9 (structuring, seven fields) and
+Fig. 10 (two-step location mapping) as the project restates them (``PAPER_REPORT_STAGE.md``): step 1 picks among
+the paper's 17 coarse categories (:data:`COARSE_CATEGORIES`), step 2 among the 15 lung categories
+(:data:`LUNG_LABELS`). Both mapping steps see the location term *and* its entity; a finding without a location is
+sent as :data:`NO_LOCATION` so that the entity alone decides (its labels then have ``location_source="entity"``).
+
+Lateral view guard: a place seen mainly on the lateral view (retrocardiac, retrosternal, middle mediastinum) is never
+given lung labels, since a frontal image cannot ground it. When step 1 answers "lateral view location" without
+"lung", or answers both for a term that :data:`mimic_ils.report.locations.LATERAL_VIEW_PATTERN` matches, step 2 is
+not asked and the finding has no lung label.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from mimic_ils.report.lexicon import DEVICE_PATTERN, FINDING_PATTERN, lesion_type_of
-from mimic_ils.report.locations import COARSE_CATEGORIES, map_location
+from mimic_ils.report.locations import COARSE_CATEGORIES, LATERAL_VIEW_PATTERN, map_location
 from mimic_ils.report.sections import split_sentences
 from mimic_ils.schema import (
     CERTAINTY,
@@ -48,39 +56,82 @@ from mimic_ils.schema import (
     Section,
 )
 
+NO_LOCATION = "no specific location information"
+
 STRUCTURING_PROMPT = f"""You are an expert radiologist. You will be given one section of a chest X-ray report, \
-split into numbered sentences. Extract every finding the section mentions, positive or negative, and describe each \
-finding as a JSON object with exactly these six keys:
-- "entity": the finding as written in the report (for example "opacity", "pleural effusion", "pneumothorax"). One \
-object per finding: a sentence that lists several findings gives several objects.
-- "sentence_index": the number of the sentence the finding comes from (1-based).
-- "presence": "positive" if the finding is present, including unchanged, improved or worsened findings; \
-"negative" if it is absent, excluded or resolved.
-- "certainty": "definitive" if the finding is stated with certainty; "tentative" if it is hedged (possible, \
-probable, likely, may represent, suggestive of, cannot be excluded).
-- "location": the anatomical location of the finding exactly as written in the report (for example "right lower \
-lobe", "bibasilar", "left"), or null if the report gives none.
-- "predicted_lesion_type": when the report says what the finding is thought to be (for example "opacity likely \
-reflecting atelectasis" or "consolidation concerning for pneumonia"), that lesion type, one of: \
+split into numbered sentences. Turn every disease or finding that the section mentions into one JSON object with \
+exactly these seven keys:
+- "entity": the name of the disease or finding only (for example "opacity", "pleural effusion", "pneumothorax", \
+"adenopathy"). When the report attaches a general anatomical descriptor, one that could describe the place of many \
+different kinds of findings, take it out of the entity and put it in "location": "hilar adenopathy" becomes entity \
+"adenopathy" with location "hilar", and "retrocardiac opacity" becomes entity "opacity" with location \
+"retrocardiac". Split a word off only when it is such a general descriptor. The entity and the location must never \
+repeat the same anatomical word.
+- "sentence_index": the number of the sentence that states the finding (1-based).
+- "presence": "positive" when the finding is there, which includes a finding described as improved, stable, \
+unchanged or worsening, and "no change in" a finding (it is still present); "negative" only when a specific, named \
+finding is explicitly said to be absent or resolved ("no pneumothorax", "the effusion has resolved"). General \
+statements of normality such as "clear", "unremarkable", "normal" or "within normal limits" make no object at all.
+- "certainty": "definitive" when the report clearly asserts that the finding is present or absent; "tentative" \
+when it only raises a possibility or a suggestion (possible, probable, likely, may represent, suggestive of, \
+"cannot exclude", "cannot be ruled out") or comes to no definitive conclusion.
+- "location": all the places the report gives for this finding, copied from the report; several places all go in \
+this one field, joined with ", " (for example "right lower lobe, left base"); null when the report gives no place.
+- "predicted_lesion_type": when a non-specific finding such as an opacity or a consolidation is said to represent, \
+reflect or suggest a specific condition ("the opacity reflects pneumonia"), that condition, one of: \
 {", ".join(LESION_TYPES)}; otherwise null.
-Do not report support devices (tubes, lines, catheters, pacemakers, wires, clips) as findings.
+- "predicted_lesion_type_sentence_index": the number of the sentence that names the predicted lesion type. It may \
+be a different sentence from the finding's own: in "1. Left basal opacity. 2. This likely represents atelectasis." \
+the opacity has sentence_index 1, predicted_lesion_type "atelectasis" and predicted_lesion_type_sentence_index 2. \
+null when predicted_lesion_type is null.
+Rules:
+- Diseases and findings only: never make an object for a medical device (tubes, lines, catheters, pacemakers, \
+wires, clips).
+- Exactly one presence and one certainty per entity.
+- Every location of an entity goes in that entity's location field.
+- Use null for a location or a predicted lesion type that the report does not give.
 Answer with a JSON array of these objects and nothing else. Answer [] if the section has no finding."""
 
-LOCATION_STEP1_PROMPT = f"""You are an expert radiologist. You will be given an anatomical location phrase from a \
-chest X-ray report. Map it to the coarse anatomical categories it refers to, chosen from this list:
-{chr(10).join(f"- {name}" for name in COARSE_CATEGORIES)}
-A phrase that names a lung, a lobe, a lung zone, a lung base or apex, or only a side ("right", "bilateral") refers \
-to "lung". Choose every category the phrase refers to.
-Answer with a JSON array of category names exactly as written above and nothing else."""
+_MAPPING_INPUT = f"""You will be given a finding from a chest X-ray report ("Entity") and the place the report \
+gives for it ("Location"). When the location reads "{NO_LOCATION}", decide from the entity alone, as a \
+radiologist would for that kind of finding."""
 
-LOCATION_STEP2_PROMPT = f"""You are an expert radiologist. You will be given a location phrase from a chest X-ray \
-report that refers to the lungs. Map it to the lung categories it covers, chosen from this list:
+LOCATION_STEP1_PROMPT = f"""You are an expert radiologist. {_MAPPING_INPUT} Assign the location to the coarse \
+anatomical categories it belongs to, chosen from this list of {len(COARSE_CATEGORIES)} categories:
+{chr(10).join(f"- {name}" for name in COARSE_CATEGORIES)}
+Examples of what some categories cover (not complete lists):
+- mediastinum: esophagus, cardiomediastinum, upper mediastinum, anterior mediastinum
+- abdomen: stomach, small bowel, duodenum, liver, pancreas, kidney
+- heart: atrium, myocardium
+- vessels: ascending aorta, aortic arch, pulmonary artery, inferior vena cava, pulmonary vessels, vasculature
+- lung: left lung, left, right, bilateral, hilar, costophrenic angle, lingular
+- pleura: right pleural, left pleural, pleural
+- lateral view location: middle mediastinum, retrocardiac space, retrosternal space
+Rules:
+- Choose the category that is anatomically most appropriate under standard chest X-ray reading.
+- Synonyms, adjectives and other variants of a name count as that category ("cardiac" is heart, "pulmonary" is \
+lung, "vasculature" is vessels).
+- A bare side, "left", "right" or "bilateral", means lung.
+- A place that is seen mainly or only on the lateral view always goes to "lateral view location", whatever else it \
+could be read as.
+- A location that is unrelated to chest anatomy gets no category: answer [].
+Answer with a JSON array of category names exactly as written in the list and nothing else."""
+
+LOCATION_STEP2_PROMPT = f"""You are an expert radiologist. {_MAPPING_INPUT} The location (or, without one, the \
+finding) is known to be in the lungs. Choose the lung categories it covers from this list of \
+{len(LUNG_LABELS)} categories:
 {chr(10).join(f"- {name}" for name in LUNG_LABELS)}
-Rules: lobes map to the lobe categories ("right upper lobe" -> "lung upper lobe right", "lingula" -> "lung upper \
-lobe left"); zones map to the zone categories ("right upper lung" -> "right upper zone lung", "basilar" or "lower \
-lung" -> lung base, "apical" -> apical zone, "perihilar" -> mid zone); "bilateral", "bibasilar" or plural forms \
-cover both sides; a side alone ("right") is the whole lung ("right lung").
-Answer with a JSON array of category names exactly as written above and nothing else. Answer [] if none applies."""
+Rules:
+- A location that overlaps several categories gets all of them ("bibasilar" gives "right lung base" and "left lung \
+base").
+- Do not list overlapping categories: when a broad category already covers its parts, give the broader one alone \
+("right lung", not "right lung" together with "right lung base").
+- Lobes map to the lobe categories ("right upper lobe" -> "lung upper lobe right", "lingula" -> "lung upper lobe \
+left"); zones map to the zone categories ("right upper lung" -> "right upper zone lung", "basilar" or "lower lung" \
+-> lung base, "apical" -> apical zone, "perihilar" -> mid zone); "bilateral" or plural forms cover both sides; a \
+side alone ("right") is the whole lung ("right lung").
+- When no category is relevant, answer [].
+Answer with a JSON array of category names exactly as written in the list and nothing else."""
 
 RETRY_MESSAGE = "Your answer could not be parsed: {error}. Answer again with only the JSON, following the format."
 DUA_MESSAGE = (
@@ -256,8 +307,32 @@ def _choice(value: Any, allowed: tuple[str, ...], key: str, index: int) -> str:
     return text
 
 
+def _sentence_number(value: Any, key: str, index: int, n_sentences: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+        raise ValueError(f"finding {index}: {key!r} must be an integer, got {value!r}")
+    if not 1 <= int(value) <= n_sentences:
+        raise ValueError(f"finding {index}: {key!r} {value} is outside 1..{n_sentences}")
+    return int(value)
+
+
+def _location_text(value: Any, index: int) -> str | None:
+    """The location field: a string, or (tolerated) an array of strings that is joined with ", "."""
+    if isinstance(value, list):
+        if not all(isinstance(item, str) for item in value):
+            raise ValueError(f"finding {index}: 'location' must be a string, an array of strings or null")
+        value = ", ".join(item.strip() for item in value if _optional_text(item, "location", index))
+    return _optional_text(value, "location", index)
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null", "n/a"))
+
+
 def parse_structuring(answer: str, n_sentences: int) -> list[dict[str, Any]]:
-    """Validated six-tuples from a structuring answer (a JSON array, or an object with a ``findings`` array)."""
+    """Validated seven-field records from a structuring answer (a JSON array, or an object with a ``findings``
+    array). The keys are :class:`Finding`'s: the answer's ``predicted_lesion_type_sentence_index`` becomes
+    ``predicted_lesion_sentence_index`` (1..n, null without a predicted type, the finding's own sentence when a
+    predicted type comes without it)."""
     value = extract_json(answer)
     if isinstance(value, dict) and isinstance(value.get("findings"), list):
         value = value["findings"]
@@ -270,21 +345,27 @@ def parse_structuring(answer: str, n_sentences: int) -> list[dict[str, Any]]:
         entity = _optional_text(item.get("entity"), "entity", index)
         if not entity:
             raise ValueError(f"finding {index}: 'entity' is missing")
-        sentence = item.get("sentence_index")
-        if isinstance(sentence, bool) or not isinstance(sentence, int | str) or not str(sentence).strip().isdigit():
-            raise ValueError(f"finding {index}: 'sentence_index' must be an integer, got {sentence!r}")
-        if not 1 <= int(sentence) <= n_sentences:
-            raise ValueError(f"finding {index}: 'sentence_index' {sentence} is outside 1..{n_sentences}")
+        sentence = _sentence_number(item.get("sentence_index"), "sentence_index", index, n_sentences)
         predicted = _optional_text(item.get("predicted_lesion_type"), "predicted_lesion_type", index)
         if predicted is not None and predicted.lower() not in LESION_TYPES:
             raise ValueError(f"finding {index}: 'predicted_lesion_type' must be one of {', '.join(LESION_TYPES)} "
                              f"or null, got {predicted!r}")
+        raw_predicted_sentence = item.get("predicted_lesion_type_sentence_index")
+        if _is_null(raw_predicted_sentence):
+            predicted_sentence = sentence if predicted else None
+        elif predicted is None:
+            raise ValueError(f"finding {index}: 'predicted_lesion_type_sentence_index' must be null when "
+                             f"'predicted_lesion_type' is null, got {raw_predicted_sentence!r}")
+        else:
+            predicted_sentence = _sentence_number(raw_predicted_sentence, "predicted_lesion_type_sentence_index",
+                                                  index, n_sentences)
         findings.append({
-            "entity": entity, "sentence_index": int(sentence),
+            "entity": entity, "sentence_index": sentence,
             "presence": _choice(item.get("presence"), PRESENCE, "presence", index),
             "certainty": _choice(item.get("certainty"), CERTAINTY, "certainty", index),
-            "location": _optional_text(item.get("location"), "location", index),
+            "location": _location_text(item.get("location"), index),
             "predicted_lesion_type": predicted.lower() if predicted else None,
+            "predicted_lesion_sentence_index": predicted_sentence,
         })
     return findings
 
@@ -368,19 +449,42 @@ class LlmBackend:
         self.calls += 1
         return self.transport.complete(messages)
 
-    def map_location(self, phrase: str | None) -> tuple[str, ...]:
-        """Fig. 10: coarse categories first; only a phrase placed in ``lung`` is mapped to the 15 lung categories."""
-        if not phrase:
-            return ()
+    @staticmethod
+    def mapping_input(entity: str, location: str | None) -> str:
+        """The user message of both mapping steps: the entity and its location term (or :data:`NO_LOCATION`)."""
+        return f"Entity: {entity}\nLocation: {location or NO_LOCATION}"
+
+    def map_location(self, phrase: str | None, entity: str | None = None) -> tuple[str, ...]:
+        """Fig. 10: the LUNG_LABELS of a location term for its entity (see :meth:`locate`)."""
+        return self.locate(entity or "", phrase)[0]
+
+    def locate(self, entity: str, location: str | None) -> tuple[tuple[str, ...], str | None]:
+        """Fig. 10, both steps given the entity and its location: ``(labels, location_source)``.
+
+        Step 1 picks coarse categories; only a term placed in ``lung`` (and not at a lateral view location, see the
+        module docstring) goes to step 2. Without a location the entity alone decides and the source is
+        ``"entity"``; with one it is ``"report"``; no labels → ``((), None)``. With ``mapping="rules"`` the rule
+        table maps the location term, and a finding without one stays unmapped (no entity mapping there).
+        """
+        location = location.strip() if location and location.strip() else None
         if self.mapping == "rules":
-            return map_location(phrase)
-        coarse = self.ask(LOCATION_STEP1_PROMPT, phrase, lambda answer: parse_categories(answer, COARSE_CATEGORIES))
+            labels = map_location(location) if location else ()
+            return labels, ("report" if labels else None)
+        text = self.mapping_input(entity, location)
+        coarse = self.ask(LOCATION_STEP1_PROMPT, text, lambda answer: parse_categories(answer, COARSE_CATEGORIES))
         if "lung" not in coarse:
-            return ()
-        return self.ask(LOCATION_STEP2_PROMPT, phrase, lambda answer: parse_categories(answer, LUNG_LABELS))
+            return (), None
+        term = " ".join((location or entity).lower().split())
+        if "lateral view location" in coarse and LATERAL_VIEW_PATTERN.search(term):
+            return (), None  # guard: a lateral view place never gets lung labels, even if "lung" is also answered
+        labels = self.ask(LOCATION_STEP2_PROMPT, text, lambda answer: parse_categories(answer, LUNG_LABELS))
+        if not labels:
+            return (), None
+        return labels, ("report" if location else "entity")
 
     def structure(self, section: Section) -> tuple[Finding, ...]:
-        """Findings of a section: the structuring answer, each location mapped in two steps (cached per phrase)."""
+        """Findings of a section: the structuring answer, each finding mapped in two steps (cached per entity and
+        location)."""
         sentences = split_sentences(section.text)
         if not sentences:
             return ()
@@ -392,5 +496,6 @@ class LlmBackend:
             if DEVICE_PATTERN.search(entity) and not FINDING_PATTERN.search(entity):
                 continue
             lesion_type = item["predicted_lesion_type"] or lesion_type_of(item["entity"])
-            findings.append(Finding(**item, lesion_type=lesion_type, locations=self.map_location(item["location"])))
+            labels, source = self.locate(item["entity"], item["location"])
+            findings.append(Finding(**item, lesion_type=lesion_type, locations=labels, location_source=source))
         return tuple(findings)

@@ -13,6 +13,7 @@ import pytest
 
 from mimic_ils import cli
 from mimic_ils.report import get_backend, structure_report
+from mimic_ils.report import llm as llm_module
 from mimic_ils.report.llm import (
     LOCATION_STEP1_PROMPT,
     LOCATION_STEP2_PROMPT,
@@ -267,6 +268,198 @@ def test_cli_llm_batch_goes_on_after_a_bad_answer(tmp_path, capsys):
     assert lines[0]["findings"][0]["locations"] == ["lung lower lobe right"] and lines[0] == lines[2]
     assert "unparseable" in lines[1]["error"]
     assert len(fake.requests) == 5 + 2  # first report, then the bad one and its retry; the repeat is cached
+
+
+# ------------------------------------------------------------------------------ the paper's rules (Fig. 9 / 10)
+
+RULE_PHRASES = {
+    STRUCTURING_PROMPT: {
+        "entity/location split": ['"hilar adenopathy" becomes entity "adenopathy" with location "hilar"',
+                                  '"retrocardiac opacity" becomes entity "opacity"', "general anatomical descriptor",
+                                  "Split a word off only when", "never repeat the same anatomical word"],
+        "presence positive": ["improved", "stable", "worsening", '"no change in"', "still present"],
+        "presence negative": ["specific, named", "absent or resolved"],
+        "no record for general words": ['"clear"', '"unremarkable"', '"normal"', '"within normal limits"',
+                                        "make no object"],
+        "certainty": ['"definitive"', '"tentative"', "possibility", "suggestion", '"cannot exclude"',
+                      "no definitive conclusion"],
+        "all locations": ["all the places", "several places all go in", "Every location of an entity"],
+        "predicted type": ["non-specific finding", "represent", "reflect"],
+        "seventh field": ['"predicted_lesion_type_sentence_index"', "different sentence",
+                          "Left basal opacity. 2. This likely represents atelectasis.",
+                          "null when predicted_lesion_type is null"],
+        "no devices": ["never make an object for a medical device", "tubes", "lines", "pacemakers"],
+        "one presence and certainty": ["Exactly one presence and one certainty per entity"],
+        "none when absent": ["Use null for a location or a predicted lesion type", "Answer [] if the section"],
+    },
+    LOCATION_STEP1_PROMPT: {
+        "entity and location given": ['("Entity")', '("Location")', f'"{NO_LOCATION}"', "from the entity alone"],
+        "scope examples": ["mediastinum: esophagus, cardiomediastinum, upper mediastinum, anterior mediastinum",
+                           "abdomen: stomach, small bowel, duodenum, liver, pancreas, kidney",
+                           "heart: atrium, myocardium",
+                           "vessels: ascending aorta, aortic arch, pulmonary artery, inferior vena cava, pulmonary "
+                           "vessels, vasculature",
+                           "lung: left lung, left, right, bilateral, hilar, costophrenic angle, lingular",
+                           "pleura: right pleural, left pleural, pleural",
+                           "lateral view location: middle mediastinum, retrocardiac space, retrosternal space"],
+        "most appropriate": ["anatomically most appropriate under standard chest X-ray reading"],
+        "synonyms": ["Synonyms", '"cardiac" is heart', '"pulmonary" is lung', '"vasculature" is vessels'],
+        "bare side": ['A bare side, "left", "right" or "bilateral", means lung'],
+        "lateral view always": ['seen mainly or only on the lateral view always goes to "lateral view location"'],
+        "unrelated → none": ["unrelated to chest anatomy gets no category: answer []"],
+    },
+    LOCATION_STEP2_PROMPT: {
+        "entity and location given": ['("Entity")', '("Location")', f'"{NO_LOCATION}"'],
+        "overlap → all": ["overlaps several categories gets all of them"],
+        "no broad plus parts": ["Do not list overlapping categories", "give the broader one alone"],
+        "none → []": ["When no category is relevant, answer []"],
+    },
+}
+
+
+@pytest.mark.parametrize("prompt", list(RULE_PHRASES), ids=["structuring", "step1", "step2"])
+def test_prompts_carry_every_rule(prompt):
+    text = " ".join(prompt.split())
+    missing = {rule: [phrase for phrase in phrases if phrase not in text]
+               for rule, phrases in RULE_PHRASES[prompt].items()}
+    assert not {rule: phrases for rule, phrases in missing.items() if phrases}
+
+
+def test_step1_prompt_lists_the_17_categories_once_in_order():
+    listed = [line[2:] for line in LOCATION_STEP1_PROMPT.splitlines() if line.startswith("- ") and ":" not in line
+              and not line.startswith(("- Choose", "- Synonyms", "- A ", "- When"))]
+    assert tuple(listed) == COARSE_CATEGORIES and len(listed) == 17
+    assert "reconstruction" not in llm_module.__doc__ and "Fig. 9" in llm_module.__doc__
+
+
+def _backend_with(answer, **options):
+    transport = ScriptedTransport(answer)
+    return LlmBackend(transport=transport, **options), transport
+
+
+def test_entity_is_sent_to_both_mapping_steps_and_keys_the_cache(tmp_path):
+    structured = [
+        {"entity": "opacity", "sentence_index": 1, "presence": "positive", "certainty": "definitive",
+         "location": "left base", "predicted_lesion_type": None},
+        {"entity": "atelectasis", "sentence_index": 2, "presence": "positive", "certainty": "definitive",
+         "location": "left base", "predicted_lesion_type": None},
+    ]
+    step1 = {("opacity", "left base"): ["lung"], ("atelectasis", "left base"): ["lung"]}
+    step2 = {("opacity", "left base"): ["left lung base"], ("atelectasis", "left base"): ["left lung base"]}
+    backend, transport = _backend_with(lambda body: good_answer(body, structured, step1, step2), cache_dir=tmp_path)
+    findings = backend.structure(Section("findings", "Left basal opacity. Left basal atelectasis."))
+    assert [f.locations for f in findings] == [("left lung base",)] * 2
+    mapping = [(messages[0]["content"], messages[1]["content"]) for messages in transport.received[1:]]
+    assert mapping == [(LOCATION_STEP1_PROMPT, mapping_text("opacity", "left base")),
+                       (LOCATION_STEP2_PROMPT, mapping_text("opacity", "left base")),
+                       (LOCATION_STEP1_PROMPT, mapping_text("atelectasis", "left base")),
+                       (LOCATION_STEP2_PROMPT, mapping_text("atelectasis", "left base"))]
+    assert mapping_text("opacity", "left base") == "Entity: opacity\nLocation: left base"
+    assert len(list(tmp_path.glob("*.json"))) == 5  # the same term with another entity is another cache entry
+
+
+def test_missing_location_is_mapped_from_the_entity():
+    structured = [{"entity": "pneumonia", "sentence_index": 1, "presence": "positive", "certainty": "tentative",
+                   "location": None, "predicted_lesion_type": None}]
+    step1 = {("pneumonia", None): ["lung"]}
+    step2 = {("pneumonia", None): ["right lung", "left lung"]}
+    backend, transport = _backend_with(lambda body: good_answer(body, structured, step1, step2))
+    (finding,) = backend.structure(Section("impression", "Possible pneumonia."))
+    assert transport.users()[1:] == [f"Entity: pneumonia\nLocation: {NO_LOCATION}"] * 2
+    assert NO_LOCATION == "no specific location information"
+    assert (finding.location, finding.locations, finding.location_source) == (
+        None, ("right lung", "left lung"), "entity")
+    # the rule table has no entity mapping: a finding without a location stays unmapped there
+    rules, rules_transport = _backend_with(lambda body: good_answer(body, structured, step1, step2), mapping="rules")
+    (unmapped,) = rules.structure(Section("impression", "Possible pneumonia."))
+    assert (unmapped.locations, unmapped.location_source) == ((), None)
+    assert rules_transport.systems() == [STRUCTURING_PROMPT]
+
+
+@pytest.mark.parametrize(("location", "step1", "step2_asked", "labels"), [
+    ("retrocardiac", ["lateral view location"], False, ()),
+    ("retrocardiac", ["lung", "lateral view location"], False, ()),  # the guard: no lung labels all the same
+    ("retrosternal space", ["lateral view location", "lung"], False, ()),
+    ("left lower lobe", ["lung", "lateral view location"], True, ("lung lower lobe left",)),  # not a lateral place
+    ("left lower lobe", ["lung"], True, ("lung lower lobe left",)),
+])
+def test_lateral_view_locations_never_get_lung_labels(location, step1, step2_asked, labels):
+    structured = [{"entity": "opacity", "sentence_index": 1, "presence": "positive", "certainty": "definitive",
+                   "location": location, "predicted_lesion_type": None}]
+    backend, transport = _backend_with(lambda body: good_answer(
+        body, structured, {("opacity", location): step1}, {("opacity", location): ["lung lower lobe left"]}))
+    (finding,) = backend.structure(Section("findings", f"Opacity, {location}."))
+    assert (LOCATION_STEP2_PROMPT in transport.systems()) is step2_asked
+    assert finding.locations == labels and finding.location_source == ("report" if labels else None)
+
+
+def test_lateral_view_guard_applies_to_the_entity_when_no_location():
+    structured = [{"entity": "retrocardiac opacity", "sentence_index": 1, "presence": "positive",
+                   "certainty": "definitive", "location": None, "predicted_lesion_type": None}]
+    backend, transport = _backend_with(lambda body: good_answer(
+        body, structured, {("retrocardiac opacity", None): ["lung", "lateral view location"]}, {}))
+    (finding,) = backend.structure(Section("findings", "Retrocardiac opacity."))
+    assert finding.locations == () and LOCATION_STEP2_PROMPT not in transport.systems()
+
+
+def _item(predicted, index=..., sentence=1):
+    item = {"entity": "opacity", "sentence_index": sentence, "presence": "positive", "certainty": "tentative",
+            "location": "left base", "predicted_lesion_type": predicted}
+    if index is not ...:
+        item["predicted_lesion_type_sentence_index"] = index
+    return json.dumps([item])
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    (_item("atelectasis", 2), 2),
+    (_item("atelectasis", "2"), 2),
+    (_item("atelectasis", 1), 1),
+    (_item("atelectasis"), 1),  # missing with a predicted type → the finding's own sentence
+    (_item("atelectasis", None, sentence=2), 2),
+    (_item(None, None), None),
+    (_item(None), None),
+    (_item(None, "null"), None),
+])
+def test_seventh_field_parsing(answer, expected):
+    (parsed,) = parse_structuring(answer, 3)
+    assert parsed["predicted_lesion_sentence_index"] == expected
+    assert "predicted_lesion_type_sentence_index" not in parsed
+
+
+@pytest.mark.parametrize(("answer", "error"), [
+    (_item("atelectasis", 4), "outside 1..3"),
+    (_item("atelectasis", 0), "outside 1..3"),
+    (_item("atelectasis", 1.5), "must be an integer"),
+    (_item("atelectasis", True), "must be an integer"),
+    (_item("atelectasis", "two"), "must be an integer"),
+    (_item(None, 2), "must be null when 'predicted_lesion_type' is null"),
+])
+def test_seventh_field_invalid_values(answer, error):
+    with pytest.raises(ValueError, match=error):
+        parse_structuring(answer, 3)
+
+
+def test_seventh_field_invalid_after_retry_is_a_report_error(tmp_path):
+    backend, transport = _backend_with(lambda body: _item(None, 2), cache_dir=tmp_path)
+    with pytest.raises(ReportError, match="unparseable after one retry.*must be null"):
+        backend.structure(Section("findings", "Left basal opacity. This likely represents atelectasis."))
+    assert len(transport.received) == 2 and not list(tmp_path.glob("*.json"))
+    assert "predicted_lesion_type_sentence_index" in transport.received[1][-1]["content"]
+
+
+def test_seventh_field_reaches_the_finding_and_the_cache_is_hit_on_a_rerun(tmp_path):
+    text = "Left basal opacity. This likely represents atelectasis."
+    answer = lambda body: good_answer(  # noqa: E731
+        body, json.loads(_item("atelectasis", 2)), {("opacity", "left base"): ["lung"]},
+        {("opacity", "left base"): ["left lung base"]})
+    backend, transport = _backend_with(answer, cache_dir=tmp_path)
+    (finding,) = backend.structure(Section("findings", text))
+    assert (finding.sentence_index, finding.predicted_lesion_type, finding.predicted_lesion_sentence_index,
+            finding.lesion_type, finding.locations, finding.location_source) == (
+        1, "atelectasis", 2, "atelectasis", ("left lung base",), "report")
+    again, again_transport = _backend_with(answer, cache_dir=tmp_path)
+    assert again.structure(Section("findings", text)) == (finding,)
+    assert again.calls == 0 and again_transport.received == []
 
 
 # ------------------------------------------------------------------------------------ transformers transport

@@ -28,7 +28,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("files", nargs="*", default=["-"], metavar="FILE",
                         help="report files (sSTUDY.txt); '-' or nothing reads one report from stdin")
     parser.add_argument("--backend", choices=("rules", "llm"), default="rules", help="structuring backend")
-    where = parser.add_mutually_exclusive_group()
+    add_llm_arguments(parser)
+    parser.add_argument("--study-id", help="study id of a single report (enables the official special cases; "
+                                           "taken from sSTUDY.txt file names otherwise)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_llm_arguments(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """The options of the llm backend (shared with ``report-agreement``); ``required``: one of --llm-model and
+    --llm-url must be given."""
+    where = parser.add_mutually_exclusive_group(required=required)
     where.add_argument("--llm-model", metavar="PATH", help="local transformers model folder (llm backend)")
     where.add_argument("--llm-url", metavar="URL", help="OpenAI-compatible server on loopback (llm backend)")
     parser.add_argument("--llm-name", default="default", help="model name sent to the server (default: default)")
@@ -38,10 +48,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="map locations with the two LLM prompts (paper) or the rule table")
     parser.add_argument("--allow-remote-llm", action="store_true",
                         help="allow a non-loopback LLM URL (only for a server the PhysioNet DUA covers)")
-    parser.add_argument("--study-id", help="study id of a single report (enables the official special cases; "
-                                           "taken from sSTUDY.txt file names otherwise)")
-    parser.set_defaults(func=run)
-    return parser
+
+
+def llm_backend(args: argparse.Namespace) -> Any:
+    """The llm backend the options of :func:`add_llm_arguments` describe; raises BackendError."""
+    from mimic_ils.report import get_backend
+
+    return get_backend("llm", model_path=args.llm_model, url=args.llm_url, model_name=args.llm_name,
+                       cache_dir=args.llm_cache, allow_remote=args.allow_remote_llm, timeout=args.llm_timeout,
+                       mapping=args.llm_mapping)
 
 
 def _backend(args: argparse.Namespace) -> Any:
@@ -52,19 +67,18 @@ def _backend(args: argparse.Namespace) -> Any:
         if args.llm_model or args.llm_url:
             raise BackendError("--llm-model / --llm-url need --backend llm")
         return get_backend("rules")
-    return get_backend("llm", model_path=args.llm_model, url=args.llm_url, model_name=args.llm_name,
-                       cache_dir=args.llm_cache, allow_remote=args.allow_remote_llm, timeout=args.llm_timeout,
-                       mapping=args.llm_mapping)
+    return llm_backend(args)
 
 
-def _study_id(name: str, given: str | None) -> str | None:
+def study_id_of(name: str, given: str | None = None) -> str | None:
+    """The study id of a report file: ``given``, else the digits of an ``sSTUDY.txt`` name, else None."""
     if given:
         return given
     match = _STUDY_FILE.match(Path(name).stem)
     return match.group(1) if match else None
 
 
-def _read(name: str) -> str:
+def read_report(name: str) -> str:
     from mimic_ils.report.sections import decode_report_bytes, read_report_file
 
     if name == "-":
@@ -72,25 +86,25 @@ def _read(name: str) -> str:
     return read_report_file(name)
 
 
+def finding_json(f: Any) -> dict[str, Any]:
+    """The JSON object of one Finding."""
+    return {"entity": f.entity, "sentence_index": f.sentence_index, "presence": f.presence,
+            "certainty": f.certainty, "location": f.location, "predicted_lesion_type": f.predicted_lesion_type,
+            "predicted_lesion_sentence_index": f.predicted_lesion_sentence_index, "lesion_type": f.lesion_type,
+            "locations": list(f.locations), "location_source": f.location_source}
+
+
 def report_json(report: Any) -> dict[str, Any]:
     """The JSON object of one StructuredReport."""
-    return {
-        "section": {"name": report.section.name, "text": report.section.text},
-        "findings": [
-            {"entity": f.entity, "sentence_index": f.sentence_index, "presence": f.presence,
-             "certainty": f.certainty, "location": f.location, "predicted_lesion_type": f.predicted_lesion_type,
-             "predicted_lesion_sentence_index": f.predicted_lesion_sentence_index, "lesion_type": f.lesion_type,
-             "locations": list(f.locations), "location_source": f.location_source}
-            for f in report.findings
-        ],
-    }
+    return {"section": {"name": report.section.name, "text": report.section.text},
+            "findings": [finding_json(f) for f in report.findings]}
 
 
 def structure_one(name: str, backend: Any, study_id: str | None = None) -> dict[str, Any]:
     """JSON object of one report file (``-`` = stdin); raises ReportError."""
     from mimic_ils.report import structure_report
 
-    return report_json(structure_report(_read(name), study_id=_study_id(name, study_id), backend=backend))
+    return report_json(structure_report(read_report(name), study_id=study_id_of(name, study_id), backend=backend))
 
 
 def run(args: argparse.Namespace) -> int:

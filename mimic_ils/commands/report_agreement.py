@@ -125,11 +125,16 @@ def format_result(result: dict[str, Any], max_examples: int = 20) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def rules_backend() -> Any:
+    """The rules backend the command compares with (a seam for tests)."""
     from mimic_ils.report import get_backend
 
+    return get_backend("rules")
+
+
+def run(args: argparse.Namespace) -> int:
     files = report_files(args.inputs)
-    result = compare(files, get_backend("rules"), llm_backend(args))
+    result = compare(files, rules_backend(), llm_backend(args))
     print(format_result(result, args.max_examples))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The report stage: one section per study, structured findings (the paper's six-tuple) and mapped lung labels.
+"""The report stage: one section per study, structured findings (the paper's seven fields) and mapped lung labels.
 
 Public API::
 

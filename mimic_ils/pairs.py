@@ -210,7 +210,8 @@ def generate_pairs(
             continue
         _global_positive(builder, lesion, mine)
         if mine:
-            _substitution_negative(builder, rng, lesion, basics[lesion], empty_locations)
+            inferable = lesion in config.opacity_inference_types or lesion == OPACITY
+            _substitution_negative(builder, rng, lesion, basics[lesion], empty_locations, inferable)
         else:
             denied = [o for o in outcomes if o.lesion == lesion and o.presence == "negative"]
             _absent_negative(builder, rng, lesion, positives, denied, empty_locations, config)
@@ -324,11 +325,13 @@ def _global_negative(builder: _Builder, lesion: str) -> None:
 
 
 def _negative_at(
-    builder: _Builder, rng: np.random.Generator, lesion: str, target: str, places: tuple[str, ...]
+    builder: _Builder, rng: np.random.Generator, lesion: str, target: str, places: tuple[str, ...],
+    inferable: bool = True,
 ) -> None:
-    """A negative at ``places``; an opacity negative is a basic or, at random, a lesion-inference one."""
+    """A negative at ``places``; an opacity negative is a basic or, at random, a lesion-inference one (only for the
+    types a lesion-inference question may be about: a tentative effusion's opacity negative stays basic)."""
     location = join_locations(places)
-    if target == OPACITY and rng.integers(2) == 1:
+    if target == OPACITY and inferable and rng.integers(2) == 1:
         builder.add(
             INFERENCE_INSTRUCTION.format(location=location),
             INFERENCE_NEGATIVE.format(location=location),
@@ -355,7 +358,8 @@ def _negative_at(
 
 
 def _substitution_negative(
-    builder: _Builder, rng: np.random.Generator, lesion: str, positives: Sequence[Pair], empty: Sequence[str]
+    builder: _Builder, rng: np.random.Generator, lesion: str, positives: Sequence[Pair], empty: Sequence[str],
+    inferable: bool = True,
 ) -> None:
     """Put an empty location into the basic instruction of one of the type's positives."""
     if not positives:
@@ -364,7 +368,7 @@ def _substitution_negative(
         builder.plan.skipped.append((f"{lesion} negative", "no empty location to substitute"))
         return
     positive = positives[int(rng.integers(len(positives)))]
-    _negative_at(builder, rng, lesion, positive.target, (empty[int(rng.integers(len(empty)))],))
+    _negative_at(builder, rng, lesion, positive.target, (empty[int(rng.integers(len(empty)))],), inferable)
 
 
 def _conflicts(lesion: str, positives: Sequence[FindingOutcome], config: GroundingConfig) -> list[str]:

@@ -99,10 +99,12 @@ LOCATIONS: dict[str, dict[str, object]] = {
 }
 
 # Which location keys each focal lesion type may be drawn in (weights follow how often radiologists use them).
+# "retrocardiac" is not drawn: the paper's location mapping (Fig. 10) calls it a lateral view location, so a lesion
+# described that way is never grounded on the frontal image.
 FOCAL_LOCATIONS: dict[str, tuple[str, ...]] = {
-    "atelectasis": ("bibasilar", "right_base", "left_base", "retrocardiac", "left_lower_lobe", "right_middle_lobe"),
+    "atelectasis": ("bibasilar", "right_base", "left_base", "left_lower_lobe", "right_middle_lobe"),
     "pneumonia": ("right_lower_lobe", "left_lower_lobe", "right_upper_lobe", "right_middle_lobe", "right_base",
-                  "left_base", "left_upper_lobe", "retrocardiac"),
+                  "left_base", "left_upper_lobe"),
     "consolidation": ("right_lower_lobe", "left_lower_lobe", "right_upper_lobe", "right_base", "left_base",
                       "bibasilar", "right_mid_zone"),
     "opacity": ("right_upper_zone", "left_upper_zone", "right_mid_zone", "left_mid_zone", "right_base", "left_base",

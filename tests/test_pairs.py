@@ -122,6 +122,19 @@ def test_no_inference_pairs_outside_pneumonia_atelectasis_edema(lesion):
     assert len(_positives(plan, "basic")) == 1 and len(_positives(plan, "global")) == 1
 
 
+@pytest.mark.parametrize("lesion", ["consolidation", "effusion"])
+def test_a_tentative_finding_outside_the_inference_types_gets_no_inference_negative(lesion):
+    # its positives target "opacity"; the substituted negative must stay a basic one, over many studies' draws
+    for index in range(40):
+        plan = _plan(FindingOutcome(lesion, "tentative", ("left lung base",), ("left lung base",), "k0"),
+                     study_id=f"s{index}")
+        negatives = [p for p in _negatives(plan) if p.lesion == lesion]
+        assert len(negatives) == 1 and negatives[0].question_type == "basic", negatives
+    edema = [_negatives(_plan(FindingOutcome("edema", "tentative", ("left lung",), ("left lung",), "k0"),
+                              study_id=f"s{index}")) for index in range(40)]
+    assert {p.question_type for plan in edema for p in plan if p.lesion == "edema"} == {"basic", "lesion_inference"}
+
+
 def test_global_needs_grounded_equal_reported():
     partial = FindingOutcome(
         "consolidation", "definitive", ("right lung base", "left lung base"), ("left lung base",), "k0"

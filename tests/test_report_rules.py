@@ -46,53 +46,53 @@ CASES = [
     ("The lungs are free of consolidation.", [E("consolidation", "-")]),
     ("Previously seen left lower lobe atelectasis has resolved.", [E("atelectasis", "-", locations=(LLL,))]),
     ("Interval resolution of the right upper lobe pneumonia.", [E("pneumonia", "-", locations=(RUL,))]),
-    ("Resolved right pleural effusion.", [E("effusion", "-", locations=(R_LUNG,))]),
-    ("The right pleural effusion is no longer seen.", [E("effusion", "-", locations=(R_LUNG,))]),
+    ("Resolved right pleural effusion.", [E("effusion", "-", locations=(R_BASE,))]),  # E.4: effusions at the base
+    ("The right pleural effusion is no longer seen.", [E("effusion", "-", locations=(R_BASE,))]),
     ("No new consolidation.", [E("consolidation", "-")]),
     ("Negative for pneumothorax.", [E("pneumothorax", "-", lesion=None)]),
     ("There is no pneumothorax, but there is a small right pleural effusion.",
-     [E("pneumothorax", "-", lesion=None), E("effusion", locations=(R_LUNG,))]),
+     [E("pneumothorax", "-", lesion=None), E("effusion", locations=(R_BASE,))]),
     ("No focal airspace opacity.", [E("opacity", "-")]),
-    ("Mild pulmonary vascular congestion without frank edema.",
-     [E("vascular congestion", lesion=None), E("edema", "-")]),
+    ("Mild pulmonary vascular congestion without frank edema.",  # no place given: the entity decides
+     [E("vascular congestion", locations=(R_LUNG, L_LUNG), lesion=None), E("edema", "-")]),
     ("Neither effusion nor pneumothorax is present.", [E("effusion", "-"), E("pneumothorax", "-", lesion=None)]),
     ("Pneumonia is unlikely.", [E("pneumonia", "-", "t")]),
     # hedges and "X reflects / likely represents Y"
-    ("Possible small left pleural effusion.", [E("effusion", "+", "t", (L_LUNG,))]),
+    ("Possible small left pleural effusion.", [E("effusion", "+", "t", (L_BASE,))]),
     ("Pneumonia cannot be excluded.", [E("pneumonia", "+", "t")]),
     ("Right lower lobe opacity may represent pneumonia.",
      [E("opacity", "+", "t", (RLL,), "pneumonia", "pneumonia")]),
     ("Left basilar opacity, likely atelectasis.", [E("opacity", "+", "t", (L_BASE,), "atelectasis", "atelectasis")]),
     ("Opacity at the left base could reflect atelectasis or pneumonia.",
      [E("opacity", "+", "t", (L_BASE,), "atelectasis", "atelectasis")]),
-    ("Retrocardiac opacity likely reflects atelectasis.",
-     [E("opacity", "+", "t", (L_BASE,), "atelectasis", "atelectasis")]),
+    ("Retrocardiac opacity likely reflects atelectasis.",  # a lateral view location: never a lung label
+     [E("opacity", "+", "t", (), "atelectasis", "atelectasis")]),
     ("Consolidation in the right lower lobe is concerning for pneumonia.",
      [E("consolidation", "+", "t", (RLL,), "pneumonia", "pneumonia")]),
-    ("Findings are suggestive of mild interstitial edema.", [E("edema", "+", "t")]),
+    ("Findings are suggestive of mild interstitial edema.", [E("edema", "+", "t", (R_LUNG, L_LUNG))]),
     ("Probable early consolidation in the lingula.", [E("consolidation", "+", "t", (LUL,))]),
     ("Mild pulmonary edema and possible left lower lobe pneumonia.",
-     [E("edema"), E("pneumonia", "+", "t", (LLL,))]),
+     [E("edema", locations=(R_LUNG, L_LUNG)), E("pneumonia", "+", "t", (LLL,))]),
     ("Atelectasis versus pneumonia in the right lower lobe.",
      [E("atelectasis", "+", "t", (RLL,)), E("pneumonia", "+", "t", (RLL,))]),
     ("Subtle right upper lung opacity may be present.", [E("opacity", "+", "t", (R_UP,))]),
     ("Hazy perihilar opacities likely reflecting pulmonary edema.",
      [E("opacity", "+", "t", (R_MID, L_MID), "edema", "edema")]),
     ("Opacity in the right lung base, which may be due to atelectasis, although pneumonia cannot be excluded.",
-     [E("opacity", "+", "t", (R_BASE,), "atelectasis", "atelectasis"), E("pneumonia", "+", "t")]),
+     [E("opacity", "+", "t", (R_BASE,), "atelectasis", "atelectasis"), E("pneumonia", "+", "t", (R_BASE,))]),
     ("Perihilar haziness consistent with mild pulmonary edema.",
      [E("opacity", "+", "d", (R_MID, L_MID), "edema", "edema")]),
     ("Low lung volumes with bibasilar opacities, likely atelectasis.",
      [E("opacity", "+", "t", (R_BASE, L_BASE), "atelectasis", "atelectasis")]),
     # comparisons keep a finding positive
     ("Unchanged moderate cardiomegaly.", [E("cardiomegaly")]),
-    ("No change in small left pleural effusion.", [E("effusion", locations=(L_LUNG,))]),
+    ("No change in small left pleural effusion.", [E("effusion", locations=(L_BASE,))]),
     ("Stable bibasilar atelectasis.", [E("atelectasis", locations=(R_BASE, L_BASE))]),
-    ("Left pleural effusion has decreased in size.", [E("effusion", locations=(L_LUNG,))]),
+    ("Left pleural effusion has decreased in size.", [E("effusion", locations=(L_BASE,))]),
     ("Increased right lower lobe consolidation.", [E("consolidation", locations=(RLL,))]),
     ("Improved but persistent left lower lobe opacity.", [E("opacity", locations=(LLL,))]),
     ("No significant interval change in the bilateral pleural effusions.",
-     [E("effusion", locations=(R_LUNG, L_LUNG))]),
+     [E("effusion", locations=(R_BASE, L_BASE))]),
     # devices are never findings
     ("Endotracheal tube terminates 4 cm above the carina.", []),
     ("Right PICC line terminates in the SVC, and there is no pneumothorax.", [E("pneumothorax", "-", lesion=None)]),
@@ -105,15 +105,16 @@ CASES = [
     ("Heart size is normal.", [E("cardiomegaly", "-")]),
     ("The cardiac silhouette is not enlarged.", [E("cardiomegaly", "-")]),
     ("Cardiomediastinal silhouette is within normal limits.", [E("cardiomegaly", "-")]),
-    ("Enlarged heart with pulmonary vascular congestion.", [E("cardiomegaly"), E("vascular congestion", lesion=None)]),
+    ("Enlarged heart with pulmonary vascular congestion.",
+     [E("cardiomegaly"), E("vascular congestion", locations=(R_LUNG, L_LUNG), lesion=None)]),
     ("Heart size is borderline enlarged.", [E("cardiomegaly", "+", "t")]),
     # several findings per sentence
     ("Small bilateral pleural effusions and bibasilar atelectasis.",
-     [E("effusion", locations=(R_LUNG, L_LUNG)), E("atelectasis", locations=(R_BASE, L_BASE))]),
+     [E("effusion", locations=(R_BASE, L_BASE)), E("atelectasis", locations=(R_BASE, L_BASE))]),
     ("Moderate cardiomegaly with mild pulmonary edema and small bilateral effusions.",
-     [E("cardiomegaly"), E("edema"), E("effusion", locations=(R_LUNG, L_LUNG))]),
+     [E("cardiomegaly"), E("edema", locations=(R_LUNG, L_LUNG)), E("effusion", locations=(R_BASE, L_BASE))]),
     ("Right lower lobe consolidation and small right effusion.",
-     [E("consolidation", locations=(RLL,)), E("effusion", locations=(R_LUNG,))]),
+     [E("consolidation", locations=(RLL,)), E("effusion", locations=(R_BASE,))]),
     ("Effusion and atelectasis at the left base.",
      [E("effusion", locations=(L_BASE,)), E("atelectasis", locations=(L_BASE,))]),
     # locations: several places, zones vs lobes, laterality words
@@ -124,23 +125,23 @@ CASES = [
     ("Airspace disease in the right upper lobe and lingula.", [E("opacity", locations=(RUL, LUL))]),
     ("Diffuse bilateral airspace opacities.", [E("opacity", locations=(R_LUNG, L_LUNG))]),
     ("Blunting of the left costophrenic angle.", [E("effusion", locations=(L_BASE,))]),
-    ("There is mild retrocardiac atelectasis.", [E("atelectasis", locations=(L_BASE,))]),
+    ("There is mild retrocardiac atelectasis.", [E("atelectasis")]),  # lateral view location
     ("Right middle lobe pneumonia.", [E("pneumonia", locations=(RML,))]),
     ("Bibasilar atelectasis, left greater than right.", [E("atelectasis", locations=(R_BASE, L_BASE))]),
-    ("Small right-sided effusion.", [E("effusion", locations=(R_LUNG,))]),
-    ("Small amount of pleural fluid on the left.", [E("effusion", locations=(L_LUNG,))]),
+    ("Small right-sided effusion.", [E("effusion", locations=(R_BASE,))]),
+    ("Small amount of pleural fluid on the left.", [E("effusion", locations=(L_BASE,))]),
     ("There is mild bilateral interstitial edema.", [E("edema", locations=(R_LUNG, L_LUNG))]),
     # findings outside the seven lesion types keep their places; non-lung places map to no lung label
-    ("Opacity projecting over the right hilum.", [E("opacity")]),
+    ("Opacity projecting over the right hilum.", [E("opacity", locations=(R_MID,))]),  # hilar is lung (Fig. 10)
     ("Right hilar enlargement.", [E("hilar enlargement", lesion=None)]),
     ("Left apical pleural thickening.", [E("pleural thickening", locations=(L_APEX,), lesion=None)]),
     ("Nodular opacity in the right upper lobe.", [E("nodule", locations=(RUL,), lesion=None)]),
     ("Mild degenerative changes of the thoracic spine.", [E("degenerative changes", lesion=None)]),
     ("Right fifth rib fracture.", [E("fracture", lesion=None)]),
     ("Small left apical pneumothorax.", [E("pneumothorax", locations=(L_APEX,), lesion=None)]),
-    ("Moderate right and small left pleural effusions are unchanged.", [E("effusion", locations=(R_LUNG, L_LUNG))]),
+    ("Moderate right and small left pleural effusions are unchanged.", [E("effusion", locations=(R_BASE, L_BASE))]),
     ("Persistent left retrocardiac opacity, atelectasis versus consolidation.",
-     [E("opacity", "+", "t", (L_BASE,), "atelectasis", "atelectasis")]),
+     [E("opacity", "+", "t", (), "atelectasis", "atelectasis")]),
     ("There is mild blunting of the right costophrenic angle, likely small effusion.",
      [E("effusion", "+", "t", (R_BASE,), "effusion", "effusion")]),
     ("The previously noted right upper lobe opacity has cleared.", [E("opacity", "-", locations=(RUL,))]),
@@ -175,8 +176,8 @@ def test_rules_sentence(sentence, expected):
 def test_location_phrase_and_six_tuple_fields():
     (finding,) = structure_sentence("Right lower lobe opacity may represent pneumonia.", 1)
     assert finding.entity == "opacity" and finding.location == "Right lower lobe"
-    (hilum,) = structure_sentence("Opacity projecting over the right hilum.", 1)
-    assert hilum.location == "right hilum" and hilum.locations == ()
+    (hilum,) = structure_sentence("Opacity projecting over the right humeral head.", 1)
+    assert hilum.location == "right humeral" and hilum.locations == () and hilum.lesion_type is None
 
 
 def test_section_sentence_indices():
@@ -189,22 +190,26 @@ def test_section_sentence_indices():
 @pytest.mark.parametrize(("phrase", "labels"), [
     ("right upper lobe", (RUL,)), ("right upper lung", (R_UP,)), ("lower lungs", (R_BASE, L_BASE)),
     ("bibasilar", (R_BASE, L_BASE)), ("bilateral", (R_LUNG, L_LUNG)), ("both lungs", (R_LUNG, L_LUNG)),
-    ("lingula", (LUL,)), ("retrocardiac", (L_BASE,)), ("left perihilar", (L_MID,)), ("perihilar", (R_MID, L_MID)),
+    ("lingula", (LUL,)), ("retrocardiac", ()), ("left perihilar", (L_MID,)), ("perihilar", (R_MID, L_MID)),
     ("right costophrenic angle", (R_BASE,)), ("left apical", (L_APEX,)), ("apices", (R_APEX, L_APEX)),
     ("right", (R_LUNG,)), ("left hemithorax", (L_LUNG,)), ("middle lobe", (RML,)), ("left base", (L_BASE,)),
     ("right mid-to-lower lung zones", (R_MID, R_BASE)), ("lower lobes bilaterally", (RLL, LLL)),
     ("base on the right", (R_BASE,)), ("left upper and lower lobes", (LUL, LLL)), ("the lower lobe", ()),
-    ("right hilum", ()), ("heart", ()), ("", ()), (None, ()),
+    ("right hilum", (R_MID,)), ("left hilar", (L_MID,)), ("heart", ()), ("", ()), (None, ()),
 ])
 def test_two_step_location_mapping(phrase, labels):
     assert map_location(phrase) == labels
 
 
 @pytest.mark.parametrize(("phrase", "category"), [
-    ("right lower lobe", "lung"), ("right", "lung"), ("bilateral", "lung"), ("right hilum", "hilum"),
-    ("cardiac apex", "heart"), ("mediastinum", "mediastinum"), ("left hemidiaphragm", "diaphragm"),
-    ("right sixth rib", "rib"), ("thoracic spine", "spine"), ("left upper quadrant", "abdomen"),
-    ("somewhere", "other"), (None, None),
+    ("right lower lobe", "lung"), ("right", "lung"), ("bilateral", "lung"), ("right hilum", "lung"),
+    ("costophrenic angle", "lung"), ("lingular", "lung"), ("cardiac apex", "heart"), ("mediastinum", "mediastinum"),
+    ("left hemidiaphragm", "diaphragm"), ("right sixth rib", "rib"), ("thoracic spine", "thoracic spine"),
+    ("cervical spine", "cervical spine"), ("left upper quadrant", "abdomen"), ("aortic arch", "vessels"),
+    ("pulmonary vasculature", "vessels"), ("esophagus", "mediastinum"), ("left pleural", "pleura"),
+    ("retrocardiac", "lateral view location"), ("retrosternal space", "lateral view location"),
+    ("middle mediastinum", "lateral view location"), ("left breast", "breast"), ("sternum", "sternum"),
+    ("right scapula", "scapula"), ("right humeral head", None), ("somewhere", None), (None, None),
 ])
 def test_coarse_category(phrase, category):
     assert coarse_category(phrase) == category
@@ -249,7 +254,7 @@ def test_cli_single_file_prints_one_object(tmp_path, capsys):
     assert output["findings"][0] == {
         "entity": "consolidation", "sentence_index": 1, "presence": "positive", "certainty": "tentative",
         "location": "right lower lobe", "predicted_lesion_type": "pneumonia", "lesion_type": "pneumonia",
-        "locations": [RLL],
+        "locations": [RLL], "predicted_lesion_sentence_index": 1, "location_source": "report",
     }
 
 

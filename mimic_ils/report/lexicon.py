@@ -21,6 +21,7 @@ FINDING_TERMS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     )),
     "pneumonia": ("pneumonia", (
         "pneumonia", "pneumonias", "bronchopneumonia", "infection", "infectious process", "pneumonic infiltrate",
+        "pneumonitis", "aspiration pneumonitis", "aspiration pneumonia", "infectious pneumonia",
     )),
     "atelectasis": ("atelectasis", (
         "atelectasis", "atelectases", "atelectatic change", "atelectatic changes", "atelectatic", "collapse",
@@ -29,7 +30,8 @@ FINDING_TERMS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "opacity": ("opacity", (
         "opacity", "opacities", "opacification", "opacifications", "airspace disease", "air space disease",
         "airspace process", "air space process", "airspace opacity", "airspace opacities", "density", "densities",
-        "infiltrate", "infiltrates", "infiltration", "haziness",
+        "infiltrate", "infiltrates", "infiltration", "haziness", "opaque", "opacified", "hazy opacity",
+        "hazy opacities",
     )),
     "consolidation": ("consolidation", (
         "consolidation", "consolidations", "consolidative opacity", "consolidative opacities",
@@ -125,7 +127,9 @@ UNCERTAINTY = (
     r"cannot be (?:entirely |completely |fully )?(?:excluded|ruled out)", r"can ?not (?:exclude|rule out)",
     r"not (?:be )?(?:entirely |completely )?(?:excluded|ruled out)", r"could not be excluded",
     r"difficult to (?:exclude|rule out)", r"borderline", r"unlikely", r"worrisome", r"raises? the possibility",
-    r"differential", r"would be difficult", r"potential", r"uncertain", r"indeterminate",
+    r"differential", r"would be difficult", r"potential", r"uncertain", r"indeterminate", r"question",
+    r"questioned", r"suggestion of", r"(?:top|upper|high|borderline)[- ]normal (?:to|or)", r"favou?red",
+    r"not excluded",
 )
 # "X reflects / likely represents Y": the relation words between a finding X and a lesion type Y.
 PREDICTION_CUES = (
@@ -141,6 +145,9 @@ SCOPE_TERMINATORS = (
     r"but", r"however", r"although", r"though", r"which", r"whereas", r"while", r"except", r"aside from",
     r"apart from", r"other than", r"persistent", r"persists", r"persisting", r"remains?", r"there (?:is|are)",
     r"unchanged", r"stable", r"again (?:seen|noted|demonstrated)", r"now", r"new",
+    r"with (?:(?:a|an|some)\s+)?(?:trace|small|tiny|mild|minimal|moderate|large|persistent|residual|stable|"
+    r"unchanged|increased|decreased|increasing|decreasing|bilateral|left|right|bibasilar|slight|subtle|"
+    r"improved|improving|worsened|worsening|layering|loculated)",
 )
 # Clause boundaries: negation and uncertainty never cross them.
 CLAUSE_BREAKS = r";|:|\bbut\b|\bhowever\b|\balthough\b|\bthough\b|\bwhereas\b|\bexcept\b|,\s*(?:and\s+)?there\b" \
@@ -149,8 +156,8 @@ CLAUSE_BREAKS = r";|:|\bbut\b|\bhowever\b|\balthough\b|\bthough\b|\bwhereas\b|\b
 # Heart size statements that name no lexicon term: (pattern, presence forced or None).
 HEART_SIZE_PATTERNS: tuple[tuple[str, str | None], ...] = (
     (r"(?:heart|cardiac silhouette|cardiac contours?|heart size|cardiac size|size of the heart|cardiomediastinal"
-     r" silhouette)(?: size)? (?:is|are|remains|appears?|seems?|has|(?:may|might|could|would) be)(?: \w+){0,3}? "
-     r"(?:enlarged|increased|large)",
+     r" silhouette)(?: size)?(?: (?:is|are|remains|appears?|seems?|has|(?:may|might|could|would) be))?"
+     r"(?: [\w-]+){0,5}? (?:enlarged|increased|large)",
      None),
     (r"(?:heart size|heart|cardiac silhouette|cardiac size|size of the heart|cardiomediastinal silhouette|"
      r"cardiomediastinal contours?|cardiac contours?)(?: size)? (?:is|are|remains|appears?)(?: \w+){0,2}? "

@@ -59,8 +59,8 @@ COARSE_CATEGORIES = (
     "mediastinum", "abdomen", "heart", "breast", "trachea", "vessels", "lung", "pleura", "lateral view location",
 )  # the paper's 17 (Fig. 10, step 1)
 LATERAL_VIEW_PATTERN = re.compile(
-    r"(?<![\w-])(?:retrocardiac|retrosternal|middle mediastin\w*|posterior (?:costophrenic )?(?:sulcus|sulci|angles?)"
-    r"|anterior clear space|retrosternal clear space)(?![\w-])")
+    r"(?<![\w-])(?:(?:right|left|bilateral)\s+)?(?:retrocardiac|retrosternal|middle mediastin\w*|"
+    r"posterior (?:costophrenic )?(?:sulcus|sulci|angles?)|anterior clear space|retrosternal clear space)(?![\w-])")
 # Step 1 keywords for the non-lung categories, tried in this order after the lateral view places and lung places.
 _COARSE_KEYWORDS = (
     ("heart", r"heart|cardiac|pericardial|pericardium|atrium|atrial|ventricle|ventricular|myocardium|myocardial"),
@@ -96,10 +96,11 @@ _SIDES = rf"{_SIDE}(?:\s*(?:and|/|,|or)\s*{_SIDE})?"
 _LEVEL = r"(?:upper|middle|mid|lower|apical|basilar|basal)"
 _LEVELS = rf"{_LEVEL}(?:\s*(?:,\s*and|,|and|/|or|-?to-?|through|-)\s*{_LEVEL})*"
 _ANCHOR = (r"lobes?|lungs?(?:\s+(?:zones?|fields?|bases?|apex|apices|regions?))?|zones?|fields?|hemithora(?:x|ces)"
-           r"|bases?|apex|apices|costophrenic\s+angles?|cp\s+angles?|lingula")
-_ADJECTIVE = (r"bibasilar|bibasal|bibasally|basilar|basally|basal|biapical|apical|perihilar|retrocardiac|infrahilar"
-              r"|suprahilar|lingular|midlung|mid-lung")
-_SIDE_ONLY = r"bilaterally|bilateral|both sides|right-sided|left-sided|right|left|b/l"
+           r"|bases?|apex|apices|costophrenic\s+angles?|cp\s+angles?|lingula|hilum|hila")
+_ADJECTIVE = (r"bibasilar|bibasal|bibasally|basilar|basally|basal|biapical|apical|perihilar|juxtahilar|infrahilar"
+              r"|suprahilar|hilar|lingular|midlung|mid-lung")
+_SIDE_ONLY = (r"bilaterally|bilateral|both sides|right-sided|left-sided|right|left|b/l|diffuse|diffusely|"
+              r"multifocal|widespread|scattered|throughout both lungs")
 LOCATION_PATTERN = re.compile(
     rf"(?<![\w-])(?:(?:(?:the\s+)?(?P<sides>{_SIDES})\s+)?(?:(?P<levels>{_LEVELS})\s+)?(?:(?:lung|lobar)\s+)?"
     rf"(?P<anchor>{_ANCHOR})|(?:(?P<asides>{_SIDES})\s+)?(?P<adjective>{_ADJECTIVE})|(?P<side_only>{_SIDE_ONLY}))"
@@ -110,8 +111,8 @@ _LEVEL_PLACE = {"upper": "upper", "middle": "mid", "mid": "mid", "lower": "base"
                 "basal": "base", "apical": "apical"}
 _ADJECTIVE_PLACE = {"bibasilar": "base", "bibasal": "base", "bibasally": "base", "basilar": "base", "basally": "base",
                     "basal": "base", "biapical": "apical", "apical": "apical", "perihilar": "mid",
-                    "retrocardiac": "base", "infrahilar": "base", "suprahilar": "upper", "lingular": "upper lobe",
-                    "midlung": "mid", "mid-lung": "mid"}
+                    "juxtahilar": "mid", "hilar": "mid", "infrahilar": "base", "suprahilar": "upper",
+                    "lingular": "upper lobe", "midlung": "mid", "mid-lung": "mid"}
 _ZONE_LABEL = {("R", "apical"): "right apical zone lung", ("R", "upper"): "right upper zone lung",
                ("R", "mid"): "right mid zone lung", ("R", "base"): "right lung base", ("R", "lung"): "right lung",
                ("L", "apical"): "left apical zone lung", ("L", "upper"): "left upper zone lung",
@@ -134,10 +135,15 @@ class LocationSpan:
     sides: tuple[str, ...] | None
     default_sides: tuple[str, ...]
     places: tuple[str, ...]
+    emphasis: bool = False  # "worst at the right base": a part of a place given elsewhere
 
     @property
     def side_only(self) -> bool:
         return not self.places
+
+    @property
+    def both_sides(self) -> bool:
+        return set(self.sides or ()) == set(BOTH)
 
 
 def _parse_sides(text: str | None) -> tuple[str, ...] | None:
@@ -165,6 +171,8 @@ def _anchor_span(match: re.Match) -> LocationSpan | None:
     default = BOTH if plural else ()
     if anchor == "lingula":
         return LocationSpan(match.start(), match.end(), sides, ("L",), ("upper lobe",))
+    if anchor in ("hilum", "hila"):
+        return LocationSpan(match.start(), match.end(), sides, BOTH if anchor == "hila" else (), ("mid",))
     if anchor.startswith("lobe"):
         places = tuple(dict.fromkeys(_LOBE_OF_LEVEL[level] for level in levels)) or ("lung",)
         if places == ("middle lobe",):
@@ -183,13 +191,49 @@ def _adjective_span(match: re.Match) -> LocationSpan:
     sides = _parse_sides(match.group("asides"))
     if adjective.startswith("bi"):
         sides = BOTH
-    default = ("L",) if adjective in ("retrocardiac", "lingular") else BOTH
+    default = ("L",) if adjective == "lingular" else BOTH
     return LocationSpan(match.start(), match.end(), sides, default, (_ADJECTIVE_PLACE[adjective],))
+
+
+# "right mid and left lower zones", "right upper and left lower lobes": each side with its own level.
+SPLIT_SIDES_PATTERN = re.compile(
+    rf"(?<![\w-])(?P<s1>right|left)\s+(?P<l1>{_LEVELS})\s*(?:,\s*and|and|,|/|&)\s*(?P<s2>right|left)\s+"
+    rf"(?P<l2>{_LEVELS})\s+(?:lung\s+)?(?P<anchor>lobes|zones|fields|lungs|lung zones|lung fields)(?![\w-])")
+# "left more than right", "R > L", "larger on the left than the right": both sides.
+COMPARATIVE_PATTERN = re.compile(
+    r"(?<![\w-])(?:(?:right|left)\s+(?:(?:is|are|much|slightly|somewhat|side)\s+)?(?:more|greater|larger|worse|bigger|"
+    r"higher|>)\s+(?:than\s+)?(?:the\s+)?(?:right|left)|[rl]\s*>\s*[rl]|(?:larger|greater|more|worse|bigger)\s+"
+    r"(?:on|in)\s+the\s+(?:right|left)\s+than\s+(?:on\s+|in\s+)?the\s+(?:right|left))(?![\w-])")
+# "worst at the right base", "predominantly in the left lower lobe": the next place is an emphasis.
+EMPHASIS_PATTERN = re.compile(
+    r"(?<![\w-])(?:worst|most|more|greatest|greater|larger|predominantly|predominant|especially|particularly|mainly|"
+    r"maximal|worse)(?:\s+(?:pronounced|marked|prominent|notable|conspicuous|severe|evident|dense))?"
+    r"(?:\s+(?:at|in|on|over|within|along|involving|toward|towards))?(?:\s+the)?\s*$")
+
+
+def _split_side_spans(text: str) -> list[LocationSpan]:
+    spans = []
+    for match in SPLIT_SIDES_PATTERN.finditer(text):
+        anchor = match.group("anchor")
+        for side_group, level_group in (("s1", "l1"), ("s2", "l2")):
+            side = ("R",) if match.group(side_group) == "right" else ("L",)
+            levels = _split_levels(match.group(level_group))
+            table = _LOBE_OF_LEVEL if anchor == "lobes" else _LEVEL_PLACE
+            places = tuple(dict.fromkeys(table[level] for level in levels))
+            spans.append(LocationSpan(match.start(side_group), match.end(level_group), side, side, places))
+    return spans
 
 
 def find_location_spans(text: str) -> list[LocationSpan]:
     """All lung location mentions in lower-cased ``text``, left to right."""
-    spans = []
+    spans = _split_side_spans(text) + [LocationSpan(m.start(), m.end(), BOTH, BOTH, ())
+                                       for m in COMPARATIVE_PATTERN.finditer(text)]
+    taken = [m.span() for m in SPLIT_SIDES_PATTERN.finditer(text)] + [(span.start, span.end) for span in spans]
+    if taken:  # the phrases above are read as a whole
+        chars = list(text)
+        for start, end in taken:
+            chars[start:end] = " " * (end - start)
+        text = "".join(chars)
     for match in LOCATION_PATTERN.finditer(text):
         if match.group("anchor"):
             span = _anchor_span(match)
@@ -198,26 +242,59 @@ def find_location_spans(text: str) -> list[LocationSpan]:
         elif match.group("adjective"):
             spans.append(_adjective_span(match))
         else:
-            sides = _parse_sides(match.group("side_only"))
+            word = match.group("side_only")
+            sides = BOTH if word in _DIFFUSE_WORDS else _parse_sides(word)
             if sides:
                 spans.append(LocationSpan(match.start(), match.end(), sides, sides, ()))
-    return spans
+    spans = [_with_emphasis(span, text) for span in spans]
+    return sorted(spans, key=lambda span: span.start)
+
+
+_DIFFUSE_WORDS = frozenset({"diffuse", "diffusely", "multifocal", "widespread", "scattered", "throughout both lungs"})
+
+
+def _with_emphasis(span: LocationSpan, text: str) -> LocationSpan:
+    if EMPHASIS_PATTERN.search(text[max(0, span.start - 40): span.start]):
+        return LocationSpan(span.start, span.end, span.sides, span.default_sides, span.places, emphasis=True)
+    return span
 
 
 def labels_for_spans(spans: list[LocationSpan]) -> tuple[str, ...]:
-    """Lung labels of a finding's location spans; a side-only span lends its side to side-less places."""
-    lent = tuple(dict.fromkeys(side for span in spans if span.side_only for side in span.sides)) or None
+    """Lung labels of a finding's location spans.
+
+    A side-only span lends its side to side-less places, and so does a place with an explicit side ("basilar
+    infiltrate at the left base": the left base only). A place said as an emphasis ("worst at the right base") adds
+    nothing to a finding given both sides elsewhere. A whole lung absorbs its own parts (the paper lists the broader
+    category, not the broad one plus its parts).
+    """
+    plain = [span for span in spans if not span.emphasis]
+    if any(span.both_sides for span in plain):
+        spans = plain
+    explicit = tuple(dict.fromkeys(side for span in spans if span.sides for side in span.sides))
+    lent = tuple(dict.fromkeys(side for span in spans if span.side_only for side in span.sides)) or explicit or None
     labels: list[str] = []
     for span in spans:
         if span.side_only:
             continue
-        sides = span.sides or lent or span.default_sides
+        borrowing = lent if len(span.default_sides) != 1 else None  # the lingula is left whatever else is said
+        sides = span.sides or borrowing or span.default_sides
         for side in sides:
             for place in span.places:
                 labels.append(_ZONE_LABEL.get((side, place)) or _ZONE_LABEL[(side, "lung")])
     if not labels and lent and all(span.side_only for span in spans):
         labels = [_ZONE_LABEL[(side, "lung")] for side in lent]
-    return tuple(dict.fromkeys(labels))
+    return drop_covered(tuple(dict.fromkeys(labels)))
+
+
+def drop_covered(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """Without the zones and lobes of a side whose whole lung is listed."""
+    whole = {side for side, lung in (("right", "right lung"), ("left", "left lung")) if lung in labels}
+    return tuple(label for label in labels
+                 if label in ("right lung", "left lung") or _side_of_label(label) not in whole)
+
+
+def _side_of_label(label: str) -> str:
+    return "right" if label.startswith("right") or label.endswith("right") else "left"
 
 
 def coarse_category(phrase: str | None) -> str | None:
@@ -231,12 +308,12 @@ def coarse_category(phrase: str | None) -> str | None:
     if LATERAL_VIEW_PATTERN.search(text):
         return "lateral view location"
     spans = find_location_spans(text)
-    if any(not span.side_only and labels_for_spans([span]) for span in spans) or _LUNG_WORDS.search(text):
+    if any(not span.side_only and labels_for_spans([span]) for span in spans):
         return "lung"
     for name, regex in _COARSE_REGEXES:
         if regex.search(text):
             return name
-    return "lung" if spans and not _UNRELATED.search(text) else None
+    return "lung" if (spans or _LUNG_WORDS.search(text)) and not _UNRELATED.search(text) else None
 
 
 def map_lung_labels(phrase: str) -> tuple[str, ...]:

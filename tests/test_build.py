@@ -172,6 +172,15 @@ def test_build_config_yaml_and_backends(tmp_path):
     assert config.grounding == {"tau_ano": 0.2}
     assert config.with_backends("real").vision == "real" and config.vision == "phantom"
     assert "batch_size" not in config.fingerprint()
+    from mimic_ils.report import rules
+
+    before = config.fingerprint()
+    assert before["report"]["rules_version"] == rules.RULES_VERSION
+    rules.RULES_VERSION += 1  # newer rules: a work folder of the older ones is not reused
+    try:
+        assert config.fingerprint() != before
+    finally:
+        rules.RULES_VERSION -= 1
     path.write_text("sed: 3\n")
     with pytest.raises(MimicIlsError, match="unknown build config keys: sed"):
         BuildConfig.from_yaml(path)

@@ -346,7 +346,8 @@ def test_every_dropped_finding_is_recorded():
     chest = Chest()
     result = _ground(chest, finding("pneumonia", sentence=1), finding("edema", "right lung", sentence=2))
     reasons = dict(result.exclusions)
-    assert reasons["pneumonia finding (sentence 1)"] == "no lung location reported"
+    assert reasons["pneumonia finding (sentence 1)"] == "no lung location reported; no lung region can be called empty"
+    assert result.empty_locations == ()  # a lung lesion that could be anywhere: no region is empty
     assert reasons["edema finding (sentence 2)"] == "no lesion box on the image"
 
 

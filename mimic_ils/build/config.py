@@ -97,6 +97,10 @@ class BuildConfig:
         """The part of the config that changes results (the work folder is bound to it)."""
         data = self.to_dict()
         data.pop("batch_size")
+        if data["report"]["backend"] == "rules":  # rules that changed change the reports: never reuse old ones
+            from mimic_ils.report.rules import RULES_VERSION
+
+            data["report"] = {**data["report"], "rules_version": RULES_VERSION}
         return data
 
     @property

@@ -22,6 +22,8 @@ from mimic_ils.pairs import FindingOutcome, generate_pairs
 from mimic_ils.schema import HEART_LABEL, LESION_TYPES, Box, Finding, Pair, StructuredReport, VisionCues
 
 
+UNPLACEABLE_REASON = "no lung location reported; no lung region can be called empty"
+
 @dataclass
 class ImageGrounding:
     """Everything grounding produced for one image.
@@ -206,7 +208,8 @@ def _ground_one(finding: Finding, frame: _Frame) -> tuple[FindingOutcome, np.nda
         heart = frame.cues.heart
         return (outcome, heart.copy(), None) if heart.any() else (outcome, None, "heart mask is empty")
     if not reported:
-        return outcome, None, "no lung location reported"
+        # verify.empty_locations treats it as everywhere: the reason says so, and the ledger counts these
+        return outcome, None, UNPLACEABLE_REASON
     missing = [label for label in reported if label not in anatomy]
     if missing:
         return outcome, None, f"anatomy mask missing for {', '.join(missing)}"

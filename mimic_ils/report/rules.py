@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import NamedTuple
 
 from mimic_ils.report import lexicon
 from mimic_ils.report.locations import (
@@ -134,6 +136,7 @@ class Mention:
     clause: int = 0
     dropped: bool = False
     side_lent: bool = False  # its side came from the finding it goes with
+    own_cache: tuple = ()  # (key, labels) of _own_labels, recomputed only when its places change
 
     @property
     def lesion_type(self) -> str | None:
@@ -315,6 +318,15 @@ def _sides_of(labels: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _own_labels(sentence: str, mention: Mention) -> tuple[str, ...]:
+    key = (len(mention.spans), len(mention.phrase_parts), mention.entity)
+    if mention.own_cache and mention.own_cache[0] == key:
+        return mention.own_cache[1]
+    labels = _compute_own_labels(sentence, mention)
+    mention.own_cache = (key, labels)
+    return labels
+
+
+def _compute_own_labels(sentence: str, mention: Mention) -> tuple[str, ...]:
     parts = [sentence[s:e].lower().strip() for s, e in mention.phrase_parts if s >= 0]
     non_lung_place = any(NON_LUNG_PATTERN.fullmatch(part) for part in parts)
     if mention.entity in NON_LUNG_ENTITIES or (non_lung_place and all(span.side_only for span in mention.spans)):
@@ -440,8 +452,35 @@ def _mark_anaphora(text: str, mentions: list[Mention]) -> None:
             first.tentative = True
 
 
-def analyse_sentence(sentence: str, index: int) -> list[tuple[Finding, Mention]]:
-    """Findings of one sentence with the mention each came from (for the section-level steps)."""
+class SentenceRole(NamedTuple):
+    """How a sentence's finding relates to the previous sentence (see ``_mark_anaphora``)."""
+
+    refers_back: bool = False
+    anaphor: bool = False
+
+
+SENTENCE_CACHE_SIZE = 1 << 16
+
+
+@lru_cache(maxsize=SENTENCE_CACHE_SIZE)
+def _analyse_text(sentence: str) -> tuple[tuple[Finding, SentenceRole], ...]:
+    """The sentence's findings at index 0; MIMIC reports repeat their sentences, so this is cached (pure)."""
+    return tuple((finding, SentenceRole(mention.refers_back, mention.anaphor))
+                 for finding, mention in _analyse(sentence, 0))
+
+
+def clear_sentence_cache() -> None:
+    _analyse_text.cache_clear()
+
+
+def analyse_sentence(sentence: str, index: int) -> list[tuple[Finding, SentenceRole]]:
+    """Findings of one sentence with their role towards the previous sentence (for the section-level steps)."""
+    return [(replace(finding, sentence_index=index,
+                     predicted_lesion_sentence_index=index if finding.predicted_lesion_type else None), role)
+            for finding, role in _analyse_text(sentence)]
+
+
+def _analyse(sentence: str, index: int) -> list[tuple[Finding, Mention]]:
     text = sentence.lower()
     devices = [(m.start(), m.end()) for m in lexicon.DEVICE_PATTERN.finditer(text)]
     text = _mask(text, devices)
@@ -500,7 +539,7 @@ def _antecedent(previous: list[Finding]) -> int | None:
     return None
 
 
-def _resolve_across_sentences(previous: list[Finding], current: list[tuple[Finding, Mention]],
+def _resolve_across_sentences(previous: list[Finding], current: list[tuple[Finding, SentenceRole]],
                               index: int) -> list[Finding]:
     """The section-level step: predicted types and places that a sentence gives to the previous sentence's finding."""
     kept = []

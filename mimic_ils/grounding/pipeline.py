@@ -21,7 +21,6 @@ from mimic_ils.grounding.grid import Grid, GridMasks
 from mimic_ils.pairs import FindingOutcome, generate_pairs
 from mimic_ils.schema import HEART_LABEL, LESION_TYPES, Box, Finding, Pair, StructuredReport, VisionCues
 
-
 UNPLACEABLE_REASON = "no lung location reported; no lung region can be called empty"
 
 @dataclass

@@ -203,3 +203,28 @@ def lesion_type_of(entity: str | None) -> str | None:
     types = {ENTITY_LESION_TYPE[TERM_TO_ENTITY[" ".join(match.group(0).split())]] for match in found}
     types.discard(None)
     return types.pop() if len(types) == 1 else None
+
+
+def lexicon_markdown() -> str:
+    """The whole lexicon as Markdown (``docs/report_lexicon.md`` is this text; a test keeps them equal)."""
+    lines = ["# Rules backend lexicon", "",
+             "Generated from `mimic_ils/report/lexicon.py` by `python -m mimic_ils.report.lexicon`; do not edit.", "",
+             "## Finding terms", "", "| entity | lesion type | surface terms |", "|---|---|---|"]
+    for entity, (lesion, terms) in FINDING_TERMS.items():
+        lines.append(f"| {entity} | {lesion or '—'} | {', '.join(terms)} |")
+    cue_lists = (("Devices (never findings; masked first)", DEVICE_TERMS),
+                 ("Pseudo-negations (not negations)", PSEUDO_NEGATIONS), ("Negations before a finding", PRE_NEGATIONS),
+                 ("Negations after a finding", POST_NEGATIONS), ("Uncertainty cues", UNCERTAINTY),
+                 ("Prediction cues (X represents Y)", PREDICTION_CUES),
+                 ("Negation scope terminators", SCOPE_TERMINATORS))
+    for title, terms in cue_lists:
+        lines += ["", f"## {title}", "", ", ".join(f"`{term}`" for term in terms)]
+    lines += ["", "## Clause breaks (regular expression)", "", f"`{CLAUSE_BREAKS}`", "",
+              "## Heart size statements", "", "| pattern | presence |", "|---|---|"]
+    lines += [f"| `{pattern.replace('|', chr(92) + '|')}` | {presence or 'positive (negation cues apply)'} |"
+              for pattern, presence in HEART_SIZE_PATTERNS]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(lexicon_markdown(), end="")

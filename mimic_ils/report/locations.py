@@ -1,50 +1,26 @@
 """Rule location mapper: a location phrase → coarse category (step 1) → the 15 lung categories (step 2).
 
-The paper maps each finding's location phrase in two LLM steps (Fig. 10): first to one or more of 16 coarse
-anatomical categories, and only phrases placed in ``lung`` go on to the second step, which picks among the 15 lung
-categories of :data:`mimic_ils.schema.LUNG_LABELS` (CXAS label names). This module is the rule twin of both steps.
+The paper maps each finding's location term, with its entity, in two LLM steps (Fig. 10): first to the 17 coarse
+categories of :data:`COARSE_CATEGORIES`, and only terms placed in ``lung`` go on to the second step, which picks
+among the 15 lung categories of :data:`mimic_ils.schema.LUNG_LABELS` (CXAS label names). This module is the rule
+twin of both steps; the entity-dependent parts (effusions at the base, diffuse findings in both lungs) live in
+:mod:`mimic_ils.report.rules`.
 
-Step 1 — coarse categories (:data:`COARSE_CATEGORIES`): ``lung`` when the phrase names a lung place (table below)
-or only a side ("right", "bilateral"); otherwise the first category whose keyword it contains (heart: heart,
-cardiac, pericardial, atrium, ventricle; mediastinum: mediastinum, paratracheal, subcarinal; hilum: hilar, hilum,
-hila; pleura: pleura(l), fissure; trachea; bronchus: bronchus, bronchi, bronchial; aorta: aorta, aortic; diaphragm:
-(hemi)diaphragm, subdiaphragmatic; abdomen: abdomen, stomach, bowel, liver, spleen, upper quadrant, colon; spine:
-spine, vertebra(e), vertebral body, thoracic spine, spinal; rib: rib(s); clavicle; shoulder: shoulder, humerus,
-humeral, scapula, glenohumeral, acromioclavicular; soft tissue: soft tissue, chest wall, axilla, breast, neck,
-subcutaneous); else ``other``. Only ``lung`` yields labels.
+Step 1 (:func:`coarse_category`): places seen mainly on the lateral view (retrocardiac, retrosternal, middle
+mediastinum, posterior sulcus) are always ``lateral view location``; a lung place, a bare side, hilar, costophrenic
+angle and lingula are ``lung``; otherwise the first of heart, vessels, mediastinum, pleura, trachea, diaphragm,
+abdomen, cervical / lumbar / thoracic spine, rib, clavicle, scapula, sternum, breast whose keyword the term
+contains; a term unrelated to chest anatomy (humerus, axilla, chest wall) is None.
 
-Step 2 — lung categories. A phrase is read as sides x places (``R`` = right, ``L`` = left, ``R+L`` = both):
-
-===================================================  ===========================================================
-phrase (examples)                                    labels
-===================================================  ===========================================================
-right / left upper lobe                              lung upper lobe right / lung upper lobe left
-(right) middle lobe, right mid lobe                  lung middle lobe right (the left lung has none → left lung)
-right / left lower lobe                              lung lower lobe right / lung lower lobe left
-lingula, lingular                                    lung upper lobe left
-upper lobes, lower lobes, both lower lobes           the lobe on both sides
-right upper and middle lobes                         lung upper lobe right, lung middle lobe right
-right / left upper lung (zone, field)                right / left upper zone lung
-right / left mid(dle) lung (zone), midlung           right / left mid zone lung
-right / left lower lung (zone), lung base, base      right / left lung base
-basilar, basal, costophrenic angle                   right / left lung base (side given, else both)
-bibasilar, bibasal, lower lungs, bases, lung bases   right lung base, left lung base
-right / left apex, lung apex, apical zone           right / left apical zone lung (no side: nothing)
-apical                                               right / left apical zone lung (side given, else both)
-biapical, apices                                     right apical zone lung, left apical zone lung
-perihilar                                            right / left mid zone lung (side given, else both)
-infrahilar / suprahilar                              lung base / upper zone lung of the side (else both)
-retrocardiac                                         left lung base
-right / left lung, right / left hemithorax          right lung / left lung
-right, left, right-sided, "on the left"              right lung / left lung (a side alone is the whole lung)
-bilateral, bilaterally, both lungs, "in the lungs"   right lung, left lung ("the lungs are ..." is no place)
-"lower lobes bilaterally", "base on the right"       a side-only phrase gives its side to a side-less place
-a singular place with no side ("the lower lobe")     nothing (the side is unknown)
-no location phrase                                   nothing
-===================================================  ===========================================================
-
-Multi-place phrases combine ("right mid and lower lung zones" → right mid zone lung, right lung base). Labels come
-in the order the phrase names them, without duplicates.
+Step 2 (:func:`map_lung_labels`): a phrase is read as sides x places; the full table, with every example checked by
+a test, is in ``docs/report_rules.md``. In short: lobes map to lobes (lingula: left upper lobe), upper / mid /
+lower lung (zone, field) to zones, base / basilar / basal / costophrenic angle to the lung base, apex / apical to
+the apical zone, perihilar / hilar / hilum to the mid zone, a side alone or a hemithorax to the whole lung;
+"bilateral", "bi-", plural anchors and "diffuse / multifocal / widespread / scattered" mean both sides; "right mid
+and left lower zones" gives each side its own place; "left more than right", "R > L" mean both sides; a place said
+as an emphasis ("worst at the right base") adds nothing to a finding given both sides; a side said anywhere in the
+phrase goes to its side-less places ("basilar infiltrate at the left base": the left base); a whole lung absorbs its
+own parts (the broader category, not the broad one plus its parts).
 """
 
 from __future__ import annotations

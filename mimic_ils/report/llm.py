@@ -130,6 +130,9 @@ base").
 left"); zones map to the zone categories ("right upper lung" -> "right upper zone lung", "basilar" or "lower lung" \
 -> lung base, "apical" -> apical zone, "perihilar" -> mid zone); "bilateral" or plural forms cover both sides; a \
 side alone ("right") is the whole lung ("right lung").
+- The entity decides where a side-only place lies: a pleural effusion given only a side sits at that side's lung \
+base ("small right pleural effusion" -> "right lung base"); a diffuse finding such as pulmonary edema with no \
+location covers both lungs.
 - When no category is relevant, answer [].
 Answer with a JSON array of category names exactly as written in the list and nothing else."""
 

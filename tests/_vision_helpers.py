@@ -105,3 +105,24 @@ def save_tiny_yolo(path: Path, n_classes: int = 14) -> Path:
     model.names = {i: (VINBIG_CLASSES[i] if i < 14 else f"c{i}") for i in range(n_classes)}
     torch.save({"model": model, "train_args": {"imgsz": 128}, "epoch": -1}, path)
     return path
+
+
+def chest_outlines(seed: int = 0, size: int = 1024):
+    """``(120, 2)`` float xy of realistic HybridGNet rings in a ``size`` px square: right lung (44 points, image
+    left), left lung (50) and heart (26), each a randomly perturbed ellipse traced clockwise from its top, with
+    sub-pixel vertex positions as a network predicts them."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rings = []
+    # (centre x, centre y, half-width, half-height) as fractions of the side; lungs tall, heart wide and low
+    for count, (cx, cy, rx, ry) in zip(
+        (44, 50, 26), ((0.30, 0.47, 0.15, 0.30), (0.70, 0.47, 0.15, 0.30), (0.55, 0.62, 0.13, 0.11)), strict=True
+    ):
+        angle = np.linspace(-np.pi / 2, 3 * np.pi / 2, count, endpoint=False)
+        harmonics = sum(rng.normal(0, 0.04) * np.cos(k * angle + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
+        radius = 1 + harmonics + rng.normal(0, 0.005, count)
+        centre = np.array([cx, cy]) + rng.normal(0, 0.01, 2)
+        ring = centre + np.stack([rx * radius * np.cos(angle), ry * radius * np.sin(angle)], axis=1)
+        rings.append(ring * size)
+    return np.concatenate(rings)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from _vision_helpers import chest_outlines
+from scipy import ndimage
+from skimage.draw import polygon, polygon_perimeter
 
 from mimic_ils.schema import BackendError
 from mimic_ils.vision import base
@@ -18,6 +22,7 @@ from mimic_ils.vision.hybridgnet import (
     HybridGNetLungsHeart,
     HybridGNetSkipBlock,
     SquareFrame,
+    fill_ring,
     load_hybridgnet,
     ring_adjacency,
     ring_upsampling,
@@ -203,7 +208,82 @@ def test_right_lung_is_the_first_ring_and_lies_on_the_image_left() -> None:
     masks = rings_to_masks(landmarks, (100, 120))
     assert masks["lung_right"][50, 30] and not masks["lung_right"][50, 90]
     assert masks["lung_left"][50, 90] and masks["heart"][80, 60]
-    assert masks["lung_right"].sum() == pytest.approx(np.pi * 15**2, rel=0.05)
+    # the boundary pixels are part of the mask, about half a pixel on the radius
+    assert masks["lung_right"].sum() == pytest.approx(np.pi * 15.5**2, rel=0.03)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def _organ_rings(landmarks: np.ndarray) -> list[np.ndarray]:
+    return [landmarks[:44], landmarks[44:94], landmarks[94:]]
+
+
+def _chexmask_contour(ring: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The reference's mask: ``ring.reshape(-1, 1, 2).astype('int')`` drawn with ``cv2.drawContours(..., -1)``."""
+    image = np.zeros(shape, dtype=np.uint8)
+    cv2.drawContours(image, [ring.reshape(-1, 1, 2).astype("int").astype(np.int32)], -1, 1, thickness=-1)
+    return image.astype(bool)
+
+
+def _skimage_fill_with_outline(ring: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An independent rasterisation of the same filled contour: interior pixels plus the perimeter's pixels."""
+    vertices = np.trunc(ring)
+    mask = np.zeros(shape, dtype=bool)
+    mask[polygon(vertices[:, 1], vertices[:, 0], shape)] = True
+    mask[polygon_perimeter(vertices[:, 1], vertices[:, 0], shape)] = True
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_masks_match_the_reference_filled_contour_at_1024(seed: int) -> None:
+    landmarks = chest_outlines(seed, 1024)
+    shape = (1024, 1024)
+    masks = rings_to_masks(landmarks, shape)
+    for organ, ring in zip(("lung_right", "lung_left", "heart"), _organ_rings(landmarks), strict=True):
+        assert masks[organ].sum() > 5000
+        reference = _chexmask_contour(ring, shape)
+        assert _dice(masks[organ], reference) >= 0.999
+        np.testing.assert_array_equal(masks[organ], reference)  # the same routine, the same pixels
+        assert _dice(masks[organ], _skimage_fill_with_outline(ring, shape)) >= 0.999
+        # the old interior-only fill on the float vertices was about 1 px off (Dice ~0.997 at 1024 px)
+        interior = np.zeros(shape, dtype=bool)
+        interior[polygon(ring[:, 1], ring[:, 0], shape)] = True
+        assert _dice(interior, reference) < 0.999
+
+
+def test_outline_pixels_are_all_inside_the_mask() -> None:
+    landmarks = chest_outlines(7, 1024)
+    shape = (1024, 1024)
+    masks = rings_to_masks(landmarks, shape)
+    for organ, ring in zip(("lung_right", "lung_left", "heart"), _organ_rings(landmarks), strict=True):
+        vertices = np.trunc(ring)
+        # the outline as OpenCV (the reference's library) draws it, 8-connected: every pixel is in the mask
+        outline = np.zeros(shape, dtype=np.uint8)
+        cv2.polylines(outline, [vertices.astype(np.int32).reshape(-1, 1, 2)], True, 1, 1, cv2.LINE_8)
+        assert outline.sum() > 500 and masks[organ][outline.astype(bool)].all()
+        assert masks[organ][vertices[:, 1].astype(int), vertices[:, 0].astype(int)].all()  # every landmark pixel
+        # skimage's Bresenham perimeter breaks ties differently from OpenCV's edge walker on a few steps (about
+        # 1 % of its pixels): those lie one pixel off, so every one touches the mask and almost all are in it
+        rows, cols = polygon_perimeter(vertices[:, 1], vertices[:, 0], shape)
+        assert masks[organ][rows, cols].mean() > 0.97
+        assert ndimage.binary_dilation(masks[organ], np.ones((3, 3), bool))[rows, cols].all()
+        # the old interior-only fill missed about half the outline
+        interior = np.zeros(shape, dtype=bool)
+        interior[polygon(ring[:, 1], ring[:, 0], shape)] = True
+        assert interior[rows, cols].mean() < 0.7
+
+
+def test_fill_truncates_vertices_like_chexmask_and_clips_to_the_image() -> None:
+    # a 2.9 x 2.9 square from (1.9, 1.9): truncated to (1, 1)-(4, 4), boundary included -> 4 x 4 pixels
+    square = np.array([[1.9, 1.9], [4.9, 1.9], [4.9, 4.9], [1.9, 4.9]])
+    expected = np.zeros((8, 8), dtype=bool)
+    expected[1:5, 1:5] = True
+    np.testing.assert_array_equal(fill_ring(square, (8, 8)), expected)
+    beyond = np.array([[-50.0, -50.0], [1e12, -50.0], [1e12, 1e12], [-50.0, 1e12]])
+    assert fill_ring(beyond, (8, 8)).all()  # wild predictions neither overflow nor raise
+    assert not fill_ring(np.array([[1.0, 1.0], [np.nan, 2.0], [3.0, 3.0]]), (8, 8)).any()
 
 
 def test_landmarks_are_mapped_to_the_original_frame_of_non_square_images(weights: Path, monkeypatch) -> None:
@@ -220,7 +300,8 @@ def test_landmarks_are_mapped_to_the_original_frame_of_non_square_images(weights
     np.testing.assert_allclose(centre, [0.3 * 300 - 70 + 40, 150], atol=1e-3)
     assert result.lung_right.shape == (300, 200)
     assert result.lung_right[150, 60] and not result.lung_right[150, 150]
-    assert not result.lung_left.any() and not result.heart.any()  # degenerate rings fill nothing
+    # degenerate rings (all points at one place) fill only the pixel they sit on, as the reference's fillPoly does
+    assert result.lung_left.sum() == 1 and result.heart.sum() == 1
 
 
 def test_end_to_end_masks_shapes_determinism_and_batching(weights: Path) -> None:

@@ -35,8 +35,10 @@ Loading is strict (:func:`load_hybridgnet`). Checkpoints saved by torch_geometri
 ``weight`` of shape ``(K, in, out)``, are converted to the ``lins`` layout first.
 
 Preprocessing as CheXmask's: grey, borders of pixels ≤ 1 cropped, zero-padded to a centred square, resized to S
-(bilinear), divided by 255. Landmarks are mapped back through the same steps and each organ's ring is filled as a
-polygon in the original frame.
+(bilinear), divided by 255. Landmarks are mapped back through the same steps (and returned as floats); each organ's
+ring is filled in the original frame as CheXmask draws it: vertices truncated to integers (``astype("int")``), then
+``cv2.fillPoly``, which includes the outline pixels (the same pixels as CheXmask's ``cv2.drawContours(...,
+thickness=-1)``; see ``docs/vision_reference.md``).
 """
 
 from __future__ import annotations
@@ -49,7 +51,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from skimage.draw import polygon as fill_polygon
 from torch import nn
 from torchvision.ops import roi_align
 
@@ -312,15 +313,30 @@ def to_network_input(grey: np.ndarray, size: int) -> tuple[np.ndarray, SquareFra
     return resized.astype(np.float32) / 255, SquareFrame(top, left, side, pad_top, pad_left)
 
 
+def ring_vertices(ring: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` float xy -> ``(N, 1, 2)`` int32 polygon vertices as CheXmask makes them: ``ring.astype("int")``,
+    i.e. truncation towards zero (clamped to ±2**30 first so that a wild prediction cannot overflow int32)."""
+    limit = float(2**30)
+    return np.clip(np.asarray(ring, dtype=np.float64), -limit, limit).astype(np.int32).reshape(-1, 1, 2)
+
+
+def fill_ring(ring: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``HxW bool`` of one organ's ring filled as the reference draws it: ``cv2.fillPoly`` on the truncated vertices,
+    outline pixels included (CheXmask's ``cv2.drawContours(..., thickness=-1)`` gives the same pixels). A ring with
+    a non-finite coordinate fills nothing."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    ring = np.asarray(ring, dtype=np.float64)
+    if len(ring) and np.isfinite(ring).all():
+        cv2.fillPoly(mask, [ring_vertices(ring)], 1)
+    return mask.astype(bool)
+
+
 def rings_to_masks(landmarks: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-    """``(120, 2)`` original-frame xy -> ``{"lung_right", "lung_left", "heart": HxW bool}`` filled polygons."""
+    """``(120, 2)`` original-frame xy -> ``{"lung_right", "lung_left", "heart": HxW bool}``, each ring filled with
+    :func:`fill_ring` (truncated vertices, boundary included, as CheXmask's masks)."""
     masks, start = {}, 0
     for organ, size in ORGAN_RINGS:
-        ring = landmarks[start : start + size]
-        mask = np.zeros(shape, dtype=bool)
-        rr, cc = fill_polygon(ring[:, 1], ring[:, 0], shape)
-        mask[rr, cc] = True
-        masks[organ], start = mask, start + size
+        masks[organ], start = fill_ring(landmarks[start : start + size], shape), start + size
     return masks
 
 

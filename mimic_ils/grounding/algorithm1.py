@@ -9,7 +9,8 @@ For a finding with mapped locations, ``M_union`` is the union of the CXAS anatom
 * c4 ``IoU(B, L_r) >= tau_size`` or ``IoU(B, L_l) >= tau_size`` (it is lung-sized, not a whole-chest box).
 
 The lesion mask is the union, over kept boxes, of the refined connected components of the cleaned anomaly map
-``A`` that intersect the box. c1-c4 below are small pure functions over full-frame ``HxW bool`` masks; the
+``A`` that intersect the box (for focal lesions optionally confined to a region, ``GroundingConfig.focal_mask_clip``;
+off by default). c1-c4 below are small pure functions over full-frame ``HxW bool`` masks; the
 pipeline passes precomputed pixel counts so that only the box window is read.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from mimic_ils.grounding import masks
 from mimic_ils.grounding.anomaly import AnomalyField
-from mimic_ils.grounding.config import GroundingConfig, Thresholds
+from mimic_ils.grounding.config import FOCAL_CLIP_TYPES, GroundingConfig, Thresholds
 from mimic_ils.grounding.masks import Window
 from mimic_ils.grounding.refine import refine_component
 from mimic_ils.schema import Box
@@ -178,14 +179,56 @@ def decide_box(
     return BoxDecision(box=box, anatomy_iou=anatomy_iou, signal=signal, lung_iou=lung_iou, c1=c1, c2=c2, c3=c3, c4=c4)
 
 
+def focal_clip_region(
+    lesion_type: str, kept: Sequence[BoxDecision], m_union: np.ndarray, ctx: ImageContext
+) -> np.ndarray | None:
+    """The region a focal lesion's mask is confined to (``GroundingConfig.focal_mask_clip``), or None when off.
+
+    ``"anatomy"``: ``M_union``, the union of the finding's reported anatomy masks. ``"box_dilation"``: the union of
+    the kept boxes, each widened on every side by ``focal_clip_margin`` times its width (left and right) and height
+    (top and bottom), clipped to the frame; boxes whose IoU with a lung exceeds ``focal_clip_max_lung_iou`` (a
+    diffuse lesion's box, which c1-c4 also keep for a focal finding) are left out; when only such boxes are kept,
+    the region is ``M_union`` as for ``"anatomy"``.
+    None for edema, effusion and cardiomegaly, whatever the setting.
+    """
+    config = ctx.config
+    if config.focal_mask_clip is None or lesion_type not in FOCAL_CLIP_TYPES:
+        return None
+    if config.focal_mask_clip == "anatomy":
+        return m_union
+    focal = [d for d in kept if d.lung_iou is not None and d.lung_iou <= config.focal_clip_max_lung_iou]
+    if not focal:
+        return m_union
+    margin = config.focal_clip_margin
+    region = np.zeros(ctx.shape, dtype=bool)
+    for decision in focal:
+        box = decision.box
+        dx, dy = margin * (box.x1 - box.x0), margin * (box.y1 - box.y0)
+        wide = Box(box.x0 - dx, box.y0 - dy, box.x1 + dx, box.y1 + dy, box.confidence, box.class_id, box.class_name)
+        window = box_window(wide, ctx.shape)
+        if window is not None:
+            region[window] = True
+    return region
+
+
 def lesion_patches(
-    kept: Sequence[BoxDecision], lesion_type: str, thresholds: Thresholds, ctx: ImageContext
+    kept: Sequence[BoxDecision],
+    lesion_type: str,
+    thresholds: Thresholds,
+    ctx: ImageContext,
+    clip: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, Window]]:
-    """Refined components of cleaned ``A`` touching the kept boxes, as ``(hxw bool patch, full-frame window)``."""
+    """Refined components of cleaned ``A`` touching the kept boxes, as ``(hxw bool patch, full-frame window)``.
+
+    ``clip`` (``HxW bool``, see :func:`focal_clip_region`) confines each component and its expansion.
+    """
     patches = []
+    domains: dict[str, np.ndarray] = {}
     for decision in kept:
         window = box_window(decision.box, ctx.shape)
         for side, patch, patch_window in ctx.field.components_touching(thresholds.tau_ano, window):
+            if clip is not None and side not in domains:
+                domains[side] = ctx.lungs[side] & clip
             patches.append(
                 refine_component(
                     patch,
@@ -196,6 +239,7 @@ def lesion_patches(
                     base=ctx.anatomy.get(BASE_LABELS[side]),
                     effusion=lesion_type == "effusion",
                     config=ctx.config.refine,
+                    clip=domains.get(side),
                 )
             )
     return patches
@@ -223,6 +267,7 @@ def run_algorithm1(lesion_type: str, locations: Sequence[str], ctx: ImageContext
     if not kept:
         return FindingMask(decisions=decisions, mask=None)
     mask = np.zeros(ctx.shape, dtype=bool)
-    for patch, window in lesion_patches(kept, lesion_type, thresholds, ctx):
+    clip = focal_clip_region(lesion_type, kept, m_union, ctx)
+    for patch, window in lesion_patches(kept, lesion_type, thresholds, ctx, clip):
         mask[window] |= patch
     return FindingMask(decisions=decisions, mask=mask)

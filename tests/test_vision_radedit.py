@@ -50,6 +50,33 @@ def test_loads_through_registry_with_the_paper_scheduler(backend) -> None:
     assert not torch.equal(backend.conditional, backend.unconditional)
 
 
+@pytest.mark.parametrize("which", ["conditional", "unconditional"])
+def test_prompts_are_encoded_as_the_published_pipeline_without_attention_mask(backend, which: str) -> None:
+    prompt = "No acute cardiopulmonary process" if which == "conditional" else ""
+    ours = getattr(backend, which)
+    ids = backend.tokenizer(prompt, padding="max_length", max_length=128, truncation=True, return_tensors="pt")
+    assert ids.input_ids.shape == (1, 128) and ids.attention_mask.sum() < 128  # there is padding to attend to
+    with torch.no_grad():
+        direct = backend.text_encoder(ids.input_ids)[0]  # diffusers: text_encoder(input_ids, attention_mask=None)
+        masked = backend.text_encoder(ids.input_ids, attention_mask=ids.attention_mask)[0]
+    torch.testing.assert_close(ours, direct, rtol=0, atol=0)
+    assert (ours - masked).abs().max() > 1e-3  # the old, masked encoding differs, so this test can fail
+
+
+def test_a_text_encoder_config_asking_for_the_mask_gets_it(folders) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    text = AutoModel.from_pretrained(folders["text_encoder"])
+    text.config.use_attention_mask = True  # diffusers passes the mask only when the config says so
+    tokenizer = AutoTokenizer.from_pretrained(folders["text_encoder"])
+    reference = _create(folders)
+    backend = type(reference).from_components(reference.unet, reference.vae, text, tokenizer, resolution=64)
+    ids = tokenizer("", padding="max_length", max_length=128, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        masked = text(ids.input_ids, attention_mask=ids.attention_mask)[0]
+    torch.testing.assert_close(backend.unconditional, masked, rtol=0, atol=0)
+
+
 def test_non_square_output_in_original_frame_and_keep_region_untouched(backend) -> None:
     image, mask = _case((90, 70), 1)
     (edited,) = backend.edit([image], [mask], ["d1"])

@@ -25,6 +25,10 @@ With ``eta = 0`` (the default) the editing is deterministic; the seed still fixe
 from ``sha256(seed, dicom_id)``, so reruns give identical bytes on the same device with the same batches; a different
 batch composition changes batched float sums only, i.e. at most a grey level or two here and there.
 
+The prompts ("No acute cardiopulmonary process" and the empty one) are encoded as the published diffusers pipeline
+does: ``text_encoder(input_ids)`` on the ids padded to 128, without an attention mask (see ``_encode_prompt`` and
+``docs/vision_reference.md``).
+
 Defaults (ours; the paper names RadEdit but not these numbers): 100 steps, guidance 7.5, skip ratio 0.3.
 """
 
@@ -183,13 +187,19 @@ class RadEditPseudoNormal:
         self.conditional, self.unconditional = self._encode_prompt(self._prompt), self._encode_prompt("")
 
     def _encode_prompt(self, prompt: str):
+        """``(1, 128, hidden)`` embeddings of ``prompt`` as diffusers' ``StableDiffusionPipeline.encode_prompt`` (the
+        pipeline of the RadEdit model card) makes them: padded to ``max_length`` 128, truncated, and encoded from the
+        ``input_ids`` alone: no ``attention_mask``, so the padding tokens take part in attention, unless the text
+        encoder's config sets ``use_attention_mask`` (BERT / CXR-BERT configs do not)."""
         import torch
 
         tokens = self.tokenizer(
             prompt, padding="max_length", max_length=TOKENIZER_MAX_LENGTH, truncation=True, return_tensors="pt"
-        ).to(self.device)
+        )
+        use_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
+        attention_mask = tokens.attention_mask.to(self.device) if use_mask else None
         with torch.no_grad():
-            output = self.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+            output = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=attention_mask)
         return output[0].to(self.dtype)
 
     def edit(

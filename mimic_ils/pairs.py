@@ -19,14 +19,21 @@ Rules (Appendix C), per image of a study:
 * a lesion-inference positive from every basic positive of pneumonia, atelectasis and edema, whatever the
   certainty, with the answer carrying it;
 * negatives, at most one per lesion type: for a type with no positive finding, a basic negative where the report
-  denies it ("no effusion on the left"), a global negative when the report denies it with no place ("no
-  pleural effusion"), and a basic negative in a random lung region when the report does not mention it; for a
-  type with basic positives, a negative made by putting an empty location into one of its positives' basic
-  instruction; opacity negatives are basic or, at random, lesion-inference ("There is no opacity in ...");
-  a type whose negative another positive finding contradicts (opacity while atelectasis is reported) only gets
-  one in an empty location; cardiomegaly negatives (global) only when the CTR rule allows. The split between
-  global and basic negatives follows the proportions in the authors' published evaluation sheets, where global
-  negatives are rare except for the often-denied effusion.
+  denies it ("no effusion on the left"), else in a random lung region; for a type with basic positives, a negative
+  made by putting an empty location into one of its positives' basic instruction; negatives whose target is
+  "opacity" are basic or, at random, lesion-inference ("There is no opacity in ..."), and a lesion-inference
+  negative is always labelled lesion "opacity" (Table 9 has them under opacity only); a type whose negative another
+  positive finding contradicts (opacity while atelectasis is reported) only gets one in an empty location;
+  cardiomegaly negatives (global) only when the CTR rule allows;
+* no negative of an image denies a target at a place that one of the image's positives covers (a tentative
+  finding's "opacity" included): such a negative moves to an empty location, or is dropped with its reason.
+
+Across a study's images (:func:`limit_study_negatives`) at most one negative per *target* survives. Across a split
+of the build (:func:`choose_global_negatives`) a share of each type's negatives becomes global ("There is no
+pneumonia."), as ``GroundingConfig.negative_global_share`` says (Table 9's proportions by default): of the basic
+negatives of types the study has no positive of, the ``round(share x negatives of the type)`` with the smallest
+hash of (study, type) are rewritten as global negatives. Global is never chosen per image, so the proportion holds
+for the split whatever the mix of studies.
 
 Locations are lung labels; lobes are not valid instruction locations (Table 8), so a lobe is named by its lung,
 and zones of a lung that is named as a whole are dropped. Several locations are joined as "right lung base and
@@ -38,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -210,12 +217,65 @@ def generate_pairs(
             continue
         _global_positive(builder, lesion, mine)
         if mine:
-            inferable = lesion in config.opacity_inference_types or lesion == OPACITY
-            _substitution_negative(builder, rng, lesion, basics[lesion], empty_locations, inferable)
+            _substitution_negative(builder, rng, lesion, basics[lesion], empty_locations)
         else:
             denied = [o for o in outcomes if o.lesion == lesion and o.presence == "negative"]
             _absent_negative(builder, rng, lesion, positives, denied, empty_locations, config)
+    _remove_contradictions(builder, rng, empty_locations)
+    builder.plan.pairs = limit_study_negatives(builder.plan.pairs)  # one negative per target, in the image too
     return builder.plan
+
+
+def places_overlap(a: str, b: str) -> bool:
+    """Whether two instruction locations share lung (a whole lung contains its zones)."""
+    return a == b or b in SIDE_ZONES.get(a, ()) or a in SIDE_ZONES.get(b, ())
+
+
+def _covered(pairs: Sequence[Pair]) -> dict[str, set[str]]:
+    """Per target, the places the image's positives cover (a global positive's are its grounded places)."""
+    covered: dict[str, set[str]] = {}
+    for pair in pairs:
+        if pair.polarity == "positive":
+            covered.setdefault(pair.target, set()).update(pair.locations)
+    return covered
+
+
+def _denies_covered(pair: Pair, covered: dict[str, set[str]]) -> bool:
+    places = covered.get(pair.target)
+    if pair.polarity != "negative" or not places:
+        return False
+    if pair.question_type == "global":
+        return True
+    return any(places_overlap(mine, theirs) for mine in pair.locations for theirs in places)
+
+
+def _remove_contradictions(builder: _Builder, rng: np.random.Generator, empty: Sequence[str]) -> None:
+    """A negative that denies a target where a positive of the image shows it moves to a free empty location."""
+    covered = _covered(builder.plan.pairs)
+    kept = []
+    for pair in builder.plan.pairs:
+        if not _denies_covered(pair, covered):
+            kept.append(pair)
+            continue
+        free = [place for place in empty
+                if not any(places_overlap(place, other) for other in covered.get(pair.target, ()))]
+        if pair.question_type == "global" or not free:
+            builder.plan.skipped.append((f"{pair.lesion} negative",
+                                         f"a positive of this image shows {pair.target} there"))
+            continue
+        kept.append(_relocated(pair, (free[int(rng.integers(len(free)))],)))
+    builder.plan.pairs = kept
+
+
+def _relocated(pair: Pair, places: tuple[str, ...]) -> Pair:
+    location = join_locations(places)
+    if pair.question_type == "lesion_inference":
+        instruction, answer = INFERENCE_INSTRUCTION.format(location=location), INFERENCE_NEGATIVE.format(
+            location=location)
+    else:
+        instruction = BASIC_INSTRUCTION.format(target=pair.target, location=location)
+        answer = BASIC_NEGATIVE.format(target=pair.target, location=location)
+    return replace(pair, instruction=instruction, answer=answer, locations=places)
 
 
 def _outcome_key(outcome: FindingOutcome) -> tuple:
@@ -325,18 +385,17 @@ def _global_negative(builder: _Builder, lesion: str) -> None:
 
 
 def _negative_at(
-    builder: _Builder, rng: np.random.Generator, lesion: str, target: str, places: tuple[str, ...],
-    inferable: bool = True,
+    builder: _Builder, rng: np.random.Generator, lesion: str, target: str, places: tuple[str, ...]
 ) -> None:
-    """A negative at ``places``; an opacity negative is a basic or, at random, a lesion-inference one (only for the
-    types a lesion-inference question may be about: a tentative effusion's opacity negative stays basic)."""
+    """A negative at ``places``; an opacity negative is a basic or, at random, a lesion-inference one (whose lesion
+    is "opacity" whatever type it was made for)."""
     location = join_locations(places)
-    if target == OPACITY and inferable and rng.integers(2) == 1:
+    if target == OPACITY and rng.integers(2) == 1:
         builder.add(
             INFERENCE_INSTRUCTION.format(location=location),
             INFERENCE_NEGATIVE.format(location=location),
             target=OPACITY,
-            lesion=lesion,
+            lesion=OPACITY,
             question_type="lesion_inference",
             polarity="negative",
             locations=places,
@@ -358,8 +417,7 @@ def _negative_at(
 
 
 def _substitution_negative(
-    builder: _Builder, rng: np.random.Generator, lesion: str, positives: Sequence[Pair], empty: Sequence[str],
-    inferable: bool = True,
+    builder: _Builder, rng: np.random.Generator, lesion: str, positives: Sequence[Pair], empty: Sequence[str]
 ) -> None:
     """Put an empty location into the basic instruction of one of the type's positives."""
     if not positives:
@@ -367,8 +425,10 @@ def _substitution_negative(
     if not empty:
         builder.plan.skipped.append((f"{lesion} negative", "no empty location to substitute"))
         return
+    own = [pair for pair in positives if pair.target == lesion]  # its own target first: one negative per target
+    positives = own or positives
     positive = positives[int(rng.integers(len(positives)))]
-    _negative_at(builder, rng, lesion, positive.target, (empty[int(rng.integers(len(empty)))],), inferable)
+    _negative_at(builder, rng, lesion, positive.target, (empty[int(rng.integers(len(empty)))],))
 
 
 def _conflicts(lesion: str, positives: Sequence[FindingOutcome], config: GroundingConfig) -> list[str]:
@@ -391,18 +451,16 @@ def _absent_negative(
 ) -> None:
     """One negative for a type with no positive finding.
 
-    Explicitly negated at a place: a basic negative there; negated with no place: a global negative; not mentioned:
-    a basic negative in a random lung region. A type whose negative other findings would contradict (opacity while
-    atelectasis is reported) only gets one in an empty location.
+    Explicitly negated at a place: a basic negative there; otherwise (negated with no place, or not mentioned) a
+    basic negative in a random lung region, which :func:`choose_global_negatives` may turn global. A type whose
+    negative other findings would contradict (opacity while atelectasis is reported) only gets one in an empty
+    location.
     """
     conflicts = _conflicts(lesion, positives, config)
     if denied:
         places = instruction_locations(denied[0].reported)
         if places and (not conflicts or set(places) <= set(empty)):
             _negative_at(builder, rng, lesion, lesion, places)
-            return
-        if not places and not conflicts:
-            _global_negative(builder, lesion)
             return
     if conflicts:
         if not empty:
@@ -414,17 +472,43 @@ def _absent_negative(
 
 
 def limit_study_negatives(pairs: Iterable[Pair] | Iterable[Mapping]) -> list:
-    """Keep at most one negative per (study, lesion) across a study's images (the smallest dicom id wins).
+    """Keep at most one negative per (study, target) across a study's images.
 
-    Takes :class:`Pair` objects or dataset rows (mappings with the same field names).
+    Of several, the one made for its own type wins ("no opacity ..." for opacity over a tentative effusion's
+    "no opacity ..."), then the smallest dicom id, then the first made. Takes :class:`Pair` objects or dataset rows
+    (mappings with the same field names).
     """
     pairs = list(pairs)
     get = (lambda item, name: item[name]) if pairs and isinstance(pairs[0], Mapping) else getattr
-    chosen: dict[tuple[str, str], str] = {}
-    for pair in sorted(pairs, key=lambda p: get(p, "dicom_id")):
-        if get(pair, "polarity") == "negative":
-            chosen.setdefault((get(pair, "study_id"), get(pair, "lesion")), get(pair, "dicom_id"))
-    return [
-        pair for pair in pairs if get(pair, "polarity") == "positive"
-        or chosen[(get(pair, "study_id"), get(pair, "lesion"))] == get(pair, "dicom_id")
-    ]
+    negatives = [(index, pair) for index, pair in enumerate(pairs) if get(pair, "polarity") == "negative"]
+    ranked = sorted(negatives, key=lambda item: (get(item[1], "lesion") != get(item[1], "target"),
+                                                 get(item[1], "dicom_id"), item[0]))
+    chosen: dict[tuple[str, str], int] = {}
+    for index, pair in ranked:
+        chosen.setdefault((get(pair, "study_id"), get(pair, "target")), index)
+    keep = set(chosen.values())
+    return [pair for index, pair in enumerate(pairs) if get(pair, "polarity") == "positive" or index in keep]
+
+
+def _hash_rank(study_id: str, lesion: str) -> str:
+    return hashlib.sha256(f"{study_id}\x00{lesion}\x00global".encode()).hexdigest()
+
+
+def choose_global_negatives(rows: Sequence[dict], shares: Mapping[str, float]) -> list[dict]:
+    """Rows of one split with ``round(shares[lesion] x negatives of the lesion)`` basic negatives made global.
+
+    Candidates are basic negatives whose target is their own lesion, in studies with no positive of that lesion;
+    the ones with the smallest SHA-256 of (study, lesion) are chosen, so the choice is deterministic and does not
+    depend on sharding or order. Cardiomegaly (global only) and lesion-inference negatives are left alone.
+    """
+    rows = [dict(row) for row in rows]
+    positive = {(row["study_id"], row["lesion"]) for row in rows if row["polarity"] == "positive"}
+    for lesion, share in shares.items():
+        negatives = [row for row in rows if row["polarity"] == "negative" and row["lesion"] == lesion]
+        candidates = [row for row in negatives if row["question_type"] == "basic" and row["target"] == lesion
+                      and (row["study_id"], lesion) not in positive]
+        wanted = min(len(candidates), round(share * len(negatives)))
+        for row in sorted(candidates, key=lambda item: _hash_rank(item["study_id"], lesion))[:wanted]:
+            row.update(instruction=GLOBAL_INSTRUCTION.format(target=lesion),
+                       answer=GLOBAL_NEGATIVE.format(target=lesion), question_type="global", locations=[])
+    return rows

@@ -55,7 +55,20 @@ def compute_stats(out: str | Path) -> dict[str, Any]:
         }
     ledger_path = Path(out) / "ledger.parquet"
     ledger = summarize_ledger(pq.read_table(ledger_path).to_pylist()) if ledger_path.exists() else None
-    return {"tables": tables, "counts": counts, "ledger": ledger}
+    return {"tables": tables, "counts": counts, "ledger": ledger, "global_negative_share": global_shares(tables)}
+
+
+def global_shares(tables: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict[str, float | None]]:
+    """Per lesion (all splits): global negatives / all negatives, ours and Table 9's (None: no negative)."""
+    from mimic_ils.grounding.config import TABLE9_GLOBAL_NEGATIVE_SHARE
+
+    shares = {}
+    for lesion in TABLE9_GLOBAL_NEGATIVE_SHARE:
+        negatives = sum(table[lesion][f"{q}/negative"] for table in tables.values() for q in QUESTION_TYPES)
+        global_ = sum(table[lesion]["global/negative"] for table in tables.values())
+        shares[lesion] = {"ours": global_ / negatives if negatives else None, "negatives": negatives,
+                          "paper": TABLE9_GLOBAL_NEGATIVE_SHARE[lesion]}
+    return shares
 
 
 def tables_markdown(stats: dict[str, Any]) -> str:
@@ -73,6 +86,12 @@ def tables_markdown(stats: dict[str, Any]) -> str:
         column_totals = [totals[f"{q}/{p}"] for q, p in COLUMNS]
         lines.append("| **total** | " + " | ".join(f"{v:,}" for v in column_totals) + f" | {sum(column_totals):,} |")
         parts.append("\n".join(lines))
+    share_lines = ["### Global share of negatives (global negatives / all negatives), ours and Table 9's", "",
+                   "| lesion | negatives | ours | Table 9 |", "|---|---|---|---|"]
+    for lesion, row in stats.get("global_negative_share", {}).items():
+        ours = "—" if row["ours"] is None else f"{row['ours']:.3f}"
+        share_lines.append(f"| {lesion} | {row['negatives']:,} | {ours} | {row['paper']:.3f} |")
+    parts.append("\n".join(share_lines))
     count_lines = ["### Counts", "", "| split | pairs | positive | negative | images | studies | unique masks |",
                    "|---|---|---|---|---|---|---|"]
     for split, row in stats["counts"].items():

@@ -29,6 +29,11 @@ def _plan(*outcomes, study_id="s1", empty=EMPTY, ctr_reason=None, config=None):
     )
 
 
+def _row(pair) -> dict:
+    return {name: getattr(pair, name) for name in ("study_id", "dicom_id", "lesion", "target", "question_type",
+                                                   "polarity", "instruction", "answer", "locations")}
+
+
 def _positives(plan, question_type=None):
     return [p for p in plan.pairs if p.polarity == "positive" and question_type in (None, p.question_type)]
 
@@ -120,19 +125,6 @@ def test_no_inference_pairs_outside_pneumonia_atelectasis_edema(lesion):
     plan = _plan(FindingOutcome(lesion, "definitive", ("left lung",), ("left lung",), "k0"))
     assert not _positives(plan, "lesion_inference")
     assert len(_positives(plan, "basic")) == 1 and len(_positives(plan, "global")) == 1
-
-
-@pytest.mark.parametrize("lesion", ["consolidation", "effusion"])
-def test_a_tentative_finding_outside_the_inference_types_gets_no_inference_negative(lesion):
-    # its positives target "opacity"; the substituted negative must stay a basic one, over many studies' draws
-    for index in range(40):
-        plan = _plan(FindingOutcome(lesion, "tentative", ("left lung base",), ("left lung base",), "k0"),
-                     study_id=f"s{index}")
-        negatives = [p for p in _negatives(plan) if p.lesion == lesion]
-        assert len(negatives) == 1 and negatives[0].question_type == "basic", negatives
-    edema = [_negatives(_plan(FindingOutcome("edema", "tentative", ("left lung",), ("left lung",), "k0"),
-                              study_id=f"s{index}")) for index in range(40)]
-    assert {p.question_type for plan in edema for p in plan if p.lesion == "edema"} == {"basic", "lesion_inference"}
 
 
 def test_global_needs_grounded_equal_reported():
@@ -233,7 +225,6 @@ def test_unmentioned_types_get_one_basic_negative_in_a_random_region():
             "Segment the effusion in the left lung and right lung.",
             "[SEG] There is no effusion in the left lung and right lung.",
         ),
-        ((), "global", "Segment the effusion.", "[SEG] There is no effusion."),
     ],
 )
 def test_explicitly_negated_types_are_denied_where_the_report_denies_them(denied, question_type, instruction, answer):
@@ -241,6 +232,15 @@ def test_explicitly_negated_types_are_denied_where_the_report_denies_them(denied
     [negative] = [p for p in _negatives(_plan(negated)) if p.lesion == "effusion"]
     assert (negative.question_type, negative.instruction, negative.answer) == (question_type, instruction, answer)
     assert negative.locations == denied
+
+
+def test_a_denial_without_a_place_is_basic_in_the_image_and_may_turn_global_in_the_split():
+    negated = FindingOutcome("effusion", "definitive", (), presence="negative")
+    [negative] = [p for p in _negatives(_plan(negated)) if p.lesion == "effusion"]
+    assert negative.question_type == "basic" and negative.locations[0] in LUNG_REGIONS
+    [row] = P.choose_global_negatives([_row(negative)], {"effusion": 1.0})
+    assert (row["question_type"], row["instruction"], row["answer"], row["locations"]) == (
+        "global", "Segment the effusion.", "[SEG] There is no effusion.", [])
 
 
 def test_negation_of_a_contradicted_type_falls_back_to_an_empty_location():
@@ -265,11 +265,15 @@ def test_a_negated_finding_does_not_block_a_positive_of_its_type():
 
 
 def test_substitution_negative_uses_an_empty_location():
+    definitive = FindingOutcome("atelectasis", "definitive", ("right lung base",), ("right lung base",), "k0")
+    [negative] = [p for p in _negatives(_plan(definitive)) if p.lesion == "atelectasis"]
+    assert negative.locations[0] in EMPTY and negative.target == "atelectasis"
     positive = FindingOutcome("atelectasis", "tentative", ("right lung base",), ("right lung base",), "k0")
     seen = set()
     for study in range(20):
         plan = _plan(positive, study_id=f"s{study}")
-        [negative] = [p for p in _negatives(plan) if p.lesion == "atelectasis"]
+        # the tentative finding's positive targets "opacity": one negative of that target, at an empty place
+        [negative] = [p for p in _negatives(plan) if p.target == "opacity"]
         assert negative.locations[0] in EMPTY
         location = negative.locations[0]
         expected = {

@@ -37,6 +37,10 @@ def test_tables_count_pairs_per_lesion_question_type_and_polarity(built):
     assert stats["counts"]["train"]["unique_masks"] == 4 and stats["counts"]["validate"]["images"] == 4
     assert stats["ledger"]["fates"]["study:excluded"] == 3
     assert stats["ledger"]["reasons"]["image: qc: view LATERAL is not frontal (PA/AP)"] == 4
+    shares = stats["global_negative_share"]
+    assert shares["edema"] == {"ours": 1.0, "negatives": shares["edema"]["negatives"], "paper": 0.02}
+    assert shares["edema"]["negatives"] >= 4 and shares["effusion"]["ours"] is None  # no effusion negative
+    assert "| edema | " in tables_markdown(stats) and "| 1.000 | 0.020 |" in tables_markdown(stats)
 
 
 def test_markdown_and_chart(built, tmp_path):

@@ -13,6 +13,7 @@ from mimic_ils.build.ledger import ledger_rows, summarize_ledger
 from mimic_ils.build.pipeline import load_study_result
 from mimic_ils.build.workdir import WorkDir, atomic_write_bytes
 from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
+from mimic_ils.pairs import choose_global_negatives
 from mimic_ils.schema import SPLITS, MimicIlsError, Study
 
 
@@ -34,8 +35,15 @@ def collect_results(work: WorkDir, studies: Sequence[Study]) -> list[dict[str, A
     return results
 
 
-def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[str, Any]) -> dict[str, Any]:
-    """Write the dataset folder ``out`` from the work folder; returns the counts per split."""
+def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[str, Any],
+          negative_global_share: dict[str, float] | None = None) -> dict[str, Any]:
+    """Write the dataset folder ``out`` from the work folder; returns the counts per split.
+
+    ``negative_global_share`` (default: Table 9's) is the share of each type's negatives made global per split
+    (:func:`mimic_ils.pairs.choose_global_negatives`).
+    """
+    if negative_global_share is None:
+        from mimic_ils.grounding.config import TABLE9_GLOBAL_NEGATIVE_SHARE as negative_global_share
     out = Path(out)
     check_out_folder(out)
     results = collect_results(work, studies)
@@ -44,7 +52,7 @@ def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[s
     partial.mkdir(parents=True)
     files, counts = {}, {}
     for split in SPLITS:
-        rows = _split_rows(results, split)
+        rows = choose_global_negatives(_split_rows(results, split), negative_global_share)
         if not rows:
             continue
         _place_split_files(work, partial / split, rows)

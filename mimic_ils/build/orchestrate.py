@@ -47,6 +47,7 @@ def build(
     Returns ``{"processed": {...}, "info": {...} or None}``.
     """
     config = config or BuildConfig()
+    grounding_config(config)  # a bad grounding setting is refused before any work, with the key named
     check_out_folder(Path(out))  # before days of work, not at the merge
     stages = stages or ProjectStages(mimic_root, config)
     current = shard if isinstance(shard, Shard) else resolve_shard(shard)
@@ -80,14 +81,26 @@ def _process_and_merge(stages, workdir, studies, out, config, current, shard, li
         if process and current.count > 1:
             _wait_for_shards(workdir, current.count, shard_wait_s)
         try:
-            info = merge(workdir, studies, out, build_info(config, stages, limit))
+            info = merge(workdir, studies, out, build_info(config, stages, limit),
+                         negative_global_share=grounding_config(config).negative_global_share)
         except MissingResults:
             if not process or current.count > 1:
                 raise
             # The merge's full check found a file that is intact in size but not in content: recompute, once.
             run_shard(stages, workdir, studies, chunk_size=max(4, config.batch_size), progress=progress)
-            info = merge(workdir, studies, out, build_info(config, stages, limit))
+            info = merge(workdir, studies, out, build_info(config, stages, limit),
+                         negative_global_share=grounding_config(config).negative_global_share)
     return {"processed": processed, "info": info}
+
+
+def grounding_config(config: BuildConfig):
+    """The build's GroundingConfig; a MimicIlsError naming the key when a setting is wrong."""
+    from mimic_ils.grounding import GroundingConfig
+
+    try:
+        return GroundingConfig.from_dict(config.grounding or {})
+    except (ValueError, TypeError) as error:
+        raise MimicIlsError(f"build config grounding: {error}") from None
 
 
 def build_info(config: BuildConfig, stages: Stages, limit: int | None) -> dict[str, Any]:

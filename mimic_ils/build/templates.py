@@ -95,6 +95,26 @@ def appendix_c_problems(rows: Iterable[dict]) -> list[str]:
         problems += [f"{row['id']}: {problem}" for problem in _row_problems(row)]
     negatives = Counter((row["study_id"], row["lesion"]) for row in rows if row["polarity"] == "negative")
     problems += [f"{key}: {count} negatives of one lesion type" for key, count in negatives.items() if count > 1]
+    targets = Counter((row["study_id"], row["target"]) for row in rows if row["polarity"] == "negative")
+    problems += [f"{key}: {count} negatives of one target" for key, count in targets.items() if count > 1]
+    problems += _contradictions(rows)
+    return problems
+
+
+def _contradictions(rows: list[dict]) -> list[str]:
+    """Negatives that deny, in the same image, a target at a place one of the image's positives covers."""
+    shown: dict[tuple[str, str], list[tuple[str, ...]]] = {}
+    for row in rows:
+        if row["polarity"] == "positive":
+            shown.setdefault((row["dicom_id"], row["target"]), []).append(tuple(row["locations"]))
+    problems = []
+    for row in rows:
+        places = shown.get((row["dicom_id"], row["target"]))
+        if row["polarity"] != "negative" or not places:
+            continue
+        if row["question_type"] == "global" or any(P.places_overlap(a, b) for a in row["locations"]
+                                                   for covered in places for b in covered):
+            problems.append(f"{row['id']}: denies {row['target']} where a positive of its image shows it")
     return problems
 
 
@@ -116,7 +136,7 @@ def _row_problems(row: dict) -> list[str]:
         problems.append(f"lesion {row['lesion']!r} is not one of the seven types")
     if row["lesion"] == "cardiomegaly" and row["question_type"] != "global":
         problems.append("cardiomegaly pairs are global only")
-    allowed = INFERENCE_LESIONS if row["polarity"] == "positive" else (*INFERENCE_LESIONS, "opacity")
+    allowed = INFERENCE_LESIONS if row["polarity"] == "positive" else ("opacity",)  # Table 9: opacity only
     if row["question_type"] == "lesion_inference" and row["lesion"] not in allowed:
         problems.append(f"lesion inference about {row['lesion']!r}")
     if parsed.lesion and row["question_type"] == "lesion_inference" and parsed.lesion != row["lesion"]:

@@ -107,6 +107,11 @@ class QcConfig:
     ctr_negative_max: float = 0.45
 
 
+# Table 9 of the paper: global negatives / all negatives of each lesion type (cardiomegaly negatives are all global).
+TABLE9_GLOBAL_NEGATIVE_SHARE = {"pneumonia": 0.02, "atelectasis": 0.12, "opacity": 0.004, "consolidation": 0.04,
+                                "edema": 0.02, "effusion": 0.23}
+
+
 @dataclass(frozen=True)
 class GroundingConfig:
     """All grounding settings. ``GroundingConfig.from_dict(config.to_dict())`` round-trips.
@@ -148,6 +153,7 @@ class GroundingConfig:
     focal_mask_clip: str | None = None
     focal_clip_margin: float = 0.10
     focal_clip_max_lung_iou: float = 0.5
+    negative_global_share: dict[str, float] = field(default_factory=lambda: dict(TABLE9_GLOBAL_NEGATIVE_SHARE))
 
     def __post_init__(self) -> None:
         unknown = set(self.lesion_thresholds) | set(self.class_table) | set(self.negative_conflicts)
@@ -155,6 +161,7 @@ class GroundingConfig:
         if unknown:
             raise ValueError(f"unknown lesion types in grounding config: {sorted(unknown)}")
         _check_focal_clip(self.focal_mask_clip, self.focal_clip_margin, self.focal_clip_max_lung_iou)
+        _check_shares(self.negative_global_share)
 
     def thresholds_for(self, lesion_type: str) -> Thresholds:
         """The Table 7 thresholds that apply to ``lesion_type``."""
@@ -202,6 +209,19 @@ class GroundingConfig:
             else:
                 updates[key] = value
         return replace(config, **updates)
+
+
+def _check_shares(shares: dict[str, float]) -> None:
+    """Every lesion type but cardiomegaly (global only), each share in [0, 1]; the key at fault is named."""
+    expected = set(TABLE9_GLOBAL_NEGATIVE_SHARE)
+    if set(shares) != expected:
+        missing, extra = sorted(expected - set(shares)), sorted(set(shares) - expected)
+        raise ValueError(f"grounding config negative_global_share must give every lesion type but cardiomegaly: "
+                         f"missing {missing}, unknown {extra}")
+    for lesion, share in shares.items():
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"grounding config negative_global_share.{lesion} must be a number in [0, 1], "
+                             f"got {share!r}")
 
 
 def _check_focal_clip(clip: Any, margin: Any, max_lung_iou: Any) -> None:

@@ -5,6 +5,7 @@ and Appendix C)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -397,3 +398,17 @@ def test_two_builds_in_folders_of_the_same_name_never_share_the_datasets_cache(t
         sizes[parent] = datasets.load_dataset(str(out), "pairs", split="train").num_rows
         assert sizes[parent] == expected
     assert sizes["first"] != sizes["second"]
+
+
+@pytest.mark.parametrize(("shares", "named"), [
+    ({"pneumonia": 1.5, "atelectasis": 0.1, "opacity": 0.0, "consolidation": 0.0, "edema": 0.0, "effusion": 0.2},
+     "negative_global_share.pneumonia must be a number in [0, 1]"),
+    ({"pneumonia": 0.1}, "missing ['atelectasis', 'consolidation', 'edema', 'effusion', 'opacity']"),
+    ({"pneumonia": 0.1, "atelectasis": 0.1, "opacity": 0.0, "consolidation": 0.0, "edema": 0.0, "effusion": 0.2,
+      "cardiomegaly": 0.5}, "unknown ['cardiomegaly']"),
+])
+def test_bad_negative_shares_are_refused_before_any_work(shares, named, tmp_path):
+    config = BuildConfig(grounding={"negative_global_share": shares})
+    with pytest.raises(MimicIlsError, match=r"build config grounding: .*" + re.escape(named)):
+        build(None, tmp_path / "out", config=config, stages=FakeStages(4), work=tmp_path / "work", progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()

@@ -176,6 +176,15 @@ def test_cardiomegaly_is_global_only():
     )
 
 
+def test_tentative_cardiomegaly_is_still_the_global_positive_on_the_heart():
+    # decided (docs/pairs_rules.md): cardiomegaly is global only, so a hedged one keeps its global positive,
+    # with certainty "tentative", and never gets a negative in that study
+    plan = _plan(FindingOutcome("cardiomegaly", "tentative", ("heart",), ("heart",), "d1_cardiomegaly_0"))
+    pairs = [p for p in plan.pairs if p.lesion == "cardiomegaly"]
+    assert [(p.question_type, p.polarity, p.certainty, p.answer) for p in pairs] == [
+        ("global", "positive", "tentative", "[SEG] It is located in the heart.")]
+
+
 def test_cardiomegaly_negative_follows_the_ctr_rule():
     allowed = _plan()
     assert [(p.question_type, p.answer) for p in allowed.pairs if p.lesion == "cardiomegaly"] == [

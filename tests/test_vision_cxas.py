@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -144,22 +145,87 @@ def test_missing_weight_file_names_the_expected_file(tmp_path: Path) -> None:
         CxasAnatomy(tmp_path / "nowhere.pth", config=TINY)
 
 
-def test_mismatched_checkpoint_names_missing_unexpected_and_misshaped_keys(tmp_path: Path) -> None:
-    state = {key: value for key, value in _random_unet().state_dict().items()}
-    del state["head.out.conv.bias"]
-    state["head.extra.weight"] = torch.zeros(3)
-    state["head.up4.conv.double_conv.0.bias"] = torch.zeros(5)
-    path = tmp_path / "UNet_ResNet50_default.pth"
-    torch.save({"model": state}, path)
+def _state() -> dict[str, torch.Tensor]:
+    return dict(_random_unet().state_dict())
+
+
+def _save_state(state: dict[str, torch.Tensor], path: Path) -> Path:
+    torch.save({"model": {"module." + key: value for key, value in state.items()}, "epoch": 3}, path)
+    return path
+
+
+def _loads_like(backend: CxasAnatomy, state: dict[str, torch.Tensor]) -> None:
+    loaded = backend.model.state_dict()
+    for key, value in state.items():
+        if key in loaded:
+            assert torch.equal(loaded[key], value), key
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+
+
+def test_extra_key_loads_with_one_warning_naming_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = _state()
+    extra = {**state, "head.aux.weight": torch.zeros(3), "criterion.pos_weight": torch.ones(159)}
+    with caplog.at_level(logging.WARNING):
+        backend = CxasAnatomy(_save_state(extra, tmp_path / "UNet_ResNet50_default.pth"), config=TINY)
+    _loads_like(backend, state)
+    (warning,) = _warnings(caplog)
+    assert "\n" not in warning
+    assert "head.aux.weight" in warning and "criterion.pos_weight" in warning and "UNet_ResNet50_default" in warning
+
+
+def test_missing_num_batches_tracked_loads_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = _state()
+    old = {key: value for key, value in state.items() if not key.endswith("num_batches_tracked")}
+    absent = sorted(set(state) - set(old))
+    assert len(absent) > 10  # every BatchNorm of the network
+    path = _save_state({**old, "extra.key": torch.zeros(1)}, tmp_path / "old_torch.pth")
+    with caplog.at_level(logging.WARNING):
+        backend = CxasAnatomy(path, config=TINY, input_size=64)
+    _loads_like(backend, old)
+    (warning,) = _warnings(caplog)  # extra keys and absent buffers together in one line
+    assert "\n" not in warning and "extra.key" in warning
+    assert all(key in warning for key in absent)
+    # same masks as the complete checkpoint: the counters play no part in eval mode
+    full = CxasAnatomy(_save_state(state, tmp_path / "full.pth"), config=TINY, input_size=64)
+    image = _images()[0]
+    for label, mask in full.segment([image], ["a"])[0].items():
+        np.testing.assert_array_equal(backend.segment([image], ["a"])[0][label], mask)
+
+
+@pytest.mark.parametrize("key", ["backbone.backbone.layer1.0.conv2.weight", "head.out.conv.bias",
+                                 "backbone.backbone.layer0.1.running_var"])
+def test_missing_weight_is_refused_naming_it(tmp_path: Path, key: str) -> None:
+    state = _state()
+    del state[key]
     with pytest.raises(BackendError) as error:
-        CxasAnatomy(path, config=TINY)
+        CxasAnatomy(_save_state(state, tmp_path / "UNet_ResNet50_default.pth"), config=TINY)
     message = str(error.value)
-    assert "missing keys: head.out.conv.bias" in message
-    assert "unexpected keys: head.extra.weight" in message
-    assert "head.up4.conv.double_conv.0.bias (5,)" in message
+    assert "\n" not in message and f"missing keys: {key}" in message and "UNet_ResNet50_default.pth" in message
+
+
+def test_shape_mismatch_is_refused_naming_the_key(tmp_path: Path) -> None:
+    state = _state()
+    state["head.up4.conv.double_conv.0.bias"] = torch.zeros(5)
+    del state["backbone.backbone.layer0.1.num_batches_tracked"]  # tolerated alone, but not a reason to load
+    with pytest.raises(BackendError) as error:
+        CxasAnatomy(_save_state(state, tmp_path / "UNet_ResNet50_default.pth"), config=TINY)
+    message = str(error.value)
+    assert "\n" not in message and "wrong shapes: head.up4.conv.double_conv.0.bias (5,) != (4,)" in message
+    assert "num_batches_tracked" not in message
     # the full-size network refuses a tiny checkpoint by shape
     with pytest.raises(BackendError, match="wrong shapes"):
         CxasAnatomy(_save(_random_unet(), tmp_path / "tiny.pth"), config=CxasUNetConfig(width=8, blocks=(1, 1, 1, 1)))
+
+
+def test_checkpoint_is_read_with_weights_only(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    original = torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: calls.append(kwargs) or original(*args, **kwargs))
+    CxasAnatomy(_save(_random_unet(), tmp_path / "UNet_ResNet50_default.pth"), config=TINY)
+    assert calls and calls[0]["weights_only"] is True and len(calls) == 1
 
 
 def test_non_checkpoint_file_is_refused(tmp_path: Path) -> None:

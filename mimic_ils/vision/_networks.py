@@ -1,11 +1,15 @@
-"""Helpers shared by the re-implemented vision networks (HybridGNet, CXAS): strict checkpoint loading, input checks.
+"""Helpers shared by the re-implemented vision networks (HybridGNet, CXAS): checkpoint loading, input checks.
 
 A checkpoint that does not fit is a whole-backend problem: :class:`~mimic_ils.schema.BackendError` names the file
 and the missing, unexpected and mis-shaped keys, so a user can tell a wrong file from a wrong version.
+:func:`load_strict` refuses any difference; :func:`load_tolerant` accepts the differences that a reference loading
+with ``load_state_dict(strict=False)`` accepts harmlessly (extra keys, absent ``num_batches_tracked`` buffers),
+naming them in one warning line, and refuses absent weights and wrong shapes.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +20,12 @@ from torch import nn
 
 from mimic_ils.schema import BackendError
 
+logger = logging.getLogger(__name__)
+
 _MAX_LISTED_KEYS = 8
+# Buffers a checkpoint may lack without changing the network's output: BatchNorm's step counter, unused in eval mode
+# (the momentum is set) and saved only by torch >= 0.4.1.
+OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 
 
 def read_checkpoint(path: str | Path, expected_name: str) -> object:
@@ -48,16 +57,20 @@ def _listed(keys: list[str]) -> str:
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > _MAX_LISTED_KEYS else "")
 
 
+def _mis_shaped(expected: Mapping[str, torch.Tensor], state_dict: Mapping[str, object]) -> list[str]:
+    return [
+        f"{key} {tuple(state_dict[key].shape)} != {tuple(expected[key].shape)}"
+        for key in expected
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)
+    ]
+
+
 def key_problems(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Human-readable list of missing, unexpected and mis-shaped keys of ``state_dict`` for ``model`` (empty: fits)."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
-    mis_shaped = [
-        f"{key} {tuple(state_dict[key].shape)} != {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(expected[key].shape)
-    ]
+    mis_shaped = _mis_shaped(expected, state_dict)
     problems = []
     if missing:
         problems.append(f"missing keys: {_listed(missing)}")
@@ -68,16 +81,55 @@ def key_problems(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> li
     return problems
 
 
+def _require_tensors(state_dict: object, keys: object, path: str | Path, expected_name: str) -> None:
+    if not isinstance(state_dict, Mapping) or not all(isinstance(state_dict[key], torch.Tensor) for key in keys):
+        raise BackendError(f"weight file {str(path)!r} holds no state dict of tensors (expected {expected_name})")
+
+
 def load_strict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | Path, expected_name: str
 ) -> None:
     """``model.load_state_dict(state_dict, strict=True)``, raising a BackendError that names every problem."""
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise BackendError(f"weight file {str(path)!r} holds no state dict of tensors (expected {expected_name})")
+    _require_tensors(state_dict, state_dict if isinstance(state_dict, Mapping) else (), path, expected_name)
     problems = key_problems(model, state_dict)
     if problems:
         raise BackendError(f"weight file {str(path)!r} does not match {expected_name}: " + "; ".join(problems))
     model.load_state_dict(state_dict, strict=True)
+
+
+def load_tolerant(
+    model: nn.Module, state_dict: Mapping[str, object], path: str | Path, expected_name: str
+) -> list[str]:
+    """Load ``state_dict`` as ``load_state_dict(strict=False)`` would, but only where that is harmless.
+
+    Accepted, and named together in one ``logging`` warning line: unexpected keys (ignored, whatever they hold) and
+    missing buffers ending in :data:`OPTIONAL_SUFFIXES` (they keep their initial value). Refused with a one-line
+    BackendError naming the keys: any other missing key (a real weight or statistic) and any wrong shape. Returns
+    the tolerated key names (unexpected first).
+    """
+    expected = model.state_dict()
+    if isinstance(state_dict, Mapping):
+        _require_tensors(state_dict, [key for key in expected if key in state_dict], path, expected_name)
+    else:
+        _require_tensors(state_dict, (), path, expected_name)
+    missing = [key for key in expected if key not in state_dict]
+    optional = [key for key in missing if key.endswith(OPTIONAL_SUFFIXES)]
+    required = [key for key in missing if key not in optional]
+    mis_shaped = _mis_shaped(expected, state_dict)
+    if required or mis_shaped:
+        problems = [f"missing keys: {_listed(required)}"] if required else []
+        problems += [f"wrong shapes: {_listed(mis_shaped)}"] if mis_shaped else []
+        raise BackendError(f"weight file {str(path)!r} does not match {expected_name}: " + "; ".join(problems))
+    unexpected = [str(key) for key in state_dict if key not in expected]
+    notes = []
+    if unexpected:
+        notes.append(f"ignored {len(unexpected)} unexpected key(s): {', '.join(unexpected)}")
+    if optional:
+        notes.append(f"{len(optional)} absent buffer(s) left at their initial value: {', '.join(optional)}")
+    if notes:
+        logger.warning("weight file %r (%s) loaded with %s", str(path), expected_name, "; ".join(notes))
+    model.load_state_dict({key: state_dict[key] for key in expected if key in state_dict}, strict=False)
+    return unexpected + optional
 
 
 def image_problem(image: object, min_side: int = 16) -> str | None:

@@ -17,7 +17,10 @@ Checkpoint: a dict whose ``"model"`` entry is the state dict, keys possibly pref
 ``backbone.backbone.layer{0..4}.*`` (torchvision ResNet names; ``layer0.0`` = conv1, ``layer0.1`` = bn1) and
 ``head.up1.conv1.conv.{0,1}.*``, ``head.up1.conv2.double_conv.{0,1,3,4}.*``, ``head.up{2,3,4}.conv.double_conv.
 {0,1,3,4}.*``, ``head.out.conv.{weight,bias}`` (``tests/fixtures/cxas_unet_resnet50_keys.json`` lists all 383 with
-their shapes). Loading is strict: a missing or unexpected key is an error, unlike the reference (``strict=False``).
+their shapes). Loading (:func:`~mimic_ils.vision._networks.load_tolerant`) accepts what the reference's
+``load_state_dict(strict=False)`` accepts harmlessly: extra keys (ignored) and absent BatchNorm ``num_batches_tracked``
+counters (unused in eval mode), named in one warning line; it refuses a missing weight or statistic and a wrong shape
+(which ``strict=False`` would leave at random initialisation or fail on), naming the keys.
 
 Preprocessing follows CXAS: RGB in [0, 1], ImageNet mean/std, nearest resize to 512x512 (no aspect padding);
 masks are ``sigmoid > 0.5`` resized back to the original frame with nearest interpolation. Labels and ids are the
@@ -43,7 +46,7 @@ from torchvision.models.resnet import Bottleneck
 from mimic_ils import schema
 from mimic_ils.schema import BackendError
 from mimic_ils.vision import base
-from mimic_ils.vision._networks import image_problem, load_strict, read_checkpoint, strip_prefix
+from mimic_ils.vision._networks import image_problem, load_tolerant, read_checkpoint, strip_prefix
 
 CHECKPOINT_NAME = "UNet_ResNet50_default.pth"
 INPUT_SIZE = 512
@@ -226,13 +229,16 @@ class CxasUNet(nn.Module):
 
 
 def load_cxas_unet(path: str | Path, config: CxasUNetConfig | None = None) -> CxasUNet:
-    """Build the network and load ``UNet_ResNet50_default.pth`` (``{"model": state_dict}``) strictly, in eval mode."""
+    """Build the network and load ``UNet_ResNet50_default.pth`` (``{"model": state_dict}``), in eval mode.
+
+    Extra keys and absent ``num_batches_tracked`` buffers are accepted with one warning line naming them; a missing
+    weight or a wrong shape is a BackendError naming the keys (see the module docstring)."""
     checkpoint = read_checkpoint(path, CHECKPOINT_NAME)
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if isinstance(state_dict, dict):
         state_dict = strip_prefix(state_dict, "module.")
     model = CxasUNet(config)
-    load_strict(model, state_dict, path, f"CXAS {CHECKPOINT_NAME}")
+    load_tolerant(model, state_dict, path, f"CXAS {CHECKPOINT_NAME}")
     return model.eval()
 
 

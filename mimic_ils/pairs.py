@@ -497,12 +497,15 @@ def _hash_rank(study_id: str, lesion: str) -> str:
 def choose_global_negatives(rows: Sequence[dict], shares: Mapping[str, float]) -> list[dict]:
     """Rows of one split with ``round(shares[lesion] x negatives of the lesion)`` basic negatives made global.
 
-    Candidates are basic negatives whose target is their own lesion, in studies with no positive of that lesion;
+    Candidates are basic negatives whose target is their own lesion, in studies with no positive of that lesion
+    or target;
     the ones with the smallest SHA-256 of (study, lesion) are chosen, so the choice is deterministic and does not
     depend on sharding or order. Cardiomegaly (global only) and lesion-inference negatives are left alone.
     """
     rows = [dict(row) for row in rows]
-    positive = {(row["study_id"], row["lesion"]) for row in rows if row["polarity"] == "positive"}
+    # a study that shows the type, or its target (a tentative finding's "opacity"), cannot say "there is no X"
+    positive = {(row["study_id"], name) for row in rows if row["polarity"] == "positive"
+                for name in (row["lesion"], row["target"])}
     for lesion, share in shares.items():
         negatives = [row for row in rows if row["polarity"] == "negative" and row["lesion"] == lesion]
         candidates = [row for row in negatives if row["question_type"] == "basic" and row["target"] == lesion

@@ -126,3 +126,9 @@ def test_global_negatives_only_where_the_study_has_no_positive_of_the_type():
     ]
     out = choose_global_negatives(rows, {"effusion": 1.0, "opacity": 1.0})
     assert [r["question_type"] for r in out] == ["basic", "basic", "lesion_inference"]
+    # a tentative atelectasis shows "opacity": that study cannot say "There is no opacity."
+    tentative = {**rows[0], "study_id": "c", "lesion": "atelectasis", "target": "opacity"}
+    opacity = {**rows[1], "study_id": "c", "lesion": "opacity", "target": "opacity"}
+    out = choose_global_negatives([tentative, opacity], {"opacity": 1.0})
+    assert out[1]["question_type"] == "basic"
+    assert choose_global_negatives([opacity], {"opacity": 1.0})[0]["question_type"] == "global"

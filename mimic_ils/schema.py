@@ -76,6 +76,11 @@ class BackendError(MimicIlsError):
     """A model backend that cannot run: missing or mismatched weight files, bad input to the model."""
 
 
+class TransientError(MimicIlsError):
+    """A failure of the machine or of a service (an LLM server down, a timeout, a full disk), not of the study:
+    never cached as the study's outcome, so the next run retries it."""
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One DICOM of a study, from the metadata CSV. ``path`` is relative to the MIMIC-CXR root."""

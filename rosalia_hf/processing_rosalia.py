@@ -64,20 +64,43 @@ def equalize_histogram(gray: np.ndarray) -> np.ndarray:
     return lut[gray]
 
 
+MIN_IMAGE_SIDE = 8  # pixels; below this an image is refused (nothing of a chest X-ray is left to segment)
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """8-bit pixels from uint8 (unchanged), wider integers or floats (min-max scaled to 0..255, never clipped:
+    a 16-bit X-ray keeps its contrast). Bool, complex and non-finite pixels are refused."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ValueError(f"images must be integer or float pixels, got dtype {array.dtype}")
+    values = array.astype(np.float64)
+    if values.size and not np.isfinite(values).all():
+        raise ValueError("image has NaN or infinite pixels")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if high <= low:
+        return np.zeros(array.shape, np.uint8)
+    return np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
+
+
 def to_rgb_uint8(image) -> np.ndarray:
-    """``HxWx3 uint8`` from an ``HxW``/``HxWx1``/``HxWx3`` uint8 array or a PIL image."""
+    """``HxWx3 uint8`` from an ``HxW``/``HxWx1``/``HxWx3`` array (uint8, 16-bit, float: see :func:`to_uint8`) or a
+    PIL image (16-bit and float modes scaled the same way, not clipped as ``convert("RGB")`` would)."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            image = np.asarray(image)
+        else:
+            return np.asarray(image.convert("RGB"))
     array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (HxW or HxWx3), got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    if array.ndim == 2:
-        return np.repeat(array[..., None], 3, axis=2)
-    if array.ndim == 3 and array.shape[2] == 3:
-        return array
-    raise ValueError(f"images must be HxW or HxWx3, got shape {array.shape}")
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+        raise ValueError(f"images must be HxW or HxWx3, got shape {array.shape}")
+    if min(array.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ValueError(f"image is {array.shape[0]}x{array.shape[1]} pixels: each side needs at least "
+                         f"{MIN_IMAGE_SIDE}")
+    array = to_uint8(array)
+    return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
 
 
 def sam_pixel_values(rgb: np.ndarray, target: int) -> torch.Tensor:
@@ -166,8 +189,14 @@ class RosaliaProcessor(ProcessorMixin):
     # --- images ---
     def prepare_images(self, images: Sequence, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         """CLIP pixels, SAM pixels and ``(H, W)`` for each image, in order."""
-        rgbs = [self._maybe_equalize(to_rgb_uint8(im), rng) for im in images]
-        clip = self.image_processor(images=rgbs, return_tensors="pt")["pixel_values"]
+        rgbs = []
+        for index, image in enumerate(images):
+            try:
+                rgbs.append(self._maybe_equalize(to_rgb_uint8(image), rng))
+            except ValueError as error:
+                raise ValueError(f"image {index}: {error}") from None
+        clip = self.image_processor(images=rgbs, return_tensors="pt", input_data_format="channels_last")[
+            "pixel_values"]
         sam = torch.stack([sam_pixel_values(rgb, self.sam_image_size) for rgb in rgbs])
         sizes = torch.tensor([rgb.shape[:2] for rgb in rgbs], dtype=torch.long)
         return {"pixel_values": clip, "sam_pixel_values": sam, "original_sizes": sizes}

@@ -130,8 +130,10 @@ def test_images_are_per_image_and_indexed(processor):
 
 
 def test_bad_inputs_give_clear_errors(processor):
-    with pytest.raises(ValueError, match="uint8"):
-        processor([np.zeros((8, 8), np.float32)], ["x"])
+    with pytest.raises(ValueError, match="image 0: images must be integer or float pixels, got dtype bool"):
+        processor([np.zeros((8, 8), bool)], ["x"])
+    with pytest.raises(ValueError, match="image 1: image is 1x300 pixels: each side needs at least 8"):
+        processor([_image(), np.zeros((1, 300), np.uint8)], ["x", "y"])
     with pytest.raises(ValueError, match="pass image_index"):
         processor([_image()], ["x", "y"])
     with pytest.raises(ValueError, match="2 answers for 1 instructions"):

@@ -176,6 +176,12 @@ def mask_statistics(prediction: Any, reference: Any) -> tuple[int, int, int, int
 
 def batch_statistics(predictions: Any, references: Any) -> np.ndarray:
     """``(N, 4)`` int64 rows of :func:`mask_statistics`; an ``NxHxW`` array pair is reduced without a Python loop."""
+    for name, value in (("predictions", predictions), ("references", references)):
+        if isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[-1] in (1, 3, 4):
+            raise ValueError(f"{name} is one {value.shape} array: a batch of {value.shape[0]} masks of width "
+                             f"{value.shape[-1]}, or one mask with {value.shape[-1]} channels? Pass a list of masks")
+        if isinstance(value, np.ndarray) and value.ndim == 2:
+            raise ValueError(f"{name} is one {value.shape} mask, not a batch: pass a list of masks")
     if isinstance(predictions, np.ndarray) and isinstance(references, np.ndarray) and predictions.ndim == 3:
         if predictions.shape != references.shape:
             raise ValueError(f"prediction batch is {predictions.shape} but reference batch is {references.shape}")

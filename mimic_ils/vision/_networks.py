@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,25 +27,63 @@ _MAX_LISTED_KEYS = 8
 # Buffers a checkpoint may lack without changing the network's output: BatchNorm's step counter, unused in eval mode
 # (the momentum is set) and saved only by torch >= 0.4.1.
 OPTIONAL_SUFFIXES = (".num_batches_tracked",)
+# how torch names the global a weights-only load refused ("... unsupported GLOBAL posix.system whose module ...")
+_GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+
+
+def _disallowed_global(error: BaseException) -> str | None:
+    """The first ``module.name`` a weights-only unpickling refused, read from torch's message (None if not named)."""
+    match = _GLOBAL_IN_MESSAGE.search(str(error))
+    return match.group(1) if match else None
 
 
 def read_checkpoint(path: str | Path, expected_name: str) -> object:
-    """Unpickle the checkpoint at ``path`` on the CPU; ``expected_name`` is the original file name for messages."""
+    """Read the checkpoint at ``path`` on the CPU; ``expected_name`` is the original file name for messages.
+
+    ``.safetensors`` files are read with ``safetensors`` (a flat state dict); anything else with
+    ``torch.load(weights_only=True)`` and no fallback: a checkpoint whose pickle needs other Python globals than
+    tensors and plain containers (an optimizer object, an ``argparse.Namespace``, or code such as ``os.system``) is
+    refused with a one-line BackendError naming the file and the first such global, and nothing of it is run.
+    """
     path = Path(path) if path else Path()
     if not path.is_file():
         raise BackendError(f"weight file {str(path)!r} not found (expected the original {expected_name})")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path, expected_name)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Original training checkpoints may pickle extra objects (optimizer state, argparse namespaces); the user
-        # supplied this local file explicitly, so fall back to a full unpickle as the reference code does.
-        pass
-    except (RuntimeError, EOFError, OSError) as error:
-        raise BackendError(f"weight file {str(path)!r} is not a torch checkpoint ({expected_name}): {error}") from None
+    except pickle.UnpicklingError as error:
+        name = _disallowed_global(error)
+        if name is None:  # not a pickle at all ("invalid load key"), or a damaged one
+            raise BackendError(
+                f"weight file {str(path)!r} is not a torch checkpoint ({expected_name}): {_first_line(error)}"
+            ) from None
+        raise BackendError(
+            f"weight file {str(path)!r} refused ({expected_name}): its pickle needs the Python global {name}, which "
+            "a weights-only load does not allow (nothing was run); save the state dict alone "
+            "(torch.save(model.state_dict(), ...)) or as .safetensors"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - zip, EOF, decode and type errors all mean "not this checkpoint"
+        raise BackendError(
+            f"weight file {str(path)!r} is not a torch checkpoint ({expected_name}): {_first_line(error)}"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _read_safetensors(path: Path, expected_name: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not this checkpoint"
-        raise BackendError(f"weight file {str(path)!r} is not a torch checkpoint ({expected_name}): {error}") from None
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise BackendError(
+            f"weight file {str(path)!r} is not a safetensors file ({expected_name}): {_first_line(error)}"
+        ) from None
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

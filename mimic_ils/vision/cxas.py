@@ -13,7 +13,9 @@ Network (input ``(B, 3, 512, 512)`` ImageNet-normalised RGB, output ``(B, 159, 5
   size and a 1x1 conv to the 159 classes. The reference passes an ``instance`` norm option to its head but never
   uses it: every decoder norm is a ``BatchNorm2d`` (with running statistics in the checkpoint), as here.
 
-Checkpoint: a dict whose ``"model"`` entry is the state dict, keys possibly prefixed ``module.``; key names are
+Checkpoint: a dict whose ``"model"`` entry is the state dict, keys possibly prefixed ``module.``, read with
+``torch.load(weights_only=True)`` and no fallback (a pickle that needs other globals, e.g. optimizer objects, is
+refused naming the first one), or the state dict alone as a ``.safetensors`` file; key names are
 ``backbone.backbone.layer{0..4}.*`` (torchvision ResNet names; ``layer0.0`` = conv1, ``layer0.1`` = bn1) and
 ``head.up1.conv1.conv.{0,1}.*``, ``head.up1.conv2.double_conv.{0,1,3,4}.*``, ``head.up{2,3,4}.conv.double_conv.
 {0,1,3,4}.*``, ``head.out.conv.{weight,bias}`` (``tests/fixtures/cxas_unet_resnet50_keys.json`` lists all 383 with

@@ -21,7 +21,9 @@ Network, for ``input_size`` S (1024 in CheXmask):
 * graphs: one ring per organ, in this order: right lung 44, left lung 50, heart 26 landmarks (22, 25, 13 after
   downsampling). "Right lung" is the patient's right, on the image's left.
 
-Checkpoint: CheXmask ``bestMSE.pt`` / ``weights.pt``, a plain state dict (keys possibly prefixed ``module.``):
+Checkpoint: CheXmask ``bestMSE.pt`` / ``weights.pt``, a plain state dict (keys possibly prefixed ``module.``),
+read with ``torch.load(weights_only=True)`` and no fallback (a pickle that needs other globals is refused), or
+the same state dict as a ``.safetensors`` file:
 
 * ``encoder.dconv_down{1..6}.block.{0,3}.{weight,bias}`` (BN), ``encoder.dconv_down{1..6}.block.{2,5}.{weight,
   bias}`` (conv), ``encoder.dconv_down{1..5}.skip.0.weight`` (1x1 conv), ``encoder.dconv_down{1..5}.skip.1.{weight,

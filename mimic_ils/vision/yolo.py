@@ -3,8 +3,15 @@
 The checkpoint is a local ``.pt`` file saved by the ``ultralytics`` package (YOLOv8 and later) whose model has the
 14 VinBigData classes in the order of :data:`VINBIG_CLASSES`. Checkpoints from the older ``yolov5`` repository
 pickle its ``models.yolo.Model`` class, which ``ultralytics`` cannot load: they are detected before loading (by
-reading the checkpoint's pickle opcodes, without running it) and refused with a clear message; so is any checkpoint
-that needs a Python module that is not installed (``ultralytics`` would otherwise try to pip-install it).
+reading the checkpoint's pickle opcodes, without running it) and refused with a clear message.
+
+``ultralytics`` unpickles checkpoints with ``weights_only=False``, i.e. a pickle can run any code. So before it
+touches the file, every global the pickle references is read from its opcodes (nothing is unpickled) and checked
+against what ultralytics checkpoints need (:func:`check_checkpoint`): ``torch.nn`` / ``ultralytics.nn`` module
+classes, tensor and storage rebuilders, plain containers and metadata value types. Anything else (``os.system``,
+``builtins.eval``, ``subprocess.Popen``, a module that is not installed, an obfuscated reference) is refused naming
+the first one. Residual risk: an allowed network class may be *called* by a crafted pickle, which runs its
+constructor with pickled arguments (ultralytics' own constructors read YAML configs and build layers).
 
 Boxes of aortic enlargement, other lesion and pneumothorax are dropped (not hyperintense lesions). Output boxes are
 ``xyxy`` in original-frame pixels with their confidence, class id and class name.
@@ -44,44 +51,192 @@ DROPPED_CLASSES = (0, 9, 12)  # aortic enlargement, other lesion, pneumothorax
 YOLOV5_MODULES = ("models", "utils")  # top-level packages of the yolov5 repository
 
 
-def pickled_globals(path: str | Path) -> set[str]:
-    """The ``module.name`` globals a ``torch.save`` checkpoint references, read from its pickle without loading it."""
+_STRING_OPCODES = frozenset(
+    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+)
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
+_MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_NEUTRAL = frozenset({"PROTO", "FRAME"})  # neither push nor pop
+_UNKNOWN = object()  # a stack value the walk does not follow (anything but a string)
+
+
+def _pickle_streams(path: Path) -> list[bytes]:
+    """Every pickle a ``torch.save`` zip holds (each ``*.pkl`` member, duplicates of one name included)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
-            data = archive.read(name)
-    except (zipfile.BadZipFile, StopIteration, OSError):
-        data = Path(path).read_bytes()  # legacy (non-zip) torch.save format
-    found, strings = set(), []
-    try:
-        for opcode, argument, _ in pickletools.genops(data):
-            if opcode.name == "GLOBAL":
-                found.add(argument.replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.add(f"{strings[-2]}.{strings[-1]}")
-            elif isinstance(argument, str):
-                strings.append(argument)
-    except Exception as error:  # pickletools raises ValueError and others on damaged data
-        raise BackendError(f"yolo: {path} is not a readable PyTorch checkpoint ({error})") from None
+            streams = [archive.read(info) for info in archive.infolist() if info.filename.endswith(".pkl")]
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, EOFError) as error:
+        raise BackendError(
+            f"yolo: {path} is not a zip-format PyTorch checkpoint, which ultralytics saves ({error})"
+        ) from None
+    if not streams:
+        raise BackendError(f"yolo: {path} is not a PyTorch checkpoint (its zip holds no data.pkl)")
+    return streams
+
+
+def _stream_globals(data: bytes) -> list[str]:
+    """The ``module.name`` globals one pickle references, in order, read from its opcodes without running it.
+
+    ``STACK_GLOBAL`` takes its two names from the stack; they are followed through memo puts and gets, and a
+    ``STACK_GLOBAL`` whose names are not two strings pushed just before (an obfuscated reference) is reported as
+    ``?.?`` so that it is refused; extension-registry references (``EXT1/2/4``) likewise.
+    """
+    found: list[str] = []
+    memo: dict[int, object] = {}
+    recent: list[object] = []  # values pushed by the latest opcodes (memo puts do not push)
+    for opcode, argument, _ in pickletools.genops(data):
+        name = opcode.name
+        if name in ("GLOBAL", "INST"):
+            found.append(str(argument).replace(" ", "."))
+            recent.append(_UNKNOWN)
+        elif name == "STACK_GLOBAL":
+            names = recent[-2:]
+            ok = len(names) == 2 and all(isinstance(value, str) for value in names)
+            found.append(f"{names[0]}.{names[1]}" if ok else "?.?")
+            recent = [_UNKNOWN]
+        elif name.startswith("EXT"):
+            found.append(f"copyreg extension code {argument}")
+            recent.append(_UNKNOWN)
+        elif name in _STRING_OPCODES:
+            recent.append(argument if isinstance(argument, str) else _UNKNOWN)
+        elif name in _MEMO_PUTS:
+            memo[len(memo) if name == "MEMOIZE" else int(argument)] = recent[-1] if recent else _UNKNOWN
+        elif name in _MEMO_GETS:
+            recent.append(memo.get(int(argument), _UNKNOWN))
+        elif name in _NEUTRAL:
+            continue
+        else:
+            recent.append(_UNKNOWN)
+        del recent[:-2]
     return found
 
 
+def pickled_globals(path: str | Path) -> set[str]:
+    """The ``module.name`` globals a ``torch.save`` checkpoint references, read from its pickle without loading it."""
+    return set(ordered_globals(Path(path)))
+
+
+def ordered_globals(path: Path) -> list[str]:
+    """:func:`pickled_globals` in the order the pickles reference them (first reference first, no repeats)."""
+    found: dict[str, None] = {}
+    for data in _pickle_streams(path):
+        try:
+            found.update(dict.fromkeys(_stream_globals(data)))
+        except Exception as error:  # pickletools raises ValueError and others on damaged data
+            raise BackendError(f"yolo: {path} is not a readable PyTorch checkpoint ({error})") from None
+    # protocol-2 pickles name Python 2 modules (__builtin__, copy_reg) that pickle maps to their Python 3 names
+    return list(dict.fromkeys(_python3_name(name) for name in found))
+
+
+def _python3_name(name: str) -> str:
+    module, _, attribute = name.rpartition(".")
+    if (module, attribute) in _compat_pickle.NAME_MAPPING:
+        return ".".join(_compat_pickle.NAME_MAPPING[(module, attribute)])
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attribute}" if module else name
+
+
+# Globals an ultralytics checkpoint may reference besides the network classes (see ``_allowed``): tensor and
+# storage rebuilding, plain containers, and the value types of its metadata (train args, metrics, paths).
+ALLOWED_GLOBALS = frozenset(
+    {
+        "builtins.set",
+        "builtins.frozenset",
+        "builtins.slice",
+        "builtins.complex",
+        "builtins.bytearray",
+        "builtins.object",
+        "_codecs.encode",  # protocol 2 pickles bytes as _codecs.encode(text, "latin1")
+        "copyreg._reconstructor",
+        "collections.OrderedDict",
+        "collections.defaultdict",
+        "types.SimpleNamespace",
+        "argparse.Namespace",
+        "pathlib.Path",
+        "pathlib.PosixPath",
+        "pathlib.WindowsPath",
+        "pathlib.PurePosixPath",
+        "pathlib.PureWindowsPath",
+        "pathlib._local.PosixPath",
+        "pathlib._local.WindowsPath",
+        "torch.Size",
+        "torch.device",
+        "torch._utils._rebuild_tensor",
+        "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_tensor_v3",
+        "torch._utils._rebuild_parameter",
+        "torch._utils._rebuild_parameter_with_state",
+        "torch._tensor._rebuild_from_type_v2",
+        "torch.storage.UntypedStorage",
+        "torch.storage.TypedStorage",
+        "numpy.dtype",
+        "numpy.ndarray",
+        "numpy.core.multiarray.scalar",
+        "numpy.core.multiarray._reconstruct",
+        "numpy._core.multiarray.scalar",
+        "numpy._core.multiarray._reconstruct",
+        "ultralytics.utils.IterableSimpleNamespace",
+    }
+)
+# Modules whose torch.nn.Module subclasses (defined there) a checkpoint may pickle: the network's layers and model
+# classes, and the loss objects older ultralytics versions left on the model (``model.criterion``).
+MODULE_PREFIXES = ("torch.nn.modules.", "ultralytics.nn.modules.", "ultralytics.utils.loss", "ultralytics.utils.tal")
+MODULES = ("ultralytics.nn.tasks", "ultralytics.utils.loss", "ultralytics.utils.tal")
+PLAIN_CLASS_MODULES = ("ultralytics.utils.loss", "ultralytics.utils.tal")  # criterion helpers, not nn.Modules
+
+
+def _allowed(name: str) -> str | None:
+    """None if an ultralytics checkpoint may reference global ``name``, else why not (for the refusal)."""
+    if name in ALLOWED_GLOBALS:
+        return None
+    module, _, attribute = name.rpartition(".")
+    if module == "torch" and (attribute.endswith("Storage") or attribute in _TORCH_DTYPES):
+        return None if hasattr(__import__("torch"), attribute) else "not a torch storage or dtype"
+    family = module in MODULES or module.startswith(MODULE_PREFIXES)
+    if not family or not attribute.isidentifier():
+        return "not a class an ultralytics checkpoint needs"
+    try:
+        value = getattr(importlib.import_module(module), attribute)
+    except Exception:  # noqa: BLE001 - ImportError, AttributeError, or a module that fails to import
+        return "not in the installed ultralytics/torch (a checkpoint of another version?)"
+    import torch
+
+    if not isinstance(value, type) or value.__module__ != module:
+        return "not a class defined there"
+    if issubclass(value, torch.nn.Module) or module in PLAIN_CLASS_MODULES:
+        return None
+    return "not a network module class"
+
+
+_TORCH_DTYPES = frozenset(
+    {"float16", "float32", "float64", "bfloat16", "half", "float", "double", "int8", "int16", "int32", "int64",
+     "uint8", "bool", "long", "int", "short"}
+)
+
+
 def check_checkpoint(path: str | Path) -> None:
-    """Raise ``BackendError`` unless ``path`` is an existing checkpoint that ``ultralytics`` can load offline."""
+    """Raise ``BackendError`` unless ``path`` is an existing ultralytics checkpoint that is safe to unpickle.
+
+    Its pickle's globals are read from the opcodes (nothing is unpickled) and every one must be allowed (see
+    :func:`_allowed`): anything else, ``os.system`` or ``builtins.eval`` say, is refused naming the first one, before
+    ``ultralytics`` (which unpickles with ``weights_only=False``) touches the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise BackendError(f"yolo: weights file {path} not found (expected an ultralytics .pt trained on VinBigData)")
-    modules = {name.rsplit(".", 1)[0] for name in pickled_globals(path)}
-    if any(module.split(".")[0] in YOLOV5_MODULES for module in modules):
+    names = ordered_globals(path)
+    if any(name.split(".")[0] in YOLOV5_MODULES for name in names):
         raise BackendError(
             f"yolo: {path} is a checkpoint of the old yolov5 repository (it pickles 'models.yolo.Model'), which "
             "ultralytics cannot load; re-export it with ultralytics (YOLOv8+) or train a new VinBigData model"
         )
-    # protocol-2 pickles name Python 2 modules (__builtin__, copy_reg) that pickle maps to their Python 3 names
-    modules = {_compat_pickle.IMPORT_MAPPING.get(module, module) for module in modules}
-    missing = sorted(m for m in modules if importlib.util.find_spec(m.split(".")[0]) is None)
-    if missing:
-        raise BackendError(f"yolo: {path} needs Python modules that are not installed: {', '.join(missing)}")
+    refused = [(name, reason) for name in names if (reason := _allowed(name)) is not None]
+    if refused:
+        name, reason = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise BackendError(
+            f"yolo: {path} refused, nothing of it was run: its pickle references {name}{more}, {reason}; "
+            "only ultralytics/torch network classes and tensor data are allowed"
+        )
 
 
 def to_boxes(xyxy: np.ndarray, confidences: np.ndarray, class_ids: np.ndarray, shape: tuple[int, int]) -> list[Box]:

@@ -6,8 +6,12 @@ Components, all from local folders (nothing is downloaded):
   (``config.json`` + ``diffusion_pytorch_model.safetensors``), a ``diffusers.UNet2DConditionModel``;
 * ``vae``: the SDXL VAE folder (``stabilityai/sdxl-vae``), a ``diffusers.AutoencoderKL``;
 * ``text_encoder``: the BioViL-T folder (``microsoft/BiomedVLP-BioViL-T``), loaded with ``transformers``
-  ``AutoModel`` / ``AutoTokenizer`` (``model_max_length`` 128; ``trust_remote_code`` because CXR-BERT ships its own
-  model class); ``tokenizer`` defaults to the same folder.
+  ``AutoModel`` / ``AutoTokenizer`` (``model_max_length`` 128); ``tokenizer`` defaults to the same folder.
+
+Every ``from_pretrained`` runs with ``local_files_only=True``; a Hugging Face hub id given where a folder is expected
+is refused. CXR-BERT ships its own model class (``auto_map`` in its ``config.json``), Python code that
+``trust_remote_code`` would execute: it is off unless the backend options say ``trust_remote_code: true``; a folder
+that needs it without that option is refused with the reason.
 
 Editing one image (``HxW uint8``, any size):
 
@@ -54,15 +58,53 @@ SCHEDULER_CONFIG = {
 }
 
 
-def _require_folder(path: str | Path, what: str, expected: str) -> Path:
+def _local_folder(path: str | Path, what: str, expected: str) -> Path:
+    """``path`` as an existing local folder; a hub id or a missing path is a one-line BackendError."""
     folder = Path(path)
+    if folder.is_dir():
+        return folder
+    text = str(path)
+    if _looks_like_hub_id(text):
+        raise BackendError(
+            f"radedit: {what} {text!r} is not a local folder but looks like a Hugging Face hub id; nothing is "
+            f"downloaded: download {expected} yourself and pass its folder"
+        )
+    raise BackendError(f"radedit: {what} folder {folder} not found (expected {expected})")
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return (
+        not text.startswith((".", "/", "~"))
+        and 1 <= len(parts) <= 2
+        and all(part and part.replace("-", "").replace("_", "").replace(".", "").isalnum() for part in parts)
+    )
+
+
+def _refuse_remote_code(folder: Path, what: str) -> None:
+    """BackendError if the model in ``folder`` needs its own Python code (``auto_map``) to load."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise BackendError(f"radedit: {what} folder {folder}: unreadable config.json ({error})") from None
+    if isinstance(config, dict) and config.get("auto_map"):
+        raise BackendError(
+            f"radedit: {what} folder {folder} ships its own model code (auto_map in config.json), which runs only "
+            "with the backend option trust_remote_code: true (it executes Python files from that folder)"
+        )
+
+
+def _require_folder(path: str | Path, what: str, expected: str) -> Path:
+    folder = _local_folder(path, what, expected)
     if not (folder / "config.json").is_file():
         raise BackendError(f"radedit: {what} folder {folder} has no config.json (expected {expected})")
     return folder
 
 
 def _unet_folder(path: str | Path) -> Path:
-    root = Path(path)
+    root = _local_folder(path, "UNet", "the microsoft/radedit snapshot or its unet/ subfolder")
     if (root / "unet" / "config.json").is_file():
         return root / "unet"
     return _require_folder(root, "UNet", "the microsoft/radedit snapshot or its unet/ subfolder")
@@ -100,7 +142,7 @@ class RadEditPseudoNormal:
         vae: str | Path | None = None,
         text_encoder: str | Path | None = None,
         tokenizer: str | Path | None = None,
-        trust_remote_code: bool = True,
+        trust_remote_code: bool = False,
         **options: object,
     ) -> None:
         """Load the components from local folders (see the module docstring); ``options`` as in :meth:`_configure`."""
@@ -108,6 +150,8 @@ class RadEditPseudoNormal:
             raise BackendError(
                 "radedit needs the unet, vae and text_encoder folders (options unet=, vae=, text_encoder=)"
             )
+        if not isinstance(trust_remote_code, bool):
+            raise BackendError(f"radedit: trust_remote_code must be true or false, got {trust_remote_code!r}")
         self._configure(**options)
         self._load(unet, vae, text_encoder, tokenizer, trust_remote_code)
         self._setup()
@@ -153,17 +197,20 @@ class RadEditPseudoNormal:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import AutoModel, AutoTokenizer
 
+        unet_folder = _unet_folder(unet)
+        vae_folder = _require_folder(vae, "VAE", "the SDXL VAE folder")
         text_folder = _require_folder(text_encoder, "text encoder", "the BioViL-T folder")
+        tokenizer_folder = _local_folder(tokenizer, "tokenizer", "the BioViL-T folder") if tokenizer else text_folder
+        if not trust_remote_code:
+            _refuse_remote_code(text_folder, "text encoder")
+        local = {"local_files_only": True, "trust_remote_code": trust_remote_code}
         try:
-            self.unet = UNet2DConditionModel.from_pretrained(_unet_folder(unet), torch_dtype=self.dtype)
-            self.vae = AutoencoderKL.from_pretrained(
-                _require_folder(vae, "VAE", "the SDXL VAE folder"), torch_dtype=self.dtype
-            )
-            self.text_encoder = AutoModel.from_pretrained(
-                text_folder, trust_remote_code=trust_remote_code, dtype=self.dtype
-            )
+            offline = {"torch_dtype": self.dtype, "local_files_only": True}
+            self.unet = UNet2DConditionModel.from_pretrained(unet_folder, **offline)
+            self.vae = AutoencoderKL.from_pretrained(vae_folder, **offline)
+            self.text_encoder = AutoModel.from_pretrained(text_folder, dtype=self.dtype, **local)
             self.tokenizer = AutoTokenizer.from_pretrained(
-                tokenizer or text_folder, trust_remote_code=trust_remote_code, model_max_length=TOKENIZER_MAX_LENGTH
+                tokenizer_folder, model_max_length=TOKENIZER_MAX_LENGTH, **local
             )
         except (OSError, ValueError) as error:
             raise BackendError(f"radedit: cannot load weights: {str(error).splitlines()[0]}") from None

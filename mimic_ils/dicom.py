@@ -87,6 +87,7 @@ def check_dicom(path: str | Path) -> DicomHeader:
     """
     ds = _dcmread(path, defer_size=4096)  # large values (the pixels) are skipped, not read
     header = _header_from(ds, path)
+    check_pixel_attributes(ds, path)
     element = ds.get_item(0x7FE00010, keep_deferred=True)
     if element is None:
         raise DicomReadError(f"{path}: no pixel data")
@@ -115,6 +116,7 @@ def read_dicom(path: str | Path, *, out_dtype: type = np.uint8) -> np.ndarray:
     """
     ds = _dcmread(path)
     header = _header_from(ds, path)
+    check_pixel_attributes(ds, path)
     if "PixelData" not in ds:
         raise DicomReadError(f"{path}: no pixel data")
     try:
@@ -129,11 +131,65 @@ def read_dicom(path: str | Path, *, out_dtype: type = np.uint8) -> np.ndarray:
                              "greyscale image")
     values, low, high = apply_modality_lut(ds, pixels)
     display = apply_voi(ds, values, low, high)
+    if not np.isfinite(display).all():  # e.g. a VOI LUT whose descriptor gives 0 output bits
+        raise DicomReadError(f"{path}: {_voi_source(ds)} gives non-finite display values")
     if header.photometric == "MONOCHROME1":
         display = 1.0 - display
     if np.dtype(out_dtype) == np.uint8:
         return np.clip(np.rint(display * 255.0), 0, 255).astype(np.uint8)
     return display.astype(out_dtype)
+
+
+def _integer(ds, keyword: str, path: str | Path) -> int | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DicomReadError(f"{path}: {keyword} {value!r} is not an integer") from None
+
+
+def check_pixel_attributes(ds, path: str | Path) -> None:
+    """DicomReadError for header values that would give a wrong image: inconsistent bit depths (BitsStored above
+    BitsAllocated, HighBit other than BitsStored - 1) and a non-finite or non-numeric RescaleSlope,
+    RescaleIntercept, WindowCenter or WindowWidth (which would turn the whole image black)."""
+    allocated = _integer(ds, "BitsAllocated", path)
+    stored = _integer(ds, "BitsStored", path)
+    high = _integer(ds, "HighBit", path)
+    if allocated is not None and not 1 <= allocated <= 64:
+        raise DicomReadError(f"{path}: BitsAllocated {allocated} is out of range")
+    if stored is not None and not 1 <= stored <= (allocated or 64):
+        raise DicomReadError(f"{path}: BitsStored {stored} is inconsistent with BitsAllocated {allocated}")
+    if high is not None and stored is not None and high != stored - 1:
+        raise DicomReadError(
+            f"{path}: HighBit {high} is inconsistent with BitsStored {stored} (expected {stored - 1})"
+        )
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        _finite(ds, keyword, 0.0, path)
+
+
+def _finite(ds, keyword: str, default: float, path: str | Path) -> float:
+    """The (first) value of a numeric tag, ``default`` when absent or empty; DicomReadError naming the tag when it
+    is not a finite number."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        number = _first_value(value)
+    except (TypeError, ValueError, IndexError):
+        raise DicomReadError(f"{path}: {keyword} {value!r} is not a number") from None
+    if not np.isfinite(number):
+        raise DicomReadError(f"{path}: {keyword} is {number} (not a finite number)")
+    return number
+
+
+def _voi_source(ds) -> str:
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        return "the VOI LUT Sequence"
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        return "WindowCenter/WindowWidth"
+    return "the modality output"
 
 
 def _stored_range(ds) -> tuple[float, float]:
@@ -168,8 +224,9 @@ def apply_modality_lut(ds, pixels: np.ndarray) -> tuple[np.ndarray, float, float
     if "ModalityLUTSequence" in ds and len(ds.ModalityLUTSequence):
         entries, first, table = _lut(ds.ModalityLUTSequence[0], str(ds.filename or ""))
         return _apply_lut(pixels.astype(np.float64), first, table), float(table.min()), float(table.max())
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    path = str(getattr(ds, "filename", "") or "")
+    slope = _finite(ds, "RescaleSlope", 1.0, path) or 1.0  # an empty or zero slope counts as 1, as before
+    intercept = _finite(ds, "RescaleIntercept", 0.0, path)
     values = pixels.astype(np.float64) * slope + intercept
     ends = sorted((low * slope + intercept, high * slope + intercept))
     return values, ends[0], ends[1]
@@ -188,9 +245,12 @@ def apply_voi(ds, values: np.ndarray, low: float, high: float) -> np.ndarray:
         item = ds.VOILUTSequence[0]
         entries, first, table = _lut(item, str(ds.filename or ""))
         bits = int(item.LUTDescriptor[2])
+        if not 1 <= bits <= 16:
+            raise DicomReadError(f"{ds.filename or ''}: VOI LUT Descriptor gives {bits} output bits (need 1..16)")
         return np.clip(_apply_lut(values, first, table) / (2.0**bits - 1), 0.0, 1.0)
     if "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = _first_value(ds.WindowCenter), _first_value(ds.WindowWidth)
+        path = str(getattr(ds, "filename", "") or "")
+        center, width = _finite(ds, "WindowCenter", 0.0, path), _finite(ds, "WindowWidth", 1.0, path)
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
         return window(values, center, width, function)
     return np.clip((values - low) / max(high - low, 1e-9), 0.0, 1.0)

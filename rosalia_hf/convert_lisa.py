@@ -15,7 +15,8 @@ which reproduces the pixels LISA was trained with.
 
 Unknown or missing keys, a tokenizer or CLIP folder that does not fit the checkpoint: the conversion stops with one
 line naming the file and field, and no output folder is left behind (everything is written to a temporary sibling
-folder that is renamed at the end).
+folder that is renamed at the end). The command runs offline (:func:`mimic_ils.offline.go_offline`); ``--checkpoint``,
+``--clip`` and ``--tokenizer`` must be local folders, and a hub id there gets one line naming the option.
 
     python -m rosalia_hf.convert_lisa --checkpoint LISA-7B-v1 --clip clip-vit-large-patch14 --output rosalia-hf
 """
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
+from mimic_ils.offline import NotLocalError, add_download_flag, downloads_allowed, go_offline, require_local
 from rosalia_hf.configuration_rosalia import RosaliaConfig
 from rosalia_hf.convert_sam import (
     CheckpointConversionError,
@@ -282,8 +284,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint folder)")
     parser.add_argument("--sam-decoder-heads", type=int, default=8)
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    add_download_flag(parser)
     args = parser.parse_args(argv)
+    go_offline(args.allow_downloads)
+    downloads = downloads_allowed(args.allow_downloads)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    try:
+        for option, value in (("--checkpoint", args.checkpoint), ("--clip", args.clip),
+                              ("--tokenizer", args.tokenizer)):  # the converter reads local folders only
+            require_local(value, option, downloads=downloads, fetchable=False)
+    except NotLocalError as err:
+        raise SystemExit(f"convert_lisa: {err}") from None
     try:
         out = convert_lisa_checkpoint(args.checkpoint, args.clip, args.output, args.tokenizer,
                                       args.sam_decoder_heads, dtype)

@@ -4,7 +4,8 @@ Original keys are ``image_encoder.* / prompt_encoder.* / mask_decoder.*``. The S
 the tensor shapes (widths, depths, windowed vs global attention blocks, image size); only the mask decoder's head
 count (8 in every released SAM) cannot be, and is an argument. Every original key must map to a target key and
 every target key must be filled, with the right shape; otherwise nothing is written and the offending names are
-reported.
+reported. The command runs offline (:func:`mimic_ils.offline.go_offline`); ``--checkpoint`` must be a local file or
+folder, and anything else (a hub id) gets one line naming the option.
 
     python -m rosalia_hf.convert_sam --checkpoint sam_vit_h_4b8939.pth --output sam-vit-h-hf
 """
@@ -21,6 +22,7 @@ import torch
 from huggingface_hub import save_torch_state_dict
 from transformers import SamConfig, SamModel
 
+from mimic_ils.offline import add_download_flag, downloads_allowed, go_offline, local_hint
 from mimic_ils.schema import BackendError
 
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
@@ -254,7 +256,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="folder to write the SamModel to")
     parser.add_argument("--decoder-heads", type=int, default=8, help="mask decoder attention heads (SAM: 8)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    add_download_flag(parser)
     args = parser.parse_args(argv)
+    go_offline(args.allow_downloads)
+    if not Path(args.checkpoint).expanduser().exists():
+        raise SystemExit(f"convert_sam: --checkpoint {args.checkpoint}: no such checkpoint (not a local file or "
+                         f"folder; {local_hint(downloads_allowed(args.allow_downloads))})")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
         out = convert_sam_checkpoint(args.checkpoint, args.output, args.decoder_heads, dtype)

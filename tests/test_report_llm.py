@@ -27,7 +27,7 @@ from mimic_ils.report.llm import (
     parse_structuring,
 )
 from mimic_ils.report.locations import COARSE_CATEGORIES
-from mimic_ils.schema import LESION_TYPES, LUNG_LABELS, BackendError, ReportError, Section
+from mimic_ils.schema import LESION_TYPES, LUNG_LABELS, BackendError, ReportError, Section, TransientError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _llm_helpers import FakeChatServer, ScriptedTransport, mapping_text, parse_mapping_text  # noqa: E402
@@ -199,18 +199,18 @@ def test_chat_completions_url(url, endpoint):
     assert chat_completions_url(url) == endpoint
 
 
-def test_server_down_timeout_and_http_error_are_report_errors():
+def test_server_down_timeout_and_http_error_are_transient_errors():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    with pytest.raises(ReportError, match="unreachable"):
+    with pytest.raises(TransientError, match="unreachable"):
         structure_report(REPORT, backend=LlmBackend(url=f"http://127.0.0.1:{closed_port}", timeout=2))
     slow = FakeChatServer(lambda body: (time.sleep(1.5), good_answer(body))[1])
     failing = FakeChatServer(lambda body: (500, "boom"))
     try:
-        with pytest.raises(ReportError, match="timed out"):
+        with pytest.raises(TransientError, match="timed out"):
             structure_report(REPORT, backend=LlmBackend(url=slow.url, timeout=0.3))
-        with pytest.raises(ReportError, match="HTTP 500"):
+        with pytest.raises(TransientError, match="HTTP 500"):
             structure_report(REPORT, backend=LlmBackend(url=failing.url))
     finally:
         slow.close()

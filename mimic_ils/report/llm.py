@@ -28,15 +28,18 @@ not asked and the finding has no lung label.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import ipaddress
 import json
 import os
 import re
 import socket
+import ssl
 import tempfile
-import urllib.error
-import urllib.request
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +57,7 @@ from mimic_ils.schema import (
     Finding,
     ReportError,
     Section,
+    TransientError,
 )
 
 NO_LOCATION = "no specific location information"
@@ -171,37 +175,184 @@ def chat_completions_url(url: str) -> str:
     return f"{url}/chat/completions" if url.endswith("/v1") else f"{url}/v1/chat/completions"
 
 
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # an answer of a few thousand tokens is a few kB; more is refused
+LOCALHOST_ADDRESSES = ("127.0.0.1", "::1")  # what "localhost" and "*.localhost" mean (RFC 6761), never asked of DNS
+_CONTENT_STATUSES = (400, 413, 422)  # the server refused this request's content (e.g. too long): the study's own
+
+
+def loopback_addresses(host: str) -> tuple[str, ...]:
+    """The addresses a loopback host name is pinned to: an IP literal itself, ``localhost`` and ``*.localhost``
+    :data:`LOCALHOST_ADDRESSES` (no name service is asked); :class:`BackendError` for any other host."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return LOCALHOST_ADDRESSES
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise BackendError(f"{host!r} is not a loopback host (localhost, *.localhost or a loopback IP)") from None
+    if not address.is_loopback:
+        raise BackendError(f"{host!r} is not a loopback address")
+    return (str(address),)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a pinned IP address whose certificate is checked against the URL's host name."""
+
+    def __init__(self, address: str, port: int, server_hostname: str, timeout: float) -> None:
+        super().__init__(address, port, timeout=timeout, context=ssl.create_default_context())
+        self._server_hostname = server_hostname
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._server_hostname)
+
+
 class OpenAIChatTransport:
-    """An OpenAI-compatible ``/v1/chat/completions`` server (vLLM, llama.cpp, ...), greedy (``temperature`` 0)."""
+    """An OpenAI-compatible ``/v1/chat/completions`` server (vLLM, llama.cpp, ...), greedy (``temperature`` 0).
+
+    The report text goes to the endpoint itself and nowhere else: the request is made with :mod:`http.client` to
+    the address the host name was pinned to (loopback hosts: :func:`loopback_addresses`, no name service; a remote
+    host under ``allow_remote``: one ``getaddrinfo``, kept), with the URL's ``Host`` header; no proxy of the
+    environment (``http_proxy``, ``HTTPS_PROXY``...) is used and a redirect is an error naming its ``Location``.
+    ``timeout`` is a deadline for the whole request (connect, send, every byte of the answer), and an answer over
+    ``max_response_bytes`` is refused.
+
+    Failures of the server or of the connection (refused, deadline, HTTP 5xx and other statuses, redirect, an answer
+    too large or not in the chat completions format) raise :class:`TransientError`: they say nothing about the
+    study, so they are never cached as its outcome. A status that refuses the request's content (400, 413, 422)
+    is a :class:`ReportError`.
+    """
 
     def __init__(self, url: str, model: str = "default", *, timeout: float = 120.0, max_tokens: int = 2048,
-                 allow_remote: bool = False) -> None:
-        if urlsplit(url).scheme not in ("http", "https"):
+                 allow_remote: bool = False, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
             raise BackendError(f"LLM URL must be http:// or https://, got {url!r}")
+        if not parts.hostname:
+            raise BackendError(f"LLM URL has no host: {url!r}")
         if not allow_remote and not is_loopback_url(url):
             raise BackendError(DUA_MESSAGE.format(url=url))
         self.url, self.model_id, self.timeout, self.max_tokens = chat_completions_url(url), model, timeout, max_tokens
+        self.max_response_bytes, self.allow_remote = max_response_bytes, allow_remote
+        endpoint = urlsplit(self.url)
+        self._scheme, self._host = endpoint.scheme, endpoint.hostname
+        try:
+            self._port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        except ValueError:
+            raise BackendError(f"LLM URL has an invalid port: {url!r}") from None
+        self._host_header = endpoint.netloc.rpartition("@")[2]
+        self._path = (endpoint.path or "/") + (f"?{endpoint.query}" if endpoint.query else "")
+        self._addresses: tuple[str, ...] | None = None if allow_remote else loopback_addresses(self._host)
+
+    def addresses(self) -> tuple[str, ...]:
+        """The IP addresses this transport connects to (resolved once, then pinned)."""
+        if self._addresses is None:
+            if is_loopback_url(self.url):
+                self._addresses = loopback_addresses(self._host)
+            else:
+                try:
+                    infos = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+                except OSError as error:
+                    raise TransientError(f"LLM server {self.url} unreachable: cannot resolve {self._host}: "
+                                         f"{error}") from None
+                self._addresses = (str(infos[0][4][0]),)
+        return self._addresses
+
+    def _connection(self, address: str, timeout: float) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return _PinnedHTTPSConnection(address, self._port, self._host, timeout)
+        return http.client.HTTPConnection(address, self._port, timeout=timeout)
 
     def complete(self, messages: list[dict[str, str]]) -> str:
-        body = {"model": self.model_id, "messages": messages, "temperature": 0.0, "max_tokens": self.max_tokens}
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        body = json.dumps({"model": self.model_id, "messages": messages, "temperature": 0.0,
+                           "max_tokens": self.max_tokens}).encode("utf-8")
+        deadline = time.monotonic() + self.timeout
+        addresses = self.addresses()
+        for number, address in enumerate(addresses, start=1):
+            try:
+                status, reason, headers, data = self._post(address, body, deadline)
+                break
+            except ConnectionRefusedError as error:
+                if number == len(addresses):
+                    raise TransientError(f"LLM server {self.url} unreachable: {error}") from None
+        return self._content(status, reason, headers, data)
+
+    def _post(self, address: str, body: bytes, deadline: float) -> tuple[int, str, Any, bytes]:
+        """One POST to ``address`` under ``deadline``: ``(status, reason, headers, body bytes)``."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TransientError(f"LLM server {self.url} timed out: no answer within the {self.timeout:g} s deadline")
+        connection = self._connection(address, left)
+        expired = threading.Event()
+
+        def expire() -> None:  # the deadline: unblocks whatever read or write is waiting on the socket
+            expired.set()
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(left, expire)
+        timer.daemon = True
+        timer.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                payload = json.loads(response.read().decode("utf-8"))
-        except urllib.error.HTTPError as error:
-            raise ReportError(f"LLM server {self.url} answered HTTP {error.code}: {error.reason}") from None
+            connection.request("POST", self._path, body=body, headers={
+                "Host": self._host_header, "Content-Type": "application/json", "Accept": "application/json",
+                "Content-Length": str(len(body))})
+            response = connection.getresponse()
+            if 300 <= response.status < 400:
+                location = response.getheader("Location") or "(no Location)"
+                raise TransientError(f"LLM server {self.url} answered HTTP {response.status} redirecting to "
+                                     f"{location}: redirects are not followed (report text goes only to the "
+                                     "configured endpoint)")
+            declared = response.getheader("Content-Length")
+            if declared and declared.strip().isdigit() and int(declared) > self.max_response_bytes:
+                raise self._too_large()
+            chunks, size = [], 0
+            while True:
+                chunk = response.read(min(65536, self.max_response_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise self._too_large()
+            if expired.is_set():
+                raise self._deadline()
+            return response.status, response.reason, response.headers, b"".join(chunks)
+        except TransientError:
+            raise
+        except ConnectionRefusedError:
+            raise
         except TimeoutError:
-            raise ReportError(f"LLM server {self.url} timed out after {self.timeout:g} s") from None
-        except urllib.error.URLError as error:
-            reason = "timed out" if isinstance(error.reason, socket.timeout) else error.reason
-            raise ReportError(f"LLM server {self.url} unreachable: {reason}") from None
-        except (ValueError, OSError) as error:
-            raise ReportError(f"LLM server {self.url} sent no valid JSON response: {error}") from None
+            raise self._deadline() from None
+        except (OSError, http.client.HTTPException) as error:
+            if expired.is_set():
+                raise self._deadline() from None
+            raise TransientError(f"LLM server {self.url} unreachable: {error or type(error).__name__}") from None
+        finally:
+            timer.cancel()
+            connection.close()
+
+    def _deadline(self) -> TransientError:
+        return TransientError(f"LLM server {self.url} timed out: no complete answer within the {self.timeout:g} s "
+                              "deadline")
+
+    def _too_large(self) -> TransientError:
+        return TransientError(f"LLM server {self.url} answer is larger than {self.max_response_bytes} bytes; refused")
+
+    def _content(self, status: int, reason: str, headers: Any, data: bytes) -> str:
+        if status in _CONTENT_STATUSES:
+            raise ReportError(f"LLM server {self.url} refused the request: HTTP {status} {reason}")
+        if status >= 400 or status < 200:
+            raise TransientError(f"LLM server {self.url} answered HTTP {status}: {reason}")
+        try:
+            payload = json.loads(data.decode("utf-8"))
+        except ValueError as error:
+            raise TransientError(f"LLM server {self.url} sent no valid JSON response: {error}") from None
         try:
             return str(payload["choices"][0]["message"]["content"] or "")
         except (KeyError, IndexError, TypeError):
-            raise ReportError(f"LLM server {self.url} response has no choices[0].message.content") from None
+            raise TransientError(f"LLM server {self.url} response has no choices[0].message.content") from None
 
 
 class TransformersTransport:

@@ -9,6 +9,10 @@ Expected layout under ``root`` (the CSVs gzipped, as PhysioNet ships them, or un
 
 Ids carry no p/s prefix in the returned records; paths are relative to ``root``. Reading the index costs one pass
 over each CSV (no file-system calls), so it is fast even for the full 377K-image release.
+
+A study whose split rows disagree (one dicom_id listed with two splits, or two images of the study in different
+splits) gets the split ``"conflicting <splits>"``, not one of SPLITS, so the build excludes it; the conflict is a
+problem of the index (and so of ``mimic-ils scan``), naming the study, the splits and the images.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ METADATA_STEM = "mimic-cxr-2.0.0-metadata.csv"
 SPLIT_STEM = "mimic-cxr-2.0.0-split.csv"
 METADATA_REQUIRED = ("dicom_id", "subject_id", "study_id", "ViewPosition")
 SPLIT_REQUIRED = ("dicom_id", "study_id", "subject_id", "split")
+# the split given to a study whose split rows disagree: not one of SPLITS, so the build excludes the study
+CONFLICTING_SPLIT = "conflicting"
 
 
 @dataclass(frozen=True)
@@ -112,13 +118,35 @@ def _int(value: str | None) -> int:
         return 0
 
 
+def _splits(
+    rows: list[dict[str, str]], name: str, problems: list[IndexProblem]
+) -> tuple[dict[str, str], dict[str, set[str]], dict[str, set[str]]]:
+    """Split of each image, the splits of each study, and the images listed with several different splits.
+
+    Repeating an identical row is harmless; rows that give one image, or two images of one study, different splits
+    leave the study without a valid split (:func:`load_index` excludes it and names the conflict).
+    """
+    split_of_image: dict[str, str] = {}
+    splits_of_image: dict[str, set[str]] = {}
+    split_of_study: dict[str, set[str]] = {}
+    for row in rows:
+        dicom_id, split = row["dicom_id"].strip(), row["split"].strip()
+        split_of_image[dicom_id] = split
+        splits_of_image.setdefault(dicom_id, set()).add(split)
+        split_of_study.setdefault(strip_prefix(row["study_id"], "s"), set()).add(split)
+    conflicts = {dicom_id: splits for dicom_id, splits in splits_of_image.items() if len(splits) > 1}
+    for dicom_id in sorted(conflicts):
+        problems.append(IndexProblem(f"{name}:{dicom_id}",
+                                     f"image listed with conflicting splits {', '.join(sorted(conflicts[dicom_id]))}"))
+    return split_of_image, split_of_study, conflicts
+
+
 def load_index(root: str | Path) -> CohortIndex:
     """Read both CSVs once and group images into studies (sorted by study_id, images by dicom_id)."""
     cohort = open_cohort(root)
     index = CohortIndex(cohort=cohort)
     split_rows = _read_csv(cohort.split_path, SPLIT_REQUIRED)
-    split_of_image = {row["dicom_id"].strip(): row["split"].strip() for row in split_rows}
-    split_of_study = {strip_prefix(row["study_id"], "s"): row["split"].strip() for row in split_rows}
+    split_of_image, split_of_study, conflicts = _splits(split_rows, cohort.split_path.name, index.problems)
     grouped: dict[str, tuple[str, list[ImageRecord]]] = {}
     metadata_ids: set[str] = set()
     for number, row in enumerate(_read_csv(cohort.metadata_path, METADATA_REQUIRED), start=2):
@@ -144,8 +172,16 @@ def load_index(root: str | Path) -> CohortIndex:
         index.problems.append(IndexProblem(f"{cohort.split_path.name}:{dicom_id}", "split row without metadata row"))
     for study_id in sorted(grouped):
         subject_id, images = grouped[study_id]
-        split = split_of_study.get(study_id, "")
-        if split not in SPLITS:
+        split = next(iter(split_of_study.get(study_id, ())), "")
+        conflicting = {image.dicom_id: conflicts[image.dicom_id] for image in images if image.dicom_id in conflicts}
+        if len(split_of_study.get(study_id, ())) > 1 or conflicting:
+            # not a valid split: the build excludes the study ("ingest: study has no valid split (conflicting ...)")
+            splits = sorted(set().union(*conflicting.values(), split_of_study.get(study_id, set())) - {""})
+            split = f"{CONFLICTING_SPLIT} {'/'.join(splits)}"
+            named = f" ({', '.join(sorted(conflicting))} listed with several)" if conflicting else ""
+            index.problems.append(IndexProblem(study_folder(subject_id, study_id),
+                                               f"study excluded: conflicting split rows {', '.join(splits)}{named}"))
+        elif split not in SPLITS:
             index.problems.append(IndexProblem(study_folder(subject_id, study_id),
                                                f"study has no valid split ({split or 'none'})"))
         index.studies.append(Study(subject_id=subject_id, study_id=study_id, split=split,

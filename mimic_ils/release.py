@@ -15,12 +15,17 @@ stored once, byte for byte, as ``<split>/images/<dicom_id>.jpg``; each mask is b
 mask. Question type, polarity, locations and certainty come from the Table 2 templates (``build.templates``);
 ``lesion`` is the release's ``target`` (or the lesion an inference answer names). Items or pairs that cannot be
 imported (missing image, unreadable mask, text off the templates) go to the ledger with their reason.
+
+Nothing outside the two roots is ever read: every path the JSON names (``../``, absolute, a symlink out) is resolved
+and must lie inside ``--images`` (images) or ``--release`` (masks), else that record is refused with its reason; an
+image file must decode as an image, else it is refused too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,8 @@ import numpy as np
 
 from mimic_ils.build.card import render_card
 from mimic_ils.build.ledger import summarize_ledger
-from mimic_ils.build.merge import _counts, _swap_in, check_out_folder
+from mimic_ils.build.merge import _counts
+from mimic_ils.build.output import check_out_folder, finish_output, hold_lock, new_partial, out_lock_path
 from mimic_ils.build.templates import parse_pair
 from mimic_ils.build.workdir import atomic_write_bytes, encode_png, mask_digest
 from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
@@ -37,6 +43,8 @@ from mimic_ils.schema import LESION_TYPES, MimicIlsError
 
 RELEASE_JSON = "mimic_ils_instruction_answer.json"
 SPLIT_NAMES = {"train": "train", "val": "validate", "validate": "validate", "test": "test"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_DICOM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def load_release(release: str | Path) -> dict[str, list[dict[str, Any]]]:
@@ -56,32 +64,71 @@ def image_ids(image_path: str) -> tuple[str, str, str]:
     parts = Path(image_path).parts
     if len(parts) < 3 or not parts[-3].startswith("p") or not parts[-2].startswith("s"):
         raise MimicIlsError(f"image_path {image_path!r} is not pXX/pSUBJECT/sSTUDY/DICOM.jpg")
-    return parts[-3][1:], parts[-2][1:], Path(parts[-1]).stem
+    subject, study, dicom = parts[-3][1:], parts[-2][1:], Path(parts[-1]).stem
+    if not (subject.isdigit() and study.isdigit() and _DICOM_ID.fullmatch(dicom)):
+        raise MimicIlsError(f"image_path {image_path!r} is not pXX/pSUBJECT/sSTUDY/DICOM.jpg")
+    return subject, study, dicom
+
+
+class OutsideRoot(MimicIlsError):
+    """A path of the release JSON that resolves outside the folder it must be read from."""
+
+
+def inside(root: Path, relative: str, what: str) -> Path:
+    """``root / relative`` resolved (``..``, symlinks), refused unless it lies inside ``root`` (resolved)."""
+    base = root.resolve()
+    candidate = (root / relative).resolve()
+    if Path(relative).is_absolute() or not candidate.is_relative_to(base):
+        raise OutsideRoot(f"{what} {relative!r} points outside {root}; refused")
+    return candidate
 
 
 def find_image(images: Path, image_path: str) -> Path | None:
+    """The image file inside ``images`` (or its ``files`` / ``mimic-cxr-jpg/2.1.0/files``); None when absent;
+    OutsideRoot when ``image_path`` leaves the folder."""
+    inside(images, image_path, "image_path")
     for base in (images, images / "files", images / "mimic-cxr-jpg" / "2.1.0" / "files"):
         if (base / image_path).is_file():
-            return base / image_path
+            return inside(base, image_path, "image_path")
     return None
 
 
 def find_mask(release: Path, mask_path: str) -> Path | None:
     masks = release / "lesion_mask"
-    for candidate in (release / mask_path, masks / mask_path, masks / Path(mask_path).name):
-        if candidate.is_file():
-            return candidate
+    inside(release, mask_path, "seg_mask_path")
+    for root, relative in ((release, mask_path), (masks, mask_path), (masks, Path(mask_path).name)):
+        if (root / relative).is_file():
+            return inside(release, str((root / relative).relative_to(release)), "seg_mask_path")
     return None
+
+
+def check_image(path: Path, image_path: str) -> None:
+    """Refuse a file that does not decode as an image (a JPG/PNG of the release)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise MimicIlsError(f"image {image_path} is not a {'/'.join(IMAGE_SUFFIXES)} file; refused")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        raise MimicIlsError(f"image {image_path} does not decode as an image ({error}); refused") from None
 
 
 def import_release(release: str | Path, images: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the release as a built folder at ``out`` (same features as ``mimic-ils build``); returns build info."""
     release, images, out = Path(release), Path(images), Path(out)
-    check_out_folder(out)
+    trusted = check_out_folder(out)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(hold_lock(out_lock_path(out), f"--out {out}"))
+        return _import(release, images, out, trusted)
+
+
+def _import(release: Path, images: Path, out: Path, trusted: set) -> dict[str, Any]:
     splits = load_release(release)
-    partial = out.parent / f".{out.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = new_partial(out)
     files, counts, ledger = {}, {}, []
     for split in ("train", "validate", "test"):
         rows = []
@@ -101,7 +148,7 @@ def import_release(release: str | Path, images: str | Path, out: str | Path) -> 
             "ledger": summarize_ledger(ledger)}
     atomic_write_bytes(partial / "build_info.json", json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
     atomic_write_bytes(partial / "README.md", render_card(files, counts, info, partial).encode("utf-8"))
-    _swap_in(partial, out)
+    finish_output(partial, out, trusted)
     return info
 
 
@@ -111,9 +158,13 @@ def _import_item(item: dict, split: str, release: Path, images: Path, folder: Pa
         _, study_id, dicom_id = image_ids(image_path)
     except MimicIlsError as error:
         return [], [_ledger("image", "", None, split, "excluded", str(error))]
-    source = find_image(images, image_path)
-    if source is None:
-        return [], [_ledger("image", study_id, dicom_id, split, "excluded", f"image {image_path} not found")]
+    try:
+        source = find_image(images, image_path)
+        if source is None:
+            return [], [_ledger("image", study_id, dicom_id, split, "excluded", f"image {image_path} not found")]
+        check_image(source, image_path)
+    except MimicIlsError as error:
+        return [], [_ledger("image", study_id, dicom_id, split, "excluded", str(error))]
     image_file = f"images/{dicom_id}{source.suffix.lower()}"
     rows, ledger = [], []
     for index, (pair, positive) in enumerate(_item_pairs(item)):

@@ -44,6 +44,12 @@ class BuildConfig:
     def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
         data = copy.deepcopy(data or {})
         report = data.pop("report", {}) or {}
+        if not isinstance(report, dict):
+            raise MimicIlsError("build config report must be a mapping {backend, options}")
+        unknown_report = set(report) - {"backend", "options"}
+        if unknown_report:
+            named = ", ".join(f"report.{key}" for key in sorted(unknown_report))
+            raise MimicIlsError(f"unknown build config keys: {named}")
         known = {"seed", "vision", "grounding", "batch_size", "device"}
         unknown = set(data) - known
         if unknown:

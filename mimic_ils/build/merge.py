@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mimic_ils.build.card import render_card
 from mimic_ils.build.ledger import ledger_rows, summarize_ledger
+from mimic_ils.build.output import check_out_folder, finish_output, new_partial
 from mimic_ils.build.pipeline import load_study_result
 from mimic_ils.build.workdir import WorkDir, atomic_write_bytes
 from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
@@ -36,20 +36,20 @@ def collect_results(work: WorkDir, studies: Sequence[Study]) -> list[dict[str, A
 
 
 def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[str, Any],
-          negative_global_share: dict[str, float] | None = None) -> dict[str, Any]:
+          negative_global_share: dict[str, float] | None = None,
+          trusted: set[tuple[int, int]] | None = None) -> dict[str, Any]:
     """Write the dataset folder ``out`` from the work folder; returns the counts per split.
 
+    ``trusted``: the output files :func:`check_out_folder` accepted at the start of the build.
     ``negative_global_share`` (default: Table 9's) is the share of each type's negatives made global per split
     (:func:`mimic_ils.pairs.choose_global_negatives`).
     """
     if negative_global_share is None:
         from mimic_ils.grounding.config import TABLE9_GLOBAL_NEGATIVE_SHARE as negative_global_share
     out = Path(out)
-    check_out_folder(out)
+    trusted = (trusted or set()) | check_out_folder(out, trusted)
     results = collect_results(work, studies)
-    partial = out.parent / f".{out.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = new_partial(out)
     files, counts = {}, {}
     for split in SPLITS:
         rows = choose_global_negatives(_split_rows(results, split), negative_global_share)
@@ -65,7 +65,7 @@ def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[s
     info = {**info, "counts": counts, "ledger": summarize_ledger(ledger)}
     atomic_write_bytes(partial / "build_info.json", json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
     atomic_write_bytes(partial / "README.md", render_card(files, counts, info, partial).encode("utf-8"))
-    _swap_in(partial, out)
+    finish_output(partial, out, trusted)
     return info
 
 
@@ -90,20 +90,4 @@ def _counts(rows: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]]) -
     }
 
 
-def check_out_folder(out: Path) -> None:
-    """Refuse to replace a folder that is neither empty nor an earlier MIMIC-ILS build (it would be deleted)."""
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "build_info.json").is_file()):
-        raise MimicIlsError(f"--out {out} exists and is not a MIMIC-ILS folder; choose a new or empty folder")
-
-
-def _swap_in(partial: Path, out: Path) -> None:
-    """Replace ``out`` by ``partial`` (the old folder is removed only once the new one is complete)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        partial.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        partial.rename(out)
-
+__all__ = ["MissingResults", "check_out_folder", "collect_results", "merge"]

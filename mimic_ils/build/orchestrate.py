@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import time
@@ -10,6 +11,7 @@ from typing import Any
 
 from mimic_ils.build.config import BuildConfig
 from mimic_ils.build.merge import MissingResults, check_out_folder, merge
+from mimic_ils.build.output import hold_lock, out_lock_path
 from mimic_ils.build.pipeline import run_shard, select_studies
 from mimic_ils.build.shard import Shard, resolve_shard, shard_from_env
 from mimic_ils.build.stages import ProjectStages, Stages
@@ -38,25 +40,39 @@ def build(
     stages: Stages | None = None,
     progress: bool = True,
     shard_wait_s: float = 0.0,
+    force_stages: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Build MIMIC-ILS from ``mimic_root`` into ``out``; resumable (rerun to continue) and shardable.
 
     ``shard``: ``"i/N"`` or a Shard; default from ``RANK``/``WORLD_SIZE`` or the whole cohort. ``merge_step``:
     assemble the output after processing (default: when this process covers the whole cohort, or is rank 0 of a
     launcher, which then waits up to ``shard_wait_s`` for the other shards). ``process=False`` only merges.
+    ``force_stages`` (report / vision / grounding) recomputes those stages for every study of the run.
+    Locks: a second build of the same work folder (or shard) or into the same ``out`` refuses at once, naming the pid.
     Returns ``{"processed": {...}, "info": {...} or None}``.
     """
+    from mimic_ils.build.pipeline import FORCE_STAGES
+
     config = config or BuildConfig()
     grounding_config(config)  # a bad grounding setting is refused before any work, with the key named
-    check_out_folder(Path(out))  # before days of work, not at the merge
+    unknown = sorted(set(force_stages) - set(FORCE_STAGES))
+    if unknown:
+        raise MimicIlsError(f"--force-stage {', '.join(unknown)}: expected one of {', '.join(FORCE_STAGES)}")
+    trusted = check_out_folder(Path(out))  # before days of work, not at the merge
     stages = stages or ProjectStages(mimic_root, config)
+    if hasattr(stages, "validate"):
+        stages.validate()  # the vision config (every key, every backend option) before any image
     current = shard if isinstance(shard, Shard) else resolve_shard(shard)
+    if merge_step is None:
+        merge_step = current.count == 1 or (shard_from_env() is not None and current.index == 0 and shard is None)
     workdir = WorkDir(work or default_work_dir(out))
-    workdir.bind_config(config.fingerprint())
-    studies = select_studies(stages.studies(), Shard(), limit)
     try:
-        return _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step, process,
-                                  progress, shard_wait_s)
+        with contextlib.ExitStack() as locks:
+            _take_locks(locks, workdir, Path(out), current, process, merge_step or not process)
+            workdir.bind_config(config.fingerprint())
+            studies = select_studies(stages.studies(), Shard(), limit)
+            return _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step,
+                                      process, progress, shard_wait_s, tuple(force_stages), trusted)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise MimicIlsError(
@@ -66,30 +82,41 @@ def build(
         raise
 
 
+def _take_locks(locks: contextlib.ExitStack, workdir: WorkDir, out: Path, current: Shard, process: bool,
+                merging: bool) -> None:
+    """A whole-cohort build holds the work folder alone; shards (and a merge-only run) share it, each shard holding
+    its own lock; whoever merges holds the lock beside ``out``."""
+    exclusive = process and current.count == 1
+    locks.enter_context(hold_lock(workdir.root / "build.lock", f"work folder {workdir.root}", shared=not exclusive))
+    if process and current.count > 1:
+        locks.enter_context(hold_lock(workdir.root / "locks" / f"{current.index}-of-{current.count}.lock",
+                                      f"shard {current} of work folder {workdir.root}"))
+    if merging:
+        locks.enter_context(hold_lock(out_lock_path(out), f"--out {out}"))
+
+
 def _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step, process, progress,
-                       shard_wait_s) -> dict[str, Any]:
+                       shard_wait_s, force_stages=(), trusted=None) -> dict[str, Any]:
     processed = {}
     if process:
         mine = [study for study in studies if current.owns(study.study_id)]
         chunk_size = max(4, config.batch_size)  # studies per step: bounds memory and the work lost to a kill
-        processed = run_shard(stages, workdir, mine, chunk_size=chunk_size, progress=progress)
+        processed = run_shard(stages, workdir, mine, chunk_size=chunk_size, progress=progress, force=force_stages)
         atomic_write_bytes(workdir.shard_done_path(current.index, current.count), b"done\n")
-    if merge_step is None:
-        merge_step = current.count == 1 or (shard_from_env() is not None and current.index == 0 and shard is None)
     info = None
     if merge_step or not process:
         if process and current.count > 1:
             _wait_for_shards(workdir, current.count, shard_wait_s)
         try:
             info = merge(workdir, studies, out, build_info(config, stages, limit),
-                         negative_global_share=grounding_config(config).negative_global_share)
+                         negative_global_share=grounding_config(config).negative_global_share, trusted=trusted)
         except MissingResults:
             if not process or current.count > 1:
                 raise
             # The merge's full check found a file that is intact in size but not in content: recompute, once.
             run_shard(stages, workdir, studies, chunk_size=max(4, config.batch_size), progress=progress)
             info = merge(workdir, studies, out, build_info(config, stages, limit),
-                         negative_global_share=grounding_config(config).negative_global_share)
+                         negative_global_share=grounding_config(config).negative_global_share, trusted=trusted)
     return {"processed": processed, "info": info}
 
 

@@ -4,6 +4,13 @@ Per chunk of studies: report stage (cached per study) → vision cues (cached pe
 grounding + QC + pairs per frontal image → one checked study artifact (the commit point, written after its image
 and mask PNGs). A study whose artifact is valid, with every file it names intact, is skipped on a rerun; anything
 else is recomputed. Every study ends with a fate (used, or excluded with the reason from whichever stage failed).
+
+Cache keys are contents, not ids: a study's artifact records the digests of its inputs (``Stages.input_keys``: the
+report file's bytes, each DICOM's bytes), and a report is reused only for the same report bytes, so an edited report
+or DICOM is recomputed on the next run. ``force`` (``--force-stage report|vision|grounding``) recomputes that stage
+(and what follows it) for every study of the run. A transient failure (``TransientError``: a service down) is never
+cached as an outcome: the study is written with ``transient`` set, its ledger reason says "retried next run", and the
+next run recomputes it; an OSError (a full disk, a lost mount) stops the build with its reason.
 """
 
 from __future__ import annotations
@@ -17,11 +24,27 @@ from mimic_ils.build.shard import Shard
 from mimic_ils.build.stages import Stages
 from mimic_ils.build.workdir import WorkDir, encode_png, mask_digest, read_checked_json, write_checked_json
 from mimic_ils.pairs import limit_study_negatives
-from mimic_ils.schema import SPLITS, Finding, MimicIlsError, Section, StructuredReport, Study
+from mimic_ils.schema import SPLITS, Finding, MimicIlsError, Section, StructuredReport, Study, TransientError
 
 logger = logging.getLogger(__name__)
 
 STUDY_ARTIFACT_VERSION = 2
+FORCE_STAGES = ("report", "vision", "grounding")
+RETRIED = "retried next run"
+
+
+class TransientReason(str):
+    """The one-line reason of a failure that is not the study's (a service down): never cached as its outcome."""
+
+
+def transient_reason(stage: str, error: BaseException) -> TransientReason:
+    return TransientReason(f"{stage}: {error} (transient failure, {RETRIED})")
+
+
+def input_keys(stages: Stages, work: WorkDir, study: Study) -> dict[str, Any] | None:
+    """The digests of the inputs ``study``'s result depends on (None when the stages give none)."""
+    keys = getattr(stages, "input_keys", None)
+    return None if keys is None else keys(study, work)
 
 
 def select_studies(studies: Iterable[Study], shard: Shard, limit: int | None = None) -> list[Study]:
@@ -34,32 +57,56 @@ def select_studies(studies: Iterable[Study], shard: Shard, limit: int | None = N
 
 
 def run_shard(
-    stages: Stages, work: WorkDir, studies: Sequence[Study], *, chunk_size: int = 16, progress: bool = True
+    stages: Stages, work: WorkDir, studies: Sequence[Study], *, chunk_size: int = 16, progress: bool = True,
+    force: Iterable[str] = (),
 ) -> dict[str, int]:
-    """Process ``studies`` (skipping valid cached ones); returns counts ``{"cached", "computed"}``."""
-    todo = [study for study in studies if load_study_result(work, study.study_id) is None]
-    counts = {"cached": len(studies) - len(todo), "computed": 0}
+    """Process ``studies`` (skipping valid cached ones whose inputs did not change; ``force``: recompute those stages
+    for all); returns counts ``{"cached", "computed", "retry"}`` (retry: a transient failure, retried next run)."""
+    force = set(force)
+    unknown = force - set(FORCE_STAGES)
+    if unknown:
+        raise MimicIlsError(f"--force-stage {', '.join(sorted(unknown))}: expected one of {', '.join(FORCE_STAGES)}")
+    keys = {study.study_id: input_keys(stages, work, study) for study in studies}
+    todo = [study for study in studies if force or not _cached_is_current(work, study, keys[study.study_id])]
+    counts = {"cached": len(studies) - len(todo), "computed": 0, "retry": 0}
     bars = _Bars(progress, total_studies=len(todo), total_images=sum(len(s.frontal_images) for s in todo))
     try:
         for start in range(0, len(todo), chunk_size):
-            for result in _run_chunk(stages, work, todo[start:start + chunk_size], bars):
+            for result in _run_chunk(stages, work, todo[start:start + chunk_size], bars, keys, force):
                 write_checked_json(work.study_path(result["study_id"]), result)
-                counts["computed"] += 1
+                counts["retry" if result.get("transient") else "computed"] += 1
     finally:
         bars.close()
     return counts
 
 
-def _run_chunk(stages: Stages, work: WorkDir, chunk: Sequence[Study], bars: _Bars) -> list[dict[str, Any]]:
-    reports = {study.study_id: _split_problem(study) or cached_report(stages, work, study) for study in chunk}
+def _cached_is_current(work: WorkDir, study: Study, keys: dict[str, Any] | None) -> bool:
+    result = load_study_result(work, study.study_id)
+    return result is not None and not result.get("transient") and result.get("inputs") == keys
+
+
+def _run_chunk(stages: Stages, work: WorkDir, chunk: Sequence[Study], bars: _Bars, keys: dict[str, Any],
+               force: set[str]) -> list[dict[str, Any]]:
+    reports = {
+        study.study_id: _split_problem(study) or cached_report(
+            stages, work, study, key=(keys.get(study.study_id) or {}).get("report"), force="report" in force)
+        for study in chunk
+    }
     bars.update("report", len(chunk))
     usable = [study for study in chunk if not isinstance(reports[study.study_id], str)]
     frontal = [image for study in usable for image in study.frontal_images]
-    cues = stages.cues(frontal, work.vision_dir) if frontal else {}
+    if frontal and "vision" in force and hasattr(stages, "forget_cues"):
+        stages.forget_cues(frontal, work.vision_dir)
+    try:
+        cues = stages.cues(frontal, work.vision_dir) if frontal else {}
+    except TransientError as error:
+        cues = {image.dicom_id: transient_reason("vision", error) for image in frontal}
     bars.update("vision", sum(len(study.frontal_images) for study in chunk))
     results = []
     for study in chunk:
-        results.append(study_result(stages, work, study, reports[study.study_id], cues))
+        result = study_result(stages, work, study, reports[study.study_id], cues)
+        result["inputs"] = keys.get(study.study_id)
+        results.append(result)
         bars.update("grounding", len(study.frontal_images))
     return results
 
@@ -70,20 +117,26 @@ def _split_problem(study: Study) -> str | None:
     return f"ingest: study has no valid split ({study.split or 'none'})"
 
 
-def cached_report(stages: Stages, work: WorkDir, study: Study) -> StructuredReport | str:
-    """The structured report of ``study`` (from the cache or computed), or ``"report: <reason>"``."""
+def cached_report(stages: Stages, work: WorkDir, study: Study, *, key: str | None = None,
+                  force: bool = False) -> StructuredReport | str:
+    """The structured report of ``study`` (from the cache when made from the same report bytes ``key``, or
+    computed), or ``"report: <reason>"``; a transient failure gives a TransientReason and caches nothing."""
     path = work.report_path(study.study_id)
-    cached = read_checked_json(path)
+    cached = None if force else read_checked_json(path)
+    if cached is not None and cached.get("key") != key:
+        cached = None  # the report file changed since (or the cache predates content keys): recompute
     if cached is None:
         try:
-            cached = {"report": report_to_dict(stages.structure(study))}
+            cached = {"report": report_to_dict(stages.structure(study)), "key": key}
+        except TransientError as error:
+            return transient_reason("report", error)
         except MimicIlsError as error:
-            cached = {"error": f"report: {error}"}
+            cached = {"error": f"report: {error}", "key": key}
         except OSError:  # the machine's problem (full disk, lost mount), not the study's: stop with the reason
             raise
         except Exception as error:  # a bug in one study's stage must not stop the batch; the ledger names it
             logger.exception("report stage crashed on study %s", study.study_id)
-            cached = {"error": f"report: internal error ({type(error).__name__}: {error})"}
+            cached = {"error": f"report: internal error ({type(error).__name__}: {error})", "key": key}
         write_checked_json(path, cached)
     return cached["error"] if "error" in cached else report_from_dict(cached["report"])
 
@@ -107,11 +160,17 @@ def study_result(
         images.append(entry)
     pairs = _one_negative_per_lesion(pairs, images, files)
     fate, reason = _study_fate(report, images)
-    return {
+    transient = isinstance(report, TransientReason) or any(isinstance(e["reason"], TransientReason) for e in images)
+    if transient and reason and RETRIED not in reason:
+        reason = f"{reason} (not done: a transient failure on one of its images, {RETRIED})"
+    result = {
         "version": STUDY_ARTIFACT_VERSION, "study_id": study.study_id, "subject_id": study.subject_id,
         "split": study.split, "fate": fate, "reason": reason, "images": images, "pairs": pairs,
         "findings": findings, "files": dict(sorted(files.items())),
     }
+    if transient:
+        result["transient"] = True
+    return result
 
 
 def _one_negative_per_lesion(pairs: list[dict], images: list[dict], files: dict[str, str]) -> list[dict]:
@@ -134,10 +193,14 @@ def _ground_one(stages, work, study, image, report, cues, files) -> tuple[list[d
         return [], [], image_cues
     try:
         image_cues = image_cues() if callable(image_cues) else image_cues
+    except TransientError as error:
+        return [], [], transient_reason("vision", error)
     except (MimicIlsError, ValueError, KeyError) as error:
         return [], [], f"vision: {error}"
     try:
         return _grounded_rows(stages, work, study, image, report, image_cues, files)
+    except TransientError as error:
+        return [], [], transient_reason("grounding", error)
     except MimicIlsError as error:
         return [], [], f"grounding: {error}"
     except OSError:  # the machine's problem (full disk, lost mount), not the image's: stop with the reason

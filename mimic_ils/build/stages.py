@@ -8,7 +8,11 @@ with small fakes.
 
 from __future__ import annotations
 
+import errno
 import functools
+import inspect
+import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mimic_ils.build.config import BuildConfig
-from mimic_ils.schema import ImageRecord, Pair, StructuredReport, Study, VisionCues
+from mimic_ils.schema import ImageRecord, MimicIlsError, Pair, StructuredReport, Study, TransientError, VisionCues
 
 
 @dataclass
@@ -83,13 +87,63 @@ class ProjectStages:
             self._vision_config = make_vision_config(VisionConfig, self.config, self.root)
         return self._vision_config
 
+    def validate(self) -> None:
+        """Check the whole config before any work: the vision config (every key known, each backend's options
+        accepted by its factory); a MimicIlsError naming the key."""
+        from mimic_ils.vision import base
+
+        config = self.vision_config()
+        for step, spec in config.steps.items():
+            factory = base._REGISTRY.get((step, spec.name))
+            if factory is None:
+                continue  # not registered here (optional dependency): the runner names it when it is needed
+            try:
+                parameters = inspect.signature(factory).parameters
+            except (TypeError, ValueError):
+                continue
+            if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+                continue
+            unknown = sorted(set(spec.options) - set(parameters))
+            if unknown:
+                raise MimicIlsError(f"vision config steps.{step}.options: unknown keys {', '.join(unknown)} for "
+                                    f"backend {spec.name!r} (expected some of {', '.join(sorted(parameters))})")
+
+    def input_keys(self, study: Study, work) -> dict[str, Any]:
+        """Digests of what the study's result depends on: its report file's bytes, each image's DICOM bytes."""
+        from mimic_ils.build.workdir import file_digest, sha256_bytes
+
+        try:
+            report = sha256_bytes((self.root / study.report_path).read_bytes())
+        except OSError:
+            report = "unreadable"
+        return {"report": report, "images": {image.dicom_id: file_digest(work, self.root / image.path)
+                                             for image in sorted(study.images, key=lambda item: item.dicom_id)}}
+
+    def forget_cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> None:
+        """``--force-stage vision``: drop the cached cues of ``images``."""
+        for image in images:
+            shutil.rmtree(vision_dir / image.dicom_id, ignore_errors=True)
+            (_vision_keys(vision_dir) / f"{image.dicom_id}.json").unlink(missing_ok=True)
+
     def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, VisionCues | str]:
+        from mimic_ils.build.workdir import WorkDir, atomic_write_bytes, file_digest
         from mimic_ils.vision import runner
 
+        work = WorkDir(vision_dir.parent)
+        keys = {image.dicom_id: file_digest(work, self.root / image.path) for image in images}
+        for image in images:  # cues made from other DICOM bytes (an edited or emptied file) are recomputed
+            stored = _stored_vision_key(vision_dir, image.dicom_id)
+            if stored is not None and stored != keys[image.dicom_id]:  # (none stored: cues of an older work folder)
+                shutil.rmtree(vision_dir / image.dicom_id, ignore_errors=True)
         out: dict[str, CuesOrReason] = {}
         for dicom_id, status in runner.run_cues(self.root, list(images), vision_dir, self.vision_config()):
             ok = status in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS)
-            out[dicom_id] = functools.partial(runner.load_cues, vision_dir / dicom_id) if ok else f"vision: {status}"
+            if ok:
+                atomic_write_bytes(_vision_keys(vision_dir) / f"{dicom_id}.json",
+                                   json.dumps({"dicom_sha256": keys[dicom_id]}).encode())
+                out[dicom_id] = functools.partial(runner.load_cues, vision_dir / dicom_id)
+            else:
+                out[dicom_id] = vision_reason(status)
         return out
 
     def image_png_path(self, dicom_id: str, vision_dir: Path) -> Path:
@@ -122,6 +176,31 @@ class ProjectStages:
         }
 
 
+def _vision_keys(vision_dir: Path) -> Path:
+    return vision_dir.parent / "vision_keys"
+
+
+def _stored_vision_key(vision_dir: Path, dicom_id: str) -> str | None:
+    try:
+        return json.loads((_vision_keys(vision_dir) / f"{dicom_id}.json").read_text())["dicom_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def vision_reason(status: str) -> str:
+    """The reason of a runner status that is not a result: a full disk stops the build (OSError ENOSPC); another
+    write failure, or a read failure of the machine (an OSError other than a missing file), is transient."""
+    from mimic_ils.build.pipeline import transient_reason
+
+    if status.startswith("write failed:"):
+        if "No space left" in status or "Disk quota" in status:
+            raise OSError(errno.ENOSPC, f"vision {status}")
+        return transient_reason("vision", TransientError(status))
+    if status.startswith("read failed: [Errno") and not status.startswith("read failed: [Errno 2]"):
+        return transient_reason("vision", TransientError(status))
+    return f"vision: {status}"
+
+
 def model_checksums(option_sets: Sequence[dict[str, Any]]) -> dict[str, str]:
     """sha256 of every option value that is a local weight file (a folder: of its files' names and digests)."""
     from mimic_ils.build.workdir import sha256_bytes, sha256_file
@@ -147,8 +226,37 @@ def make_vision_config(vision_config_cls: type, config: BuildConfig, mimic_root:
     from mimic_ils.build.shard import process_device
 
     spec = dict(config.vision) if isinstance(config.vision, dict) else {"preset": config.vision}
+    check_vision_keys(spec)
     device = config.device or ("cpu" if spec.get("preset") == "phantom" else process_device())
     common = {"device": device, "batch_size": config.batch_size}
     if "steps" in spec:
         return vision_config_cls.from_dict({**spec, **common})
     return vision_config_cls.preset(spec.get("preset", "real"), weights_dir=spec.get("weights_dir"), **common)
+
+
+_VISION_KEYS = {"preset", "weights_dir", "steps", "device", "batch_size"}
+_STEP_KEYS = {"name", "options"}
+
+
+def check_vision_keys(spec: dict[str, Any]) -> None:
+    """Every key of the build config's ``vision`` mapping known (a typo is refused at start, with the key named)."""
+    from mimic_ils.vision import base
+
+    unknown = sorted(set(spec) - _VISION_KEYS)
+    if unknown:
+        raise MimicIlsError(f"unknown vision config keys: {', '.join(unknown)} (expected some of "
+                            f"{', '.join(sorted(_VISION_KEYS))})")
+    steps = spec.get("steps")
+    if steps is None:
+        return
+    if not isinstance(steps, dict):
+        raise MimicIlsError("vision config steps must be a mapping {step: backend name or {name, options}}")
+    unknown = sorted(set(steps) - set(base.STEPS))
+    if unknown:
+        raise MimicIlsError(f"unknown vision config steps: {', '.join(unknown)} (expected {', '.join(base.STEPS)})")
+    for step, step_spec in steps.items():
+        if isinstance(step_spec, dict):
+            unknown = sorted(set(step_spec) - _STEP_KEYS)
+            if unknown:
+                raise MimicIlsError(f"unknown vision config keys under steps.{step}: {', '.join(unknown)} "
+                                    "(expected name, options)")

@@ -166,3 +166,22 @@ class WorkDir:
         except (FileNotFoundError, ValueError):
             return False
         return not full or sha256_file(path) == digest
+
+
+def file_digest(work: WorkDir, path: str | os.PathLike) -> str:
+    """sha256 of the file ``path`` (a missing file: ``"missing"``), computed once per version of the file: the digest
+    is kept in the work folder under the file's size, mtime_ns and inode, and recomputed when any of them changes."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return "missing"
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    name = sha256_bytes(str(path.absolute()).encode())
+    record_path = work.root / "digests" / name[:2] / f"{name}.json"
+    record = read_checked_json(record_path)
+    if isinstance(record, dict) and record.get("stamp") == stamp:
+        return record["sha256"]
+    digest = sha256_file(path)
+    write_checked_json(record_path, {"path": str(path), "stamp": stamp, "sha256": digest})
+    return digest

@@ -23,6 +23,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--work", help="work folder for cached stage outputs (default: <out>.work)")
     parser.add_argument("--wait", type=float, default=0.0,
                         help="under a launcher, seconds rank 0 waits for the other shards before merging")
+    parser.add_argument("--force-stage", action="append", default=[], choices=("report", "vision", "grounding"),
+                        help="recompute this stage (and what follows it) for every study, ignoring its cache; "
+                        "repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -40,11 +43,14 @@ def run(args: argparse.Namespace) -> int:
     result = build(
         args.mimic_root, args.out, config=config, work=args.work, shard=args.shard, limit=args.limit,
         merge_step=True if args.merge else None, process=not merge_only, progress=not args.no_progress,
-        shard_wait_s=args.wait,
+        shard_wait_s=args.wait, force_stages=tuple(getattr(args, "force_stage", None) or ()),
     )
     processed = result["processed"]
     if processed:
         print(f"studies: {processed['computed']} computed, {processed['cached']} from the cache")
+        if processed.get("retry"):
+            print(f"studies not done: {processed['retry']} hit a transient failure (a service down); they are "
+                  "excluded from this output and retried next run: rerun the same command")
     if result["info"] is None:
         print("shard done; assemble the output with `mimic-ils build ... --merge` once every shard has run")
         return 0

@@ -94,9 +94,11 @@ class ProjectStages:
 
         config = self.vision_config()
         for step, spec in config.steps.items():
+            names = base.available(step)
+            if spec.name not in names:
+                raise MimicIlsError(f"vision config steps.{step}: no backend named {spec.name!r} "
+                                    f"(available: {', '.join(names) or 'none'})")
             factory = base._REGISTRY.get((step, spec.name))
-            if factory is None:
-                continue  # not registered here (optional dependency): the runner names it when it is needed
             try:
                 parameters = inspect.signature(factory).parameters
             except (TypeError, ValueError):

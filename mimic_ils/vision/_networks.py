@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from mimic_ils.schema import BackendError
+from mimic_ils.vision._pickles import file_globals, python3_name
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,23 @@ OPTIONAL_SUFFIXES = (".num_batches_tracked",)
 _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
 
-def _disallowed_global(error: BaseException) -> str | None:
-    """The first ``module.name`` a weights-only unpickling refused, read from torch's message (None if not named)."""
+def _disallowed_global(error: BaseException, path: Path) -> str | None:
+    """The first ``module.name`` a weights-only unpickling refused (None if torch's message names none).
+
+    Torch names it in its message, builtins without their module ("GLOBAL eval"); the full name is looked up among
+    the globals of the file's pickle, read from its opcodes."""
     match = _GLOBAL_IN_MESSAGE.search(str(error))
-    return match.group(1) if match else None
+    if not match:
+        return None
+    named = match.group(1)
+    try:
+        names = file_globals(path)
+    except Exception:  # noqa: BLE001 - a damaged pickle: keep torch's name
+        return named
+    wanted = {named, python3_name(named)}
+    last = named.rpartition(".")[2]
+    exact = [name for name in names if name in wanted]
+    return (exact or [name for name in names if name.rpartition(".")[2] == last] or [named])[0]
 
 
 def read_checkpoint(path: str | Path, expected_name: str) -> object:
@@ -53,7 +67,7 @@ def read_checkpoint(path: str | Path, expected_name: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        name = _disallowed_global(error)
+        name = _disallowed_global(error, path)
         if name is None:  # not a pickle at all ("invalid load key"), or a damaged one
             raise BackendError(
                 f"weight file {str(path)!r} is not a torch checkpoint ({expected_name}): {_first_line(error)}"

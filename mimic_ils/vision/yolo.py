@@ -19,9 +19,7 @@ Boxes of aortic enlargement, other lesion and pneumothorax are dropped (not hype
 
 from __future__ import annotations
 
-import _compat_pickle
-import importlib.util
-import pickletools
+import importlib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ import numpy as np
 
 from mimic_ils.schema import BackendError, Box
 from mimic_ils.vision import base
+from mimic_ils.vision._pickles import python3_name, stream_globals, zip_pickles
 
 VINBIG_CLASSES = (
     "Aortic enlargement",
@@ -51,20 +50,10 @@ DROPPED_CLASSES = (0, 9, 12)  # aortic enlargement, other lesion, pneumothorax
 YOLOV5_MODULES = ("models", "utils")  # top-level packages of the yolov5 repository
 
 
-_STRING_OPCODES = frozenset(
-    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
-)
-_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
-_MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
-_NEUTRAL = frozenset({"PROTO", "FRAME"})  # neither push nor pop
-_UNKNOWN = object()  # a stack value the walk does not follow (anything but a string)
-
-
 def _pickle_streams(path: Path) -> list[bytes]:
-    """Every pickle a ``torch.save`` zip holds (each ``*.pkl`` member, duplicates of one name included)."""
+    """Every pickle of a ``torch.save`` zip; a BackendError for legacy (non-zip) files and zips without one."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            streams = [archive.read(info) for info in archive.infolist() if info.filename.endswith(".pkl")]
+        streams = zip_pickles(path)
     except (zipfile.BadZipFile, OSError, RuntimeError, ValueError, EOFError) as error:
         raise BackendError(
             f"yolo: {path} is not a zip-format PyTorch checkpoint, which ultralytics saves ({error})"
@@ -72,43 +61,6 @@ def _pickle_streams(path: Path) -> list[bytes]:
     if not streams:
         raise BackendError(f"yolo: {path} is not a PyTorch checkpoint (its zip holds no data.pkl)")
     return streams
-
-
-def _stream_globals(data: bytes) -> list[str]:
-    """The ``module.name`` globals one pickle references, in order, read from its opcodes without running it.
-
-    ``STACK_GLOBAL`` takes its two names from the stack; they are followed through memo puts and gets, and a
-    ``STACK_GLOBAL`` whose names are not two strings pushed just before (an obfuscated reference) is reported as
-    ``?.?`` so that it is refused; extension-registry references (``EXT1/2/4``) likewise.
-    """
-    found: list[str] = []
-    memo: dict[int, object] = {}
-    recent: list[object] = []  # values pushed by the latest opcodes (memo puts do not push)
-    for opcode, argument, _ in pickletools.genops(data):
-        name = opcode.name
-        if name in ("GLOBAL", "INST"):
-            found.append(str(argument).replace(" ", "."))
-            recent.append(_UNKNOWN)
-        elif name == "STACK_GLOBAL":
-            names = recent[-2:]
-            ok = len(names) == 2 and all(isinstance(value, str) for value in names)
-            found.append(f"{names[0]}.{names[1]}" if ok else "?.?")
-            recent = [_UNKNOWN]
-        elif name.startswith("EXT"):
-            found.append(f"copyreg extension code {argument}")
-            recent.append(_UNKNOWN)
-        elif name in _STRING_OPCODES:
-            recent.append(argument if isinstance(argument, str) else _UNKNOWN)
-        elif name in _MEMO_PUTS:
-            memo[len(memo) if name == "MEMOIZE" else int(argument)] = recent[-1] if recent else _UNKNOWN
-        elif name in _MEMO_GETS:
-            recent.append(memo.get(int(argument), _UNKNOWN))
-        elif name in _NEUTRAL:
-            continue
-        else:
-            recent.append(_UNKNOWN)
-        del recent[:-2]
-    return found
 
 
 def pickled_globals(path: str | Path) -> set[str]:
@@ -121,18 +73,11 @@ def ordered_globals(path: Path) -> list[str]:
     found: dict[str, None] = {}
     for data in _pickle_streams(path):
         try:
-            found.update(dict.fromkeys(_stream_globals(data)))
+            found.update(dict.fromkeys(stream_globals(data)))
         except Exception as error:  # pickletools raises ValueError and others on damaged data
             raise BackendError(f"yolo: {path} is not a readable PyTorch checkpoint ({error})") from None
     # protocol-2 pickles name Python 2 modules (__builtin__, copy_reg) that pickle maps to their Python 3 names
-    return list(dict.fromkeys(_python3_name(name) for name in found))
-
-
-def _python3_name(name: str) -> str:
-    module, _, attribute = name.rpartition(".")
-    if (module, attribute) in _compat_pickle.NAME_MAPPING:
-        return ".".join(_compat_pickle.NAME_MAPPING[(module, attribute)])
-    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attribute}" if module else name
+    return list(dict.fromkeys(python3_name(name) for name in found))
 
 
 # Globals an ultralytics checkpoint may reference besides the network classes (see ``_allowed``): tensor and

@@ -10,6 +10,9 @@ Layout of a work folder (shared by every shard and process of one build; study i
       images/<dicom_id>.png       8-bit greyscale PNG of the image in the original frame
       masks/<digest>.png          one PNG (0/255) per unique mask, named by the digest of its pixels
       shards/<i>-of-<n>.done      written when a shard has processed all its studies
+      digests/<xx>/<key>.json     sha256 of an input file (DICOM) under its size, mtime_ns and inode
+      vision_keys/<dicom_id>.json the DICOM sha256 the image's cached cues were made from
+      build.lock, locks/          flock files (see ``output.py``)
 
 A checked artifact is ``MILS1 <sha256 hex of payload>\\n`` followed by the payload. Reading one that is truncated or
 altered returns None (and it is recomputed): killing a process at any moment never leaves a file that is trusted.

@@ -110,6 +110,10 @@ def real_preset(weights_dir: str | Path | None, **kwargs: object) -> VisionConfi
     radedit/unet/  radedit/vae/  radedit/text_encoder/   microsoft/radedit unet, SDXL VAE, BioViL-T
     cxas/UNet_ResNet50_default.pth             CXAS checkpoint
     yolo/vinbigdata.pt                         ultralytics YOLO trained on VinBigData (14 classes)
+
+    BioViL-T ships its own model code, which the radedit backend runs only with its option
+    ``trust_remote_code: true``; the preset never sets it: give the steps in full (a vision YAML or the build
+    config's ``vision.steps``) with that option to opt in.
     """
     root = weights_dir or os.environ.get("MIMIC_ILS_WEIGHTS")
     if not root:

@@ -6,9 +6,12 @@ Any chat model works here, through one of two transports:
 * :class:`TransformersTransport` — a local ``transformers`` causal LM loaded from a folder (``--llm-model PATH``),
   greedy decoding, chat template when the tokenizer has one;
 * :class:`OpenAIChatTransport` — an OpenAI-compatible chat server such as vLLM (``--llm-url URL``), stdlib
-  ``urllib``, ``temperature`` 0. A URL whose host is not loopback is refused: MIMIC-CXR report text may not leave
-  the machine under the PhysioNet credentialed data use agreement, unless the user opts in
-  (``allow_remote=True`` / ``--allow-remote-llm``) for a server that the agreement covers.
+  ``http.client``, ``temperature`` 0. A URL whose host is not loopback is refused: MIMIC-CXR report text may not
+  leave the machine under the PhysioNet credentialed data use agreement, unless the user opts in
+  (``allow_remote=True`` / ``--allow-remote-llm``) for a server that the agreement covers. The text goes to that
+  endpoint only: no environment proxy, no redirect, host names pinned to loopback without a name look-up, a
+  deadline per request and a bounded answer size. A server that is down, slow or broken raises
+  :class:`TransientError` (never cached as the study's outcome).
 
 Each answer is parsed as JSON and validated against its schema; an invalid answer is sent back once with the parse
 error; an answer that still fails raises :class:`ReportError` for that study (never guessed). Valid answers are

@@ -42,6 +42,8 @@ _IMPORTED_FLAGS = (
     ("ultralytics.utils", "ONLINE", False),
     ("ultralytics.utils", "AUTOINSTALL", False),
     ("ultralytics.utils.checks", "AUTOINSTALL", False),
+    ("ultralytics.utils.checks", "ONLINE", False),
+    ("ultralytics.utils.events", "ONLINE", False),
 )
 
 
@@ -65,6 +67,9 @@ def go_offline(allow_downloads: bool = False) -> bool:
         module = sys.modules.get(module_name)
         if module is not None and hasattr(module, attribute):
             setattr(module, attribute, value)
+    events = getattr(sys.modules.get("ultralytics.utils.events"), "events", None)
+    if events is not None and hasattr(events, "enabled"):
+        events.enabled = False  # ultralytics' usage events, decided when it was imported
     return True
 
 

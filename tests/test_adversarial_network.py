@@ -332,9 +332,12 @@ def test_go_offline_sets_every_flag_even_for_libraries_already_imported(monkeypa
     import datasets.config
     import huggingface_hub.constants
 
+    yolo_events = pytest.importorskip("ultralytics.utils.events")
     _unset(monkeypatch)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(yolo_events, "ONLINE", True)
+    monkeypatch.setattr(yolo_events.events, "enabled", True)
     monkeypatch.setenv(offline.ALLOW_ENV, "1")
     assert offline.go_offline() is False and "HF_HUB_OFFLINE" not in os.environ
     monkeypatch.delenv(offline.ALLOW_ENV)
@@ -343,6 +346,7 @@ def test_go_offline_sets_every_flag_even_for_libraries_already_imported(monkeypa
     assert {name: os.environ[name] for name in offline.OFFLINE_ENVIRONMENT} == offline.OFFLINE_ENVIRONMENT
     assert huggingface_hub.constants.HF_HUB_OFFLINE is True and huggingface_hub.is_offline_mode()
     assert datasets.config.HF_HUB_OFFLINE is True
+    assert yolo_events.ONLINE is False and yolo_events.events.enabled is False
 
 
 def test_mimic_ils_cli_goes_offline_before_the_command_runs(monkeypatch, tmp_path):

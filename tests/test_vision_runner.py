@@ -189,3 +189,20 @@ def test_real_backends_run_through_the_registry_from_a_yaml_config(cohort, tmp_p
     assert cues.boxes and all(box.class_id not in (0, 9, 12) for box in cues.boxes)
     manifest = json.loads((tmp_path / "out" / records[0].dicom_id / "cues.json").read_text())
     assert manifest["backends"]["pseudo_normal"] == "radedit" and manifest["backends"]["lesion_boxes"] == "yolo"
+
+
+def test_the_real_preset_trusts_remote_code_only_when_asked(tmp_path):
+    from mimic_ils.build import BuildConfig
+    from mimic_ils.build.stages import make_vision_config
+    from mimic_ils.schema import MimicIlsError
+    from mimic_ils.vision.runner import VisionConfig
+
+    def radedit_options(vision):
+        config = make_vision_config(VisionConfig, BuildConfig(vision=vision, device="cpu"), tmp_path)
+        return config.to_dict()["steps"]["pseudo_normal"]["options"]
+
+    assert radedit_options({"preset": "real", "weights_dir": str(tmp_path)})["trust_remote_code"] is False
+    assert radedit_options({"preset": "real", "weights_dir": str(tmp_path),
+                            "trust_remote_code": True})["trust_remote_code"] is True
+    with pytest.raises(MimicIlsError, match="trust_remote_code must be true or false"):
+        radedit_options({"preset": "real", "weights_dir": str(tmp_path), "trust_remote_code": "yes"})

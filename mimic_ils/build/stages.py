@@ -233,10 +233,14 @@ def make_vision_config(vision_config_cls: type, config: BuildConfig, mimic_root:
     common = {"device": device, "batch_size": config.batch_size}
     if "steps" in spec:
         return vision_config_cls.from_dict({**spec, **common})
+    if spec.get("trust_remote_code") is not None:
+        if not isinstance(spec["trust_remote_code"], bool) or spec.get("preset", "real") != "real":
+            raise MimicIlsError("vision config trust_remote_code must be true or false, with the 'real' preset")
+        common["trust_remote_code"] = spec["trust_remote_code"]
     return vision_config_cls.preset(spec.get("preset", "real"), weights_dir=spec.get("weights_dir"), **common)
 
 
-_VISION_KEYS = {"preset", "weights_dir", "steps", "device", "batch_size"}
+_VISION_KEYS = {"preset", "weights_dir", "steps", "device", "batch_size", "trust_remote_code"}
 _STEP_KEYS = {"name", "options"}
 
 

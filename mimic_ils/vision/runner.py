@@ -103,7 +103,7 @@ class VisionConfig:
         return {"device": self.device, "batch_size": self.batch_size, "steps": steps}
 
 
-def real_preset(weights_dir: str | Path | None, **kwargs: object) -> VisionConfig:
+def real_preset(weights_dir: str | Path | None, trust_remote_code: bool = False, **kwargs: object) -> VisionConfig:
     """The paper's backends, with weights under ``weights_dir`` (default ``$MIMIC_ILS_WEIGHTS``) laid out as::
 
     hybridgnet/weights.pt                      CheXmask HybridGNet state dict
@@ -112,8 +112,8 @@ def real_preset(weights_dir: str | Path | None, **kwargs: object) -> VisionConfi
     yolo/vinbigdata.pt                         ultralytics YOLO trained on VinBigData (14 classes)
 
     BioViL-T ships its own model code, which the radedit backend runs only with its option
-    ``trust_remote_code: true``; the preset never sets it: give the steps in full (a vision YAML or the build
-    config's ``vision.steps``) with that option to opt in.
+    ``trust_remote_code: true``; the preset sets it only when asked (``vision: {preset: real,
+    trust_remote_code: true}`` in the build config), never by default.
     """
     root = weights_dir or os.environ.get("MIMIC_ILS_WEIGHTS")
     if not root:
@@ -125,6 +125,7 @@ def real_preset(weights_dir: str | Path | None, **kwargs: object) -> VisionConfi
             "unet": str(root / "radedit" / "unet"),
             "vae": str(root / "radedit" / "vae"),
             "text_encoder": str(root / "radedit" / "text_encoder"),
+            "trust_remote_code": bool(trust_remote_code),
         },
         "anatomy": {"weights": str(root / "cxas" / "UNet_ResNet50_default.pth")},
         "lesion_boxes": {"weights": str(root / "yolo" / "vinbigdata.pt")},

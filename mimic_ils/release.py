@@ -113,7 +113,8 @@ def check_image(path: Path, image_path: str) -> None:
             image.verify()
         with Image.open(path) as image:
             image.load()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, ImportError) as error:
+        # ImportError: ultralytics, once imported, wraps Image.open and tries a HEIF plugin on unknown files
         raise MimicIlsError(f"image {image_path} does not decode as an image ({error}); refused") from None
 
 
@@ -215,7 +216,7 @@ def _import_mask(release: Path, folder: Path, mask_path: str) -> str:
         raise MimicIlsError(f"mask {mask_path or '(none)'} not found under {release}")
     try:
         mask = np.asarray(Image.open(source).convert("L")) > 0
-    except (OSError, UnidentifiedImageError) as error:
+    except (OSError, UnidentifiedImageError, ValueError, ImportError) as error:
         raise MimicIlsError(f"mask {mask_path} unreadable: {error}") from None
     if not mask.any():
         raise MimicIlsError(f"mask {mask_path} is empty for a positive pair")

@@ -43,8 +43,7 @@ def run_once(reports: list[tuple[str, str]], cache: bool = True) -> tuple[float,
     backend = get_backend("rules")
     original = rules._analyse_text
     if not cache:
-        rules._analyse_text = lambda sentence: tuple(  # the same work, never remembered
-            (finding, rules.SentenceRole(m.refers_back, m.anaphor)) for finding, m in rules._analyse(sentence, 0))
+        rules._analyse_text = original.__wrapped__  # the same work, never remembered
     try:
         start = time.perf_counter()
         findings = sum(len(structure_report(text, study_id=study_id, backend=backend).findings)

@@ -33,14 +33,12 @@ def run_predict(model, processor, images: Sequence, instructions: Sequence[str],
     batch = processor(images, instructions, answers=answers, image_index=image_index, add_eos=False,
                       padding_side="left")
     batch.pop("labels", None)
-    max_new_tokens = fit_to_context(model, batch["input_ids"], batch["attention_mask"], max_new_tokens,
-                                    segment_only)
+    max_new_tokens = fit_to_context(model, batch["attention_mask"], max_new_tokens, segment_only)
     return predict_batch(model, processor, batch, segment_only=segment_only, max_new_tokens=max_new_tokens,
                          generate_kwargs=generate_kwargs)
 
 
-def fit_to_context(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                   segment_only: bool) -> int:
+def fit_to_context(model, attention_mask: torch.Tensor, max_new_tokens: int, segment_only: bool) -> int:
     """``max_new_tokens`` capped to the language model's positions; a prompt that does not fit is refused with the
     limit named (a 50,000-token instruction would otherwise run for minutes past what the model was trained on)."""
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
@@ -48,11 +46,10 @@ def fit_to_context(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return max_new_tokens
     lengths = attention_mask.sum(dim=1).tolist()
     longest = int(max(lengths)) if lengths else 0
-    room = limit - longest - (0 if segment_only else 1)
-    if room < 0 or (not segment_only and room < 1):
-        row = int(max(range(len(lengths)), key=lambda i: lengths[i]))
-        raise ValueError(f"instruction {row} is {longest} tokens with the image; the model takes at most {limit} "
-                         "positions: shorten it")
+    room = limit - longest  # positions left for the answer
+    if room < (0 if segment_only else 1):
+        raise ValueError(f"instruction {lengths.index(longest)} is {longest} tokens with the image; the model takes "
+                         f"at most {limit} positions: shorten it")
     return max_new_tokens if segment_only else min(max_new_tokens, room)
 
 

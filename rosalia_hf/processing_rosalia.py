@@ -271,8 +271,9 @@ class RosaliaProcessor(ProcessorMixin):
         neighbours, since the stripping rules removed the spaces around it when encoding.
         """
         tok = self.tokenizer
-        added = {i for i, t in tok.added_tokens_decoder.items() if not t.special}
-        special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+        decoder = tok.added_tokens_decoder  # built afresh on every access
+        added = {i for i, t in decoder.items() if not t.special}
+        special = set(tok.all_special_ids) | {i for i, t in decoder.items() if t.special}
         parts, chunk = [], []
         for i in (int(v) for v in ids):
             if i in added:

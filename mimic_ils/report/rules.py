@@ -99,7 +99,6 @@ _HISTORICAL = re.compile(
     r"(?<![\w-])(?:old|healed|prior|previous|remote|history of|sequelae? of|residua of|post-?infectious)(?![\w-])"
     r"(?:[\s-]+(?!(?:radiograph|study|exam|examination|film|image|imaging|comparison|chest)\b)[\w-]+){0,3}?[\s-]*$")
 _LIMITED = re.compile(r"(?<![\w-])(?:limit\w*|difficult|suboptimal|obscur\w*|preclud\w*|hinder\w*|hamper\w*)(?![\w-])")
-_INFECTION_ENTITIES = frozenset({"pneumonia"})
 _EXTRAPULMONARY = re.compile(
     r"(?<![\w-])(?:sclerotic|bony|bone|osseous|calcific|lytic|blastic|nipple|nipples|breast|breasts|mammary|"
     r"humeral|humerus|scapulae?|scapular|clavicles?|clavicular|ribs?|costal|spine|spinal|vertebrae?|vertebral|"
@@ -352,14 +351,13 @@ def _lend_places(text: str, mentions: list[Mention], sentence: str) -> None:
             between = text[located.end: mention.start].replace(_MASK, "")
             labels = _final_labels(sentence, located)
             whole = _ASSOCIATED.match(between) or _BARE_COORDINATION.match(between)
-            if whole and mention.entity != "effusion":  # an effusion takes the side only: it sits at the base
-                if mention.spans:  # "with associated basilar atelectasis": its place, the head's side
-                    mention.spans = mention.spans + [LocationSpan(-1, -1, _sides_of(labels), (), ())]
-                    mention.side_lent = True
-                else:
-                    mention.inherited = labels
-            elif (whole or _COORDINATION.match(between)) and not mention.spans:
-                mention.spans = [LocationSpan(-1, -1, _sides_of(labels), (), ())]
+            if whole and mention.entity != "effusion" and not mention.spans:
+                mention.inherited = labels
+            elif (whole and mention.entity != "effusion") or ((whole or _COORDINATION.match(between))
+                                                               and not mention.spans):
+                # its own place with the head's side ("with associated basilar atelectasis"), or the side only (an
+                # article or size between; an effusion, which then sits at the base)
+                mention.spans = mention.spans + [LocationSpan(-1, -1, _sides_of(labels), (), ())]
                 mention.side_lent = True
             own = _own_labels(sentence, mention)
         if (subject is not None and not own and not mention.inherited and not mention.spans and mention.tentative
@@ -544,17 +542,17 @@ def _resolve_across_sentences(previous: list[Finding], current: list[tuple[Findi
     """The section-level step: predicted types and places that a sentence gives to the previous sentence's finding."""
     kept = []
     target = _antecedent(previous)
-    for finding, mention in current:
-        if mention.refers_back and target is not None and previous[target].lesion_type in NON_SPECIFIC_TYPES:
+    for finding, role in current:
+        if role.refers_back and target is not None and previous[target].lesion_type in NON_SPECIFIC_TYPES:
             old = previous[target]
             previous[target] = replace(old, predicted_lesion_type=finding.lesion_type,
                                        lesion_type=finding.lesion_type, predicted_lesion_sentence_index=index,
                                        certainty="tentative" if finding.certainty == "tentative" else old.certainty)
             continue
         if target is not None and _carries_place(finding) and (
-                mention.refers_back or mention.anaphor or finding.certainty == "tentative"):
+                role.refers_back or role.anaphor or finding.certainty == "tentative"):
             source = previous[target]
-            if mention.anaphor:  # "The consolidation ...": the previous finding of that entity
+            if role.anaphor:  # "The consolidation ...": the previous finding of that entity
                 same = [f for f in previous if f.entity == finding.entity and f.locations]
                 source = same[-1] if same else source
             if source.locations:
@@ -567,19 +565,13 @@ class RulesBackend:
     """Lexicon + negation/uncertainty cues + rule location mapping; runs anywhere, no model."""
 
     name = "rules"
-    version = RULES_VERSION
 
     def structure(self, section: Section) -> tuple[Finding, ...]:
         """Findings of a section, in sentence order (see the module docstring for the rules)."""
-        findings: list[Finding] = []
-        previous: list[Finding] = []
+        per_sentence: list[list[Finding]] = []  # the last one may still gain a predicted type from the next
         for index, sentence in enumerate(split_sentences(section.text), start=1):
             current = analyse_sentence(sentence, index)
-            if not current:
-                continue
-            start = len(findings) - len(previous)
-            kept = _resolve_across_sentences(previous, current, index)
-            findings[start:] = previous  # the previous sentence's findings may have gained a predicted type
-            findings.extend(kept)
-            previous = kept
-        return tuple(findings)
+            if current:
+                previous = per_sentence[-1] if per_sentence else []
+                per_sentence.append(_resolve_across_sentences(previous, current, index))
+        return tuple(finding for findings in per_sentence for finding in findings)

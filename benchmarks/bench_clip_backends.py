@@ -9,26 +9,15 @@ their pixels are (max |difference| and the share of values that differ), in 8-bi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+from bench_predict import _median_seconds  # the script folder is on sys.path
 from transformers import CLIPImageProcessor
 
 from rosalia_hf.processing_rosalia import to_rgb_uint8, with_clip_backend
 
 CLIP_STD_MIN = 0.26130258  # the smallest channel std: one 8-bit level is 1 / 255 / std after normalisation
-
-
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -48,8 +37,8 @@ def main() -> None:
     base = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     backends = {name: with_clip_backend(base, name) for name in ("torchvision", "pil")}
     pixels = {name: proc(images=images, return_tensors="pt")["pixel_values"] for name, proc in backends.items()}
-    seconds = {name: _median(lambda p=proc: p(images=images, return_tensors="pt"), args.repeats) / args.images
-               for name, proc in backends.items()}
+    seconds = {name: _median_seconds(lambda p=proc: p(images=images, return_tensors="pt"), args.repeats, warmup=1)
+               / args.images for name, proc in backends.items()}
     diff = (pixels["pil"] - pixels["torchvision"]).abs()
     level = 1 / 255 / CLIP_STD_MIN
     for name, value in seconds.items():

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from _cohort import copy_cohort, make_cohort
 from _vision_helpers import save_tiny_radedit, save_tiny_yolo
+from test_dicom import _tiny
 
 from mimic_ils import cli, ingest
 from mimic_ils.dicom import check_dicom, read_dicom
@@ -264,23 +265,8 @@ def test_radedit_hub_id_instead_of_a_folder_is_one_clear_line(radedit_folders, m
 
 
 def _tiny_dicom(path: Path, **attributes) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = "2.25.1"
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, "2.25.1", "CR"
-    ds.Rows, ds.Columns = 16, 16
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = (np.arange(256).reshape(16, 16) * 16).astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    """A 16x16 12-bit MONOCHROME2 ramp with ``attributes`` set (``test_dicom``'s writer)."""
+    _tiny(path, np.arange(256).reshape(16, 16) * 16, **attributes)
     return path
 
 

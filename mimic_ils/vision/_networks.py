@@ -146,8 +146,12 @@ def load_strict(
     _require_tensors(state_dict, state_dict if isinstance(state_dict, Mapping) else (), path, expected_name)
     problems = key_problems(model, state_dict)
     if problems:
-        raise BackendError(f"weight file {str(path)!r} does not match {expected_name}: " + "; ".join(problems))
+        raise _mismatch(path, expected_name, problems)
     model.load_state_dict(state_dict, strict=True)
+
+
+def _mismatch(path: str | Path, expected_name: str, problems: list[str]) -> BackendError:
+    return BackendError(f"weight file {str(path)!r} does not match {expected_name}: " + "; ".join(problems))
 
 
 def load_tolerant(
@@ -161,10 +165,8 @@ def load_tolerant(
     the tolerated key names (unexpected first).
     """
     expected = model.state_dict()
-    if isinstance(state_dict, Mapping):
-        _require_tensors(state_dict, [key for key in expected if key in state_dict], path, expected_name)
-    else:
-        _require_tensors(state_dict, (), path, expected_name)
+    present = [key for key in expected if key in state_dict] if isinstance(state_dict, Mapping) else ()
+    _require_tensors(state_dict, present, path, expected_name)
     missing = [key for key in expected if key not in state_dict]
     optional = [key for key in missing if key.endswith(OPTIONAL_SUFFIXES)]
     required = [key for key in missing if key not in optional]
@@ -172,7 +174,7 @@ def load_tolerant(
     if required or mis_shaped:
         problems = [f"missing keys: {_listed(required)}"] if required else []
         problems += [f"wrong shapes: {_listed(mis_shaped)}"] if mis_shaped else []
-        raise BackendError(f"weight file {str(path)!r} does not match {expected_name}: " + "; ".join(problems))
+        raise _mismatch(path, expected_name, problems)
     unexpected = [str(key) for key in state_dict if key not in expected]
     notes = []
     if unexpected:

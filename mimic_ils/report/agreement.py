@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mimic_ils.report.locations import label_side
 from mimic_ils.schema import Finding
 
 FIELDS = ("found", "lesion_type", "presence", "certainty", "side", "locations", "predicted_lesion_type")
@@ -29,8 +30,8 @@ SIDES = ("right", "left", "both", "none")
 
 def side_of(locations: Iterable[str]) -> str:
     """``right`` / ``left`` / ``both`` / ``none`` of a set of LUNG_LABELS (every one names its side)."""
-    words = {word for label in locations for word in label.split()}
-    right, left = "right" in words, "left" in words
+    sides = {label_side(label) for label in locations}
+    right, left = "R" in sides, "L" in sides
     return "both" if right and left else "right" if right else "left" if left else "none"
 
 

@@ -264,13 +264,14 @@ def labels_for_spans(spans: list[LocationSpan]) -> tuple[str, ...]:
 
 def drop_covered(labels: tuple[str, ...]) -> tuple[str, ...]:
     """Without the zones and lobes of a side whose whole lung is listed."""
-    whole = {side for side, lung in (("right", "right lung"), ("left", "left lung")) if lung in labels}
+    whole = {side for side, lung in (("R", "right lung"), ("L", "left lung")) if lung in labels}
     return tuple(label for label in labels
-                 if label in ("right lung", "left lung") or _side_of_label(label) not in whole)
+                 if label in ("right lung", "left lung") or label_side(label) not in whole)
 
 
-def _side_of_label(label: str) -> str:
-    return "right" if label.startswith("right") or label.endswith("right") else "left"
+def label_side(label: str) -> str:
+    """``"R"`` or ``"L"``: the side of a LUNG_LABELS name ("right lung base", "lung lower lobe left")."""
+    return "R" if label.startswith("right") or label.endswith("right") else "L"
 
 
 def coarse_category(phrase: str | None) -> str | None:

@@ -48,6 +48,7 @@ from mimic_ils.report.locations import (
     LocationSpan,
     drop_covered,
     find_location_spans,
+    label_side,
     labels_for_spans,
 )
 from mimic_ils.report.sections import split_sentences
@@ -312,8 +313,7 @@ def _add_places(mention: Mention, own: list[LocationSpan], other: list[tuple[int
 
 
 def _sides_of(labels: tuple[str, ...]) -> tuple[str, ...]:
-    sides = ["R" if label.startswith("right") or label.endswith("right") else "L" for label in labels]
-    return tuple(dict.fromkeys(sides))
+    return tuple(dict.fromkeys(label_side(label) for label in labels))
 
 
 def _own_labels(sentence: str, mention: Mention) -> tuple[str, ...]:

@@ -268,13 +268,7 @@ def _remove_contradictions(builder: _Builder, rng: np.random.Generator, empty: S
 
 
 def _relocated(pair: Pair, places: tuple[str, ...]) -> Pair:
-    location = join_locations(places)
-    if pair.question_type == "lesion_inference":
-        instruction, answer = INFERENCE_INSTRUCTION.format(location=location), INFERENCE_NEGATIVE.format(
-            location=location)
-    else:
-        instruction = BASIC_INSTRUCTION.format(target=pair.target, location=location)
-        answer = BASIC_NEGATIVE.format(target=pair.target, location=location)
+    instruction, answer = negative_strings(pair.question_type, pair.target, places)
     return replace(pair, instruction=instruction, answer=answer, locations=places)
 
 
@@ -384,36 +378,25 @@ def _global_negative(builder: _Builder, lesion: str) -> None:
     )
 
 
+def negative_strings(question_type: str, target: str, places: Sequence[str]) -> tuple[str, str]:
+    """(instruction, answer) of a basic or lesion-inference negative at ``places`` (Table 2)."""
+    location = join_locations(places)
+    if question_type == "lesion_inference":
+        return INFERENCE_INSTRUCTION.format(location=location), INFERENCE_NEGATIVE.format(location=location)
+    return (BASIC_INSTRUCTION.format(target=target, location=location),
+            BASIC_NEGATIVE.format(target=target, location=location))
+
+
 def _negative_at(
     builder: _Builder, rng: np.random.Generator, lesion: str, target: str, places: tuple[str, ...]
 ) -> None:
     """A negative at ``places``; an opacity negative is a basic or, at random, a lesion-inference one (whose lesion
     is "opacity" whatever type it was made for)."""
-    location = join_locations(places)
-    if target == OPACITY and rng.integers(2) == 1:
-        builder.add(
-            INFERENCE_INSTRUCTION.format(location=location),
-            INFERENCE_NEGATIVE.format(location=location),
-            target=OPACITY,
-            lesion=OPACITY,
-            question_type="lesion_inference",
-            polarity="negative",
-            locations=places,
-            certainty=None,
-            mask_key=None,
-        )
-        return
-    builder.add(
-        BASIC_INSTRUCTION.format(target=target, location=location),
-        BASIC_NEGATIVE.format(target=target, location=location),
-        target=target,
-        lesion=lesion,
-        question_type="basic",
-        polarity="negative",
-        locations=places,
-        certainty=None,
-        mask_key=None,
-    )
+    inference = target == OPACITY and rng.integers(2) == 1
+    question_type = "lesion_inference" if inference else "basic"
+    instruction, answer = negative_strings(question_type, target, places)
+    builder.add(instruction, answer, target=target, lesion=OPACITY if inference else lesion,
+                question_type=question_type, polarity="negative", locations=places, certainty=None, mask_key=None)
 
 
 def _substitution_negative(
@@ -497,10 +480,9 @@ def _hash_rank(study_id: str, lesion: str) -> str:
 def choose_global_negatives(rows: Sequence[dict], shares: Mapping[str, float]) -> list[dict]:
     """Rows of one split with ``round(shares[lesion] x negatives of the lesion)`` basic negatives made global.
 
-    Candidates are basic negatives whose target is their own lesion, in studies with no positive of that lesion
-    or target;
-    the ones with the smallest SHA-256 of (study, lesion) are chosen, so the choice is deterministic and does not
-    depend on sharding or order. Cardiomegaly (global only) and lesion-inference negatives are left alone.
+    Candidates are basic negatives whose target is their own lesion, in studies with no positive of that lesion or
+    target; the ones with the smallest SHA-256 of (study, lesion) are chosen, so the choice is deterministic and does
+    not depend on sharding or order. Cardiomegaly (global only) and lesion-inference negatives are left alone.
     """
     rows = [dict(row) for row in rows]
     # a study that shows the type, or its target (a tentative finding's "opacity"), cannot say "there is no X"

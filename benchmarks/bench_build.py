@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mimic_ils.build import BuildConfig, build
-from mimic_ils.build.stages import ProjectStages
+from mimic_ils.orchestration import BuildConfig, build
+from mimic_ils.orchestration.stages import ProjectStages
 
 
 class TimedStages(ProjectStages):
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--keep", help="keep the cohort and outputs in this folder")
     args = parser.parse_args()
-    from mimic_ils.build.orchestrate import _git_commit
+    from mimic_ils.orchestration.orchestrate import _git_commit
 
     os.environ["MIMIC_ILS_CODE_COMMIT"] = _git_commit() or "unknown"  # commits landing mid-run must not differ
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_build_"))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_pairs_rules.py --studies 60 150 1000 [--seed 0] [--work DIR]
 
 For each size: generate a synthetic cohort, build it (phantom vision backends, rules report backend), read every
-pair back through Table 2 and check Appendix C with ``mimic_ils.build.templates.appendix_c_problems`` (one negative
+pair back through Table 2 and check Appendix C with ``mimic_ils.orchestration.templates.appendix_c_problems`` (one negative
 per lesion type and per target per study, lesion-inference negatives labelled opacity, no image denying what it
 shows, ...), and compare the global share of negatives per lesion with Table 9's.
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from mimic_ils import synth
-from mimic_ils.build import BuildConfig, build
-from mimic_ils.build.templates import appendix_c_problems
-from mimic_ils.build.writer import METADATA
+from mimic_ils.orchestration import BuildConfig, build
+from mimic_ils.orchestration.templates import appendix_c_problems
+from mimic_ils.orchestration.writer import METADATA
 from mimic_ils.schema import SPLITS
 from mimic_ils.stats import compute_stats
 

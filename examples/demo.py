@@ -63,7 +63,7 @@ def main() -> None:
     done(t)
 
     t = step("5. overlays of masks on the images, with instruction and answer")
-    from mimic_ils.build import demo_overlays
+    from mimic_ils.orchestration import demo_overlays
 
     overlays = demo_overlays(dataset, out / "overlays", n=6)
     print("\n".join(f"    {path}" for path in overlays))

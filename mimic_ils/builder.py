@@ -93,7 +93,7 @@ class MimicIls(datasets.GeneratorBasedBuilder):
     def _built_folder(self, data_dir: Path) -> Path:
         if any((data_dir / split / "metadata.parquet").is_file() for split in SPLITS):
             return data_dir
-        from mimic_ils.build import BuildConfig, build
+        from mimic_ils.orchestration import BuildConfig, build
 
         config = BuildConfig.from_yaml(self.config.build_config) if self.config.build_config else BuildConfig()
         config = config.with_backends(self.config.backends or ("real" if isinstance(config.vision, str) else None))

@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from mimic_ils.build.card import render_card
-from mimic_ils.build.ledger import summarize_ledger
-from mimic_ils.build.merge import _counts
-from mimic_ils.build.output import check_out_folder, finish_output, hold_lock, new_partial, out_lock_path
-from mimic_ils.build.templates import parse_pair
-from mimic_ils.build.workdir import atomic_write_bytes, encode_png, mask_digest
-from mimic_ils.build.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
+from mimic_ils.orchestration.card import render_card
+from mimic_ils.orchestration.ledger import summarize_ledger
+from mimic_ils.orchestration.merge import _counts
+from mimic_ils.orchestration.output import check_out_folder, finish_output, hold_lock, new_partial, out_lock_path
+from mimic_ils.orchestration.templates import parse_pair
+from mimic_ils.orchestration.workdir import atomic_write_bytes, encode_png, mask_digest
+from mimic_ils.orchestration.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
 from mimic_ils.schema import LESION_TYPES, MimicIlsError
 
 RELEASE_JSON = "mimic_ils_instruction_answer.json"

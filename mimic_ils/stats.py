@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mimic_ils.build.ledger import summarize_ledger
-from mimic_ils.build.writer import METADATA
+from mimic_ils.orchestration.ledger import summarize_ledger
+from mimic_ils.orchestration.writer import METADATA
 from mimic_ils.schema import LESION_TYPES, POLARITY, QUESTION_TYPES, SPLITS, MimicIlsError
 
 COLUMNS = tuple((question_type, polarity) for question_type in QUESTION_TYPES for polarity in POLARITY)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimic_ils.build.stages import Grounded
+from mimic_ils.orchestration.stages import Grounded
 from mimic_ils.schema import (
     Finding,
     ImageRecord,
@@ -99,7 +99,7 @@ class FakeStages:
 
 def run_fake_build(out: str, work: str, n_studies: int, delay_s: float, shard: str | None = None) -> None:
     """Entry point for the subprocess of the kill-and-resume test."""
-    from mimic_ils.build import build
+    from mimic_ils.orchestration import build
 
     build(None, out, work=work, stages=FakeStages(n_studies, delay_s), shard=shard, progress=False)
 

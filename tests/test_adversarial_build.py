@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mimic_ils.build import BuildConfig, build
-from mimic_ils.build.output import MANIFEST, hold_lock, out_lock_path
+from mimic_ils.orchestration import BuildConfig, build
+from mimic_ils.orchestration.output import MANIFEST, hold_lock, out_lock_path
 from mimic_ils.release import import_release
 from mimic_ils.schema import MimicIlsError, TransientError
 
@@ -215,7 +215,7 @@ class _FileStages(FakeStages):
         return super().structure(study)
 
     def input_keys(self, study, work):
-        from mimic_ils.build.workdir import sha256_bytes
+        from mimic_ils.orchestration.workdir import sha256_bytes
         return {"report": sha256_bytes((self.root / study.report_path).read_bytes()), "images": {}}
 
 
@@ -322,7 +322,7 @@ class _FullDiskStages(FakeStages):
     full = True
 
     def cues(self, images, vision_dir):
-        from mimic_ils.build.stages import vision_reason
+        from mimic_ils.orchestration.stages import vision_reason
 
         out = super().cues(images, vision_dir)
         if self.full and "d003a" in out:
@@ -331,7 +331,7 @@ class _FullDiskStages(FakeStages):
 
 
 def test_a_full_disk_in_the_vision_stage_stops_the_build_and_is_not_cached(tmp_path, clean_build):
-    from mimic_ils.build.stages import vision_reason
+    from mimic_ils.orchestration.stages import vision_reason
 
     out, work, stages = tmp_path / "out", tmp_path / "work", _FullDiskStages(N)
     with pytest.raises(MimicIlsError, match="disk full"):
@@ -352,7 +352,7 @@ def test_a_full_disk_in_the_vision_stage_stops_the_build_and_is_not_cached(tmp_p
     ({"vision": {"steps": {"lung_heart": "phantom"}}}, "lung_heart"),
 ])
 def test_config_typos_are_refused_at_start_with_the_key_named(data, named, tmp_path):
-    from mimic_ils.build.stages import ProjectStages
+    from mimic_ils.orchestration.stages import ProjectStages
 
     with pytest.raises(MimicIlsError, match=named):
         config = BuildConfig.from_dict(data)
@@ -367,7 +367,7 @@ def test_config_typos_are_refused_at_start_with_the_key_named(data, named, tmp_p
     ("cxass", "steps.anatomy: no backend named 'cxass'"),
 ])
 def test_unknown_vision_backends_and_options_are_refused_at_start(anatomy, named, tmp_path):
-    from mimic_ils.build.stages import ProjectStages
+    from mimic_ils.orchestration.stages import ProjectStages
 
     steps = {step: "phantom" for step in ("lungs_heart", "pseudo_normal", "lesion_boxes")}
     config = BuildConfig(vision={"steps": {**steps, "anatomy": anatomy}}, device="cpu")

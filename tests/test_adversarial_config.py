@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mimic_ils.build import BuildConfig, build
+from mimic_ils.orchestration import BuildConfig, build
 from mimic_ils.schema import MimicIlsError
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -369,7 +369,7 @@ def test_images_of_one_study_in_different_splits_exclude_the_study(cohort, tmp_p
     index = ingest.load_index(root)
     study = next(study for study in index.studies if study.study_id == study_id)
     assert study.split.startswith("conflicting")
-    from mimic_ils.build.pipeline import _split_problem
+    from mimic_ils.orchestration.pipeline import _split_problem
 
     assert "conflicting" in _split_problem(study)
     assert any("conflicting split rows" in problem.reason and study_id in problem.path for problem in index.problems)

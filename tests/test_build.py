@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mimic_ils.build import BuildConfig, build
-from mimic_ils.build.shard import Shard, parse_shard, resolve_shard, shard_of
-from mimic_ils.build.workdir import WorkDir, read_checked, write_checked
+from mimic_ils.orchestration import BuildConfig, build
+from mimic_ils.orchestration.shard import Shard, parse_shard, resolve_shard, shard_of
+from mimic_ils.orchestration.workdir import WorkDir, read_checked, write_checked
 from mimic_ils.features import images_features, pairs_features
 from mimic_ils.schema import MimicIlsError
 
@@ -221,7 +221,7 @@ def test_phantom_build_loads_with_documented_features(phantom_build, tmp_path):
 def test_every_pair_obeys_table2_and_appendix_c(phantom_build):
     from PIL import Image
 
-    from mimic_ils.build.templates import appendix_c_problems
+    from mimic_ils.orchestration.templates import appendix_c_problems
 
     rows = []
     for path in sorted(phantom_build.glob("*/metadata.parquet")):
@@ -298,7 +298,7 @@ def test_a_crashing_stage_excludes_its_study_and_the_build_goes_on(tmp_path):
 def test_full_disk_stops_with_a_clear_message_and_resumes(fake_build, tmp_path, monkeypatch):
     import errno
 
-    from mimic_ils.build import workdir
+    from mimic_ils.orchestration import workdir
 
     real_write, calls = workdir.atomic_write_bytes, []
 
@@ -358,7 +358,7 @@ def test_builder_class_builds_from_a_mimic_root(cohort, tmp_path):
 
 
 def test_vision_config_from_build_config(tmp_path, monkeypatch):
-    from mimic_ils.build.stages import make_vision_config
+    from mimic_ils.orchestration.stages import make_vision_config
     from mimic_ils.schema import BackendError
     from mimic_ils.vision.runner import VisionConfig
 

@@ -373,7 +373,7 @@ def test_custom_inference_types():
 
 @pytest.mark.parametrize("count", [1, 2, 3, 4])
 def test_split_locations_inverts_join_and_the_build_parser_reads_every_length(count):
-    from mimic_ils.build.templates import parse_pair
+    from mimic_ils.orchestration.templates import parse_pair
 
     labels = list(P.ZONE_LABELS[:count])
     assert P.split_locations(P.join_locations(labels)) == tuple(labels)

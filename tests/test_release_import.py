@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mimic_ils.build.templates import appendix_c_problems
+from mimic_ils.orchestration.templates import appendix_c_problems
 from mimic_ils.cli import main
 from mimic_ils.features import images_features, pairs_features
 from mimic_ils.release import import_release

@@ -192,8 +192,8 @@ def test_real_backends_run_through_the_registry_from_a_yaml_config(cohort, tmp_p
 
 
 def test_the_real_preset_trusts_remote_code_only_when_asked(tmp_path):
-    from mimic_ils.build import BuildConfig
-    from mimic_ils.build.stages import make_vision_config
+    from mimic_ils.orchestration import BuildConfig
+    from mimic_ils.orchestration.stages import make_vision_config
     from mimic_ils.schema import MimicIlsError
     from mimic_ils.vision.runner import VisionConfig
 

@@ -32,7 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mimic_ils.build import BuildConfig, build
+    from mimic_ils.orchestration import BuildConfig, build
     from mimic_ils.schema import MimicIlsError
 
     if args.limit is not None and args.limit < 1:

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from mimic_ils.build.shard import Shard
-from mimic_ils.build.stages import Stages
-from mimic_ils.build.workdir import WorkDir, encode_png, mask_digest, read_checked_json, write_checked_json
+from mimic_ils.orchestration.shard import Shard
+from mimic_ils.orchestration.stages import Stages
+from mimic_ils.orchestration.workdir import WorkDir, encode_png, mask_digest, read_checked_json, write_checked_json
 from mimic_ils.pairs import limit_study_negatives
 from mimic_ils.schema import SPLITS, Finding, MimicIlsError, Section, StructuredReport, Study, TransientError
 

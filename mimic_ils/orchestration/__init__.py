@@ -8,8 +8,8 @@ env), ``stages`` (the stage protocol and the real wiring), ``pipeline`` (per-stu
 
 from __future__ import annotations
 
-from mimic_ils.build.config import BuildConfig
-from mimic_ils.build.orchestrate import build, default_work_dir
-from mimic_ils.build.overlays import demo_overlays
+from mimic_ils.orchestration.config import BuildConfig
+from mimic_ils.orchestration.orchestrate import build, default_work_dir
+from mimic_ils.orchestration.overlays import demo_overlays
 
 __all__ = ["BuildConfig", "build", "default_work_dir", "demo_overlays"]

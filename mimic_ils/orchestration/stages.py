@@ -1,6 +1,6 @@
 """The stages a build runs, behind one small protocol, and the real implementation over the project's modules.
 
-``Stages`` is what :func:`mimic_ils.build.pipeline.run_shard` drives. ``ProjectStages`` wires the real code:
+``Stages`` is what :func:`mimic_ils.orchestration.pipeline.run_shard` drives. ``ProjectStages`` wires the real code:
 ingest (``mimic_ils.ingest``), the report stage (``mimic_ils.report``), the vision runner
 (``mimic_ils.vision.runner``) and grounding + pairs (``mimic_ils.grounding``). Tests drive the same machinery
 with small fakes.
@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mimic_ils.build.config import BuildConfig
+from mimic_ils.orchestration.config import BuildConfig
 from mimic_ils.schema import ImageRecord, MimicIlsError, Pair, StructuredReport, Study, TransientError, VisionCues
 
 
@@ -112,7 +112,7 @@ class ProjectStages:
 
     def input_keys(self, study: Study, work) -> dict[str, Any]:
         """Digests of what the study's result depends on: its report file's bytes, each image's DICOM bytes."""
-        from mimic_ils.build.workdir import file_digest, sha256_bytes
+        from mimic_ils.orchestration.workdir import file_digest, sha256_bytes
 
         try:
             report = sha256_bytes((self.root / study.report_path).read_bytes())
@@ -128,7 +128,7 @@ class ProjectStages:
             (_vision_keys(vision_dir) / f"{image.dicom_id}.json").unlink(missing_ok=True)
 
     def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, VisionCues | str]:
-        from mimic_ils.build.workdir import WorkDir, atomic_write_bytes, file_digest
+        from mimic_ils.orchestration.workdir import WorkDir, atomic_write_bytes, file_digest
         from mimic_ils.vision import runner
 
         work = WorkDir(vision_dir.parent)
@@ -192,7 +192,7 @@ def _stored_vision_key(vision_dir: Path, dicom_id: str) -> str | None:
 def vision_reason(status: str) -> str:
     """The reason of a runner status that is not a result: a full disk stops the build (OSError ENOSPC); another
     write failure, or a read failure of the machine (an OSError other than a missing file), is transient."""
-    from mimic_ils.build.pipeline import transient_reason
+    from mimic_ils.orchestration.pipeline import transient_reason
 
     if status.startswith("write failed:"):
         if "No space left" in status or "Disk quota" in status:
@@ -205,7 +205,7 @@ def vision_reason(status: str) -> str:
 
 def model_checksums(option_sets: Sequence[dict[str, Any]]) -> dict[str, str]:
     """sha256 of every option value that is a local weight file (a folder: of its files' names and digests)."""
-    from mimic_ils.build.workdir import sha256_bytes, sha256_file
+    from mimic_ils.orchestration.workdir import sha256_bytes, sha256_file
 
     out = {}
     for options in option_sets:
@@ -225,7 +225,7 @@ def model_checksums(option_sets: Sequence[dict[str, Any]]) -> dict[str, str]:
 def make_vision_config(vision_config_cls: type, config: BuildConfig, mimic_root: Path) -> object:
     """A ``VisionConfig`` from the build config's ``vision`` (a preset name, ``{preset, weights_dir}``, or a full
     ``{steps: ...}`` mapping), on this process's device (``cuda:LOCAL_RANK`` under a launcher)."""
-    from mimic_ils.build.shard import process_device
+    from mimic_ils.orchestration.shard import process_device
 
     spec = dict(config.vision) if isinstance(config.vision, dict) else {"preset": config.vision}
     check_vision_keys(spec)

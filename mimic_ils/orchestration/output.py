@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mimic_ils.build.workdir import atomic_write_bytes, sha256_file
+from mimic_ils.orchestration.workdir import atomic_write_bytes, sha256_file
 from mimic_ils.schema import MimicIlsError
 
 logger = logging.getLogger(__name__)

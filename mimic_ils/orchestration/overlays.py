@@ -11,7 +11,7 @@ import numpy as np
 
 def read_pair_rows(out_folder: str | Path, split: str | None = None) -> list[dict[str, Any]]:
     """The pairs rows of a built folder (plain dicts, file names relative to the split folder), sorted by id."""
-    from mimic_ils.build.writer import read_metadata
+    from mimic_ils.orchestration.writer import read_metadata
 
     tables = read_metadata(out_folder, "pairs", split)
     return [{**row, "_folder": str(folder)} for folder, rows in tables for row in rows]

@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mimic_ils.build.config import BuildConfig
-from mimic_ils.build.merge import MissingResults, check_out_folder, merge
-from mimic_ils.build.output import hold_lock, out_lock_path
-from mimic_ils.build.pipeline import run_shard, select_studies
-from mimic_ils.build.shard import Shard, resolve_shard, shard_from_env
-from mimic_ils.build.stages import ProjectStages, Stages
-from mimic_ils.build.workdir import WorkDir, atomic_write_bytes
+from mimic_ils.orchestration.config import BuildConfig
+from mimic_ils.orchestration.merge import MissingResults, check_out_folder, merge
+from mimic_ils.orchestration.output import hold_lock, out_lock_path
+from mimic_ils.orchestration.pipeline import run_shard, select_studies
+from mimic_ils.orchestration.shard import Shard, resolve_shard, shard_from_env
+from mimic_ils.orchestration.stages import ProjectStages, Stages
+from mimic_ils.orchestration.workdir import WorkDir, atomic_write_bytes
 from mimic_ils.schema import MimicIlsError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def build(
     Locks: a second build of the same work folder (or shard) or into the same ``out`` refuses at once, naming the pid.
     Returns ``{"processed": {...}, "info": {...} or None}``.
     """
-    from mimic_ils.build.pipeline import FORCE_STAGES
+    from mimic_ils.orchestration.pipeline import FORCE_STAGES
 
     config = config or BuildConfig()
     grounding_config(config)  # a bad grounding setting is refused before any work, with the key named

@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_pairs_rules.py --studies 60 150 1000 [--seed 0] [--work DIR]
 
 For each size: generate a synthetic cohort, build it (phantom vision backends, rules report backend), read every
-pair back through Table 2 and check Appendix C with ``mimic_ils.orchestration.templates.appendix_c_problems`` (one negative
-per lesion type and per target per study, lesion-inference negatives labelled opacity, no image denying what it
-shows, ...), and compare the global share of negatives per lesion with Table 9's.
+pair back through Table 2 and check Appendix C with ``mimic_ils.orchestration.templates.appendix_c_problems``
+(one negative per lesion type and per target per study, lesion-inference negatives labelled opacity, no image
+denying what it shows, ...), and compare the global share of negatives per lesion with Table 9's.
 """
 
 from __future__ import annotations

@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from mimic_ils.files import atomic_write_bytes, encode_png
 from mimic_ils.orchestration.card import render_card
 from mimic_ils.orchestration.ledger import summarize_ledger
 from mimic_ils.orchestration.merge import _counts
 from mimic_ils.orchestration.output import check_out_folder, finish_output, hold_lock, new_partial, out_lock_path
 from mimic_ils.orchestration.templates import parse_pair
-from mimic_ils.orchestration.workdir import atomic_write_bytes, encode_png, mask_digest
+from mimic_ils.orchestration.workdir import mask_digest
 from mimic_ils.orchestration.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
 from mimic_ils.schema import LESION_TYPES, MimicIlsError
 

@@ -215,7 +215,7 @@ class _FileStages(FakeStages):
         return super().structure(study)
 
     def input_keys(self, study, work):
-        from mimic_ils.orchestration.workdir import sha256_bytes
+        from mimic_ils.files import sha256_bytes
         return {"report": sha256_bytes((self.root / study.report_path).read_bytes()), "images": {}}
 
 

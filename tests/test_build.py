@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from mimic_ils.features import images_features, pairs_features
 from mimic_ils.orchestration import BuildConfig, build
 from mimic_ils.orchestration.shard import Shard, parse_shard, resolve_shard, shard_of
 from mimic_ils.orchestration.workdir import WorkDir, read_checked, write_checked
-from mimic_ils.features import images_features, pairs_features
 from mimic_ils.schema import MimicIlsError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -298,9 +298,9 @@ def test_a_crashing_stage_excludes_its_study_and_the_build_goes_on(tmp_path):
 def test_full_disk_stops_with_a_clear_message_and_resumes(fake_build, tmp_path, monkeypatch):
     import errno
 
-    from mimic_ils.orchestration import workdir
+    from mimic_ils import files
 
-    real_write, calls = workdir.atomic_write_bytes, []
+    real_write, calls = files.atomic_write_bytes, []
 
     def failing_write(path, data):
         calls.append(path)
@@ -308,10 +308,10 @@ def test_full_disk_stops_with_a_clear_message_and_resumes(fake_build, tmp_path, 
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write(path, data)
 
-    monkeypatch.setattr(workdir, "atomic_write_bytes", failing_write)
+    monkeypatch.setattr(files, "atomic_write_bytes", failing_write)
     with pytest.raises(MimicIlsError, match="disk full while writing .*; free space and rerun"):
         build(None, tmp_path / "out", stages=FakeStages(N_FAKE), work=tmp_path / "work", progress=False)
-    monkeypatch.setattr(workdir, "atomic_write_bytes", real_write)
+    monkeypatch.setattr(files, "atomic_write_bytes", real_write)
     result = build(None, tmp_path / "out", stages=FakeStages(N_FAKE), work=tmp_path / "work", progress=False)
     assert result["processed"]["cached"] >= 1
     assert folder_bytes(tmp_path / "out") == folder_bytes(fake_build)

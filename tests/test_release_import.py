@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mimic_ils.orchestration.templates import appendix_c_problems
 from mimic_ils.cli import main
 from mimic_ils.features import images_features, pairs_features
+from mimic_ils.orchestration.templates import appendix_c_problems
 from mimic_ils.release import import_release
 from mimic_ils.schema import MimicIlsError
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mimic_ils.orchestration import build
 from mimic_ils.cli import main
+from mimic_ils.orchestration import build
 from mimic_ils.schema import LESION_TYPES, MimicIlsError
 from mimic_ils.stats import compute_stats, tables_markdown, write_stats
 

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mimic_ils.files import atomic_write_bytes
 from mimic_ils.orchestration.card import render_card
 from mimic_ils.orchestration.ledger import ledger_rows, summarize_ledger
 from mimic_ils.orchestration.output import check_out_folder, finish_output, new_partial
 from mimic_ils.orchestration.pipeline import load_study_result
-from mimic_ils.orchestration.workdir import WorkDir, atomic_write_bytes
+from mimic_ils.orchestration.workdir import WorkDir
 from mimic_ils.orchestration.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
 from mimic_ils.pairs import choose_global_negatives
 from mimic_ils.schema import SPLITS, MimicIlsError, Study

@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mimic_ils.files import atomic_write_bytes
 from mimic_ils.orchestration.config import BuildConfig
 from mimic_ils.orchestration.merge import MissingResults, check_out_folder, merge
 from mimic_ils.orchestration.output import hold_lock, out_lock_path
 from mimic_ils.orchestration.pipeline import run_shard, select_studies
 from mimic_ils.orchestration.shard import Shard, resolve_shard, shard_from_env
 from mimic_ils.orchestration.stages import ProjectStages, Stages
-from mimic_ils.orchestration.workdir import WorkDir, atomic_write_bytes
+from mimic_ils.orchestration.workdir import WorkDir
 from mimic_ils.schema import MimicIlsError
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mimic_ils.orchestration.workdir import atomic_write_bytes, sha256_file
+from mimic_ils.files import FileRecord, atomic_write_bytes, sha256_file
 from mimic_ils.schema import MimicIlsError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def write_manifest(folder: Path) -> None:
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder).as_posix()
         if path.is_file() and relative not in (MANIFEST, PARTIAL_MARKER):
-            files[relative] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+            files[relative] = FileRecord.of_file(path).to_json()
     payload = {"tool": MANIFEST_TOOL, "format": MANIFEST_FORMAT, "files": files}
     atomic_write_bytes(folder / MANIFEST, json.dumps(payload, indent=1, sort_keys=True).encode() + b"\n")
 

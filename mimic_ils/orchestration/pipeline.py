@@ -20,15 +20,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from mimic_ils.files import FileRecord, encode_png
 from mimic_ils.orchestration.shard import Shard
 from mimic_ils.orchestration.stages import Stages
-from mimic_ils.orchestration.workdir import WorkDir, encode_png, mask_digest, read_checked_json, write_checked_json
+from mimic_ils.orchestration.workdir import WorkDir, mask_digest, read_checked_json, write_checked_json
 from mimic_ils.pairs import limit_study_negatives
 from mimic_ils.schema import SPLITS, Finding, MimicIlsError, Section, StructuredReport, Study, TransientError
 
 logger = logging.getLogger(__name__)
 
-STUDY_ARTIFACT_VERSION = 2
+STUDY_ARTIFACT_VERSION = 3
 FORCE_STAGES = ("report", "vision", "grounding")
 RETRIED = "retried next run"
 
@@ -218,7 +219,7 @@ def _grounded_rows(stages, work, study, image, report, image_cues, files) -> tup
     if not grounded.pairs:
         return [], findings, "pairs: no instruction-answer pair for this image"
     image_file = f"images/{image.dicom_id}.png"
-    files[image_file] = work.write_file_checked(work.root / image_file, _image_png(stages, work, image_cues))
+    files[image_file] = work.write_file_checked(work.root / image_file, _image_png(stages, work, image_cues)).to_json()
     rows = [_pair_row(k, pair, grounded.masks, work, files, image_file) for k, pair in enumerate(grounded.pairs)]
     return rows, findings, None
 
@@ -238,7 +239,8 @@ def _pair_row(index, pair, masks, work: WorkDir, files: dict[str, str], image_fi
         digest = mask_digest(masks[pair.mask_key])
         mask_file = f"masks/{digest}.png"
         if mask_file not in files:
-            files[mask_file] = work.write_file_checked(work.mask_path(digest), encode_png(masks[pair.mask_key]))
+            record = work.write_file_checked(work.mask_path(digest), encode_png(masks[pair.mask_key]))
+            files[mask_file] = record.to_json()
     return {
         "id": f"{pair.dicom_id}-{index:03d}", "image_file_name": image_file, "mask_file_name": mask_file,
         "instruction": pair.instruction, "answer": pair.answer, "target": pair.target, "lesion": pair.lesion,
@@ -270,7 +272,8 @@ def load_study_result(work: WorkDir, study_id: str, *, full_check: bool = False)
     if result is None or result.get("version") != STUDY_ARTIFACT_VERSION:
         return None
     for relative, record in result["files"].items():
-        if not work.file_ok(work.root / relative, record, full=full_check):
+        record = FileRecord.from_json(record)
+        if record is None or not record.matches(work.root / relative, full=full_check):
             logger.warning("study %s: %s is missing or corrupted; the study will be recomputed", study_id, relative)
             path.unlink(missing_ok=True)
             return None

@@ -112,7 +112,8 @@ class ProjectStages:
 
     def input_keys(self, study: Study, work) -> dict[str, Any]:
         """Digests of what the study's result depends on: its report file's bytes, each image's DICOM bytes."""
-        from mimic_ils.orchestration.workdir import file_digest, sha256_bytes
+        from mimic_ils.files import sha256_bytes
+        from mimic_ils.orchestration.workdir import file_digest
 
         try:
             report = sha256_bytes((self.root / study.report_path).read_bytes())
@@ -128,7 +129,8 @@ class ProjectStages:
             (_vision_keys(vision_dir) / f"{image.dicom_id}.json").unlink(missing_ok=True)
 
     def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, VisionCues | str]:
-        from mimic_ils.orchestration.workdir import WorkDir, atomic_write_bytes, file_digest
+        from mimic_ils.files import atomic_write_bytes
+        from mimic_ils.orchestration.workdir import WorkDir, file_digest
         from mimic_ils.vision import runner
 
         work = WorkDir(vision_dir.parent)
@@ -205,7 +207,7 @@ def vision_reason(status: str) -> str:
 
 def model_checksums(option_sets: Sequence[dict[str, Any]]) -> dict[str, str]:
     """sha256 of every option value that is a local weight file (a folder: of its files' names and digests)."""
-    from mimic_ils.orchestration.workdir import sha256_bytes, sha256_file
+    from mimic_ils.files import sha256_bytes, sha256_file
 
     out = {}
     for options in option_sets:

@@ -1,4 +1,4 @@
-"""The work folder: atomic writes (temp file + rename) and checksummed cached artifacts.
+"""The work folder: its layout and its checksummed cached artifacts (written through ``mimic_ils.files``).
 
 Layout of a work folder (shared by every shard and process of one build; study ids never overlap across shards)::
 
@@ -20,54 +20,25 @@ altered returns None (and it is recomputed): killing a process at any moment nev
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mimic_ils import files
+from mimic_ils.files import FileRecord, sha256_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
 _MAGIC = b"MILS1 "
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
-
-    No fsync: a killed process never leaves a partial file under the final name, and what a power loss could
-    leave (an empty or short renamed file) fails its checksum and is recomputed. fsync cost ~7 ms per file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_checked(path: str | os.PathLike, payload: bytes) -> None:
     """Atomically write a checked artifact (magic, sha256 of the payload, payload)."""
-    atomic_write_bytes(path, _MAGIC + sha256_bytes(payload).encode() + b"\n" + payload)
+    files.atomic_write_bytes(path, _MAGIC + sha256_bytes(payload).encode() + b"\n" + payload)
 
 
 def read_checked(path: str | os.PathLike) -> bytes | None:
@@ -95,17 +66,6 @@ def read_checked_json(path: str | os.PathLike) -> Any | None:
 def canonical_json(obj: Any) -> bytes:
     """JSON with sorted keys and no whitespace variation: equal objects give equal bytes."""
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    """Deterministic PNG bytes of an ``HxW uint8`` (or bool, stored 0/255) array; no metadata chunks."""
-    from PIL import Image
-
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
 
 
 def mask_digest(mask: np.ndarray) -> str:
@@ -153,22 +113,9 @@ class WorkDir:
         if existing is None:
             write_checked_json(path, fingerprint)
 
-    def write_file_checked(self, path: Path, data: bytes) -> str:
-        """Write a PNG (image or mask) unless an identical one is there; return its record ``"<sha256>:<size>"``."""
-        record = f"{sha256_bytes(data)}:{len(data)}"
-        if not self.file_ok(path, record, full=True):
-            atomic_write_bytes(path, data)
-        return record
-
-    def file_ok(self, path: Path, record: str, *, full: bool = True) -> bool:
-        """Whether ``path`` matches its record: size only (cheap, for resuming) or size and sha256 (the merge)."""
-        digest, _, size = record.partition(":")
-        try:
-            if path.stat().st_size != int(size):
-                return False
-        except (FileNotFoundError, ValueError):
-            return False
-        return not full or sha256_file(path) == digest
+    def write_file_checked(self, path: Path, data: bytes) -> FileRecord:
+        """Write a PNG (image or mask) unless an identical one is there; return its record."""
+        return files.write_file_once(path, data)
 
 
 def file_digest(work: WorkDir, path: str | os.PathLike) -> str:

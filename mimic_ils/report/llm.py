@@ -36,11 +36,9 @@ import hashlib
 import http.client
 import ipaddress
 import json
-import os
 import re
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from mimic_ils.files import atomic_write_bytes
 from mimic_ils.report.lexicon import DEVICE_PATTERN, FINDING_PATTERN, lesion_type_of
 from mimic_ils.report.locations import COARSE_CATEGORIES, LATERAL_VIEW_PATTERN, map_location
 from mimic_ils.report.sections import split_sentences
@@ -419,11 +418,8 @@ class ResponseCache:
     def put(self, key: str, model: str, response: str) -> None:
         if self.directory is None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump({"model": model, "response": response}, stream)
-        os.replace(temp, self.directory / f"{key}.json")
+        payload = json.dumps({"model": model, "response": response}).encode("utf-8")
+        atomic_write_bytes(self.directory / f"{key}.json", payload)
 
 
 # ------------------------------------------------------------------------------------------------ answer parsing

@@ -8,12 +8,12 @@ labelled at their centres, and the lesion boxes with class and confidence. Right
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
 
+from mimic_ils.files import atomic_write_bytes
 from mimic_ils.schema import ZONE_LABELS, VisionCues
 
 ZONE_ABBREVIATIONS = {
@@ -94,13 +94,10 @@ def render_overlay(cues: VisionCues, path: str | Path, tau: float = 0.10, dpi: i
 def _save_atomically(figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(handle)
+    buffer = io.BytesIO()
     try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, path)
+        figure.savefig(buffer, format="png")
     finally:
         plt.close(figure)
-        Path(temporary).unlink(missing_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -18,7 +18,6 @@ resumable; :func:`load_cues` also checks the checksums. One image's problem beco
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import os
@@ -31,13 +30,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mimic_ils.files import FileRecord, encode_png
 from mimic_ils.schema import HEART_LABEL, LUNG_LABELS, BackendError, Box, ImageRecord, MimicIlsError, VisionCues
 from mimic_ils.vision import base
 
 STATUS_WRITTEN = "written"
 STATUS_EXISTS = "exists"
 MANIFEST = "cues.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 ANATOMY_NAMES = (*LUNG_LABELS, HEART_LABEL)
 
 PRESETS: dict[str, dict[str, dict[str, object]]] = {
@@ -173,18 +173,14 @@ def artifact_complete(folder: Path, checksums: bool = False) -> bool:
     ``checksums``, the recorded SHA-256; sizes alone keep a resume over many images cheap)."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        files, sizes = manifest["files"], manifest.get("sizes")
+        files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
     if manifest.get("version") != MANIFEST_VERSION or not isinstance(files, dict):
         return False
-    if checksums or not isinstance(sizes, dict):
-        return all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in files.items())
-    return all((folder / name).is_file() and (folder / name).stat().st_size == sizes.get(name) for name in files)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    records = {name: FileRecord.from_json(record) for name, record in files.items()}
+    return all(record is not None and record.matches(folder / name, full=checksums)
+               for name, record in records.items())
 
 
 def label_filename(label: str) -> str:
@@ -330,17 +326,18 @@ def write_artifacts(
             "heart.png": lungs_heart.heart,
         }
         files.update({label_filename(label): anatomy[label] for label in ANATOMY_NAMES})
-        for name, array in files.items():
-            _write_png(staging / name, array)
-        (staging / "boxes.json").write_text(json.dumps([_box_dict(box) for box in boxes], indent=1))
+        payloads = {name: encode_png(array) for name, array in files.items()}
+        payloads["boxes.json"] = json.dumps([_box_dict(box) for box in boxes], indent=1).encode()
+        for name, data in payloads.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
         manifest = {
             "version": MANIFEST_VERSION,
             "dicom_id": dicom_id,
             "height": int(image.shape[0]),
             "width": int(image.shape[1]),
             "backends": backends,
-            "files": {name: _sha256(staging / name) for name in [*files, "boxes.json"]},
-            "sizes": {name: (staging / name).stat().st_size for name in [*files, "boxes.json"]},
+            "files": {name: FileRecord.of_bytes(data).to_json() for name, data in payloads.items()},
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         if final.exists():
@@ -350,13 +347,6 @@ def write_artifacts(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
-
-
-def _write_png(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.asarray(array)
-    pixels = array.astype(np.uint8) * 255 if array.dtype == bool else np.asarray(array, np.uint8)
-    Image.fromarray(pixels).save(path, optimize=False)
 
 
 def _box_dict(box: Box) -> dict:

@@ -22,7 +22,8 @@ from pathlib import Path
 import datasets
 from datasets.builder import Key
 
-from mimic_ils.features import images_features, pairs_features
+from mimic_ils.features import feature_name, images_features, pairs_features
+from mimic_ils.rows import FILE, PAIRS, Column, ImageRow, PairRow, columns, image_pair_columns
 from mimic_ils.schema import SPLITS, MimicIlsError
 
 _DESCRIPTION = (
@@ -107,19 +108,21 @@ class MimicIls(datasets.GeneratorBasedBuilder):
     def _generate_examples(self, files: list[Path]):
         import pyarrow.parquet as pq
 
+        row_columns = columns(ImageRow if self.config.name == "images" else PairRow)
         for shard, path in enumerate(files):
             for index, row in enumerate(pq.read_table(path).to_pylist()):
-                yield Key(shard, index), _resolve(row, path.parent)
+                yield Key(shard, index), _resolve(row, path.parent, row_columns)
 
 
-def _resolve(row: dict, folder: Path) -> dict:
-    """Metadata row → example: ``*_file_name`` columns become the ``image`` / ``mask`` paths (None stays None)."""
+def _resolve(row: dict, folder: Path, row_columns: tuple[Column, ...]) -> dict:
+    """Metadata row → example: file columns become the ``image`` / ``mask`` paths (None stays None)."""
     out = {}
-    for name, value in row.items():
-        if name.endswith("_file_name"):
-            out[name[: -len("_file_name")]] = str(folder / value) if value else None
-        elif name == "pairs":
-            out[name] = [_resolve(pair, folder) for pair in value]
+    for column in row_columns:
+        value = row[column.name]
+        if column.kind == FILE:
+            out[feature_name(column)] = str(folder / value) if value else None
+        elif column.kind == PAIRS:
+            out[column.name] = [_resolve(pair, folder, image_pair_columns()) for pair in value]
         else:
-            out[name] = value
+            out[column.name] = value
     return out

@@ -1,8 +1,9 @@
-"""The two configurations of a built MIMIC-ILS folder, as ``datasets.Features``.
+"""The two configurations of a built MIMIC-ILS folder, as ``datasets.Features``, derived from the typed rows.
 
-``pairs``: one row per instruction-answer pair. ``images``: one row per frontal image with the list of its pairs,
-so a trainer can run the image encoders once per image. ``load_dataset(folder, "pairs")`` and
-``load_dataset(folder, "images")`` return exactly these features (column order included).
+``pairs``: one row per instruction-answer pair (:class:`mimic_ils.rows.PairRow`). ``images``: one row per frontal
+image with the list of its pairs (:class:`mimic_ils.rows.ImageRow`), so a trainer can run the image encoders once per
+image. ``load_dataset(folder, "pairs")`` and ``load_dataset(folder, "images")`` return exactly these features (column
+order included): the loader turns each ``<name>_file_name`` column into an ``Image`` feature named ``<name>``.
 
 Images are 8-bit greyscale PNGs in the original DICOM frame; masks are 8-bit PNGs (0 or 255) in the same frame.
 Negative pairs have ``mask = None`` (an empty mask of the image's size). ``certainty`` is None for negatives
@@ -11,44 +12,41 @@ and for pairs whose answer carries no certainty.
 
 from __future__ import annotations
 
+from typing import Any
+
 import datasets
 
-PAIR_TEXT_FIELDS = {
-    "instruction": datasets.Value("string"),
-    "answer": datasets.Value("string"),
-    "target": datasets.Value("string"),
-    "lesion": datasets.Value("string"),
-    "question_type": datasets.Value("string"),
-    "polarity": datasets.Value("string"),
-    "locations": datasets.Sequence(datasets.Value("string")),
-    "certainty": datasets.Value("string"),
-}
+from mimic_ils.rows import FILE, PAIRS, STRING, STRINGS, Column, ImageRow, PairRow, columns, image_pair_columns
+
+FILE_SUFFIX = "_file_name"
+
+
+def feature_name(column: Column) -> str:
+    """The feature a column becomes once loaded: ``image_file_name`` → ``image``; other names stay."""
+    return column.name.removesuffix(FILE_SUFFIX) if column.kind == FILE else column.name
 
 
 def pairs_features() -> datasets.Features:
     """Features of the ``pairs`` configuration."""
-    return datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "image": datasets.Image(),
-            "mask": datasets.Image(),
-            **PAIR_TEXT_FIELDS,
-            "study_id": datasets.Value("string"),
-            "dicom_id": datasets.Value("string"),
-            "split": datasets.Value("string"),
-        }
-    )
+    return datasets.Features(_features(columns(PairRow)))
 
 
 def images_features() -> datasets.Features:
     """Features of the ``images`` configuration: one row per image, its pairs as a list."""
-    pair = {"id": datasets.Value("string"), "mask": datasets.Image(), **PAIR_TEXT_FIELDS}
-    return datasets.Features(
-        {
-            "dicom_id": datasets.Value("string"),
-            "image": datasets.Image(),
-            "study_id": datasets.Value("string"),
-            "split": datasets.Value("string"),
-            "pairs": datasets.List(pair),
-        }
-    )
+    return datasets.Features(_features(columns(ImageRow)))
+
+
+def _features(row_columns: tuple[Column, ...]) -> dict[str, Any]:
+    return {feature_name(column): _feature(column) for column in row_columns}
+
+
+def _feature(column: Column) -> Any:
+    if column.kind == STRING:
+        return datasets.Value("string")
+    if column.kind == STRINGS:
+        return datasets.Sequence(datasets.Value("string"))
+    if column.kind == FILE:
+        return datasets.Image()
+    if column.kind == PAIRS:
+        return datasets.List(_features(image_pair_columns()))
+    raise ValueError(f"column {column.name} has no feature for kind {column.kind!r}")

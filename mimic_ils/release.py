@@ -12,9 +12,10 @@ Release layout::
 
 ``--images`` is the MIMIC-CXR-JPG ``files`` folder (or a folder holding ``mimic-cxr-jpg/2.1.0/files``). Each JPG is
 stored once, byte for byte, as ``<split>/images/<dicom_id>.jpg``; each mask is binarised and stored once per unique
-mask. Question type, polarity, locations and certainty come from the Table 2 templates (``build.templates``);
+mask. Question type, polarity, locations and certainty come from the Table 2 templates (``orchestration.templates``);
 ``lesion`` is the release's ``target`` (or the lesion an inference answer names). Items or pairs that cannot be
-imported (missing image, unreadable mask, text off the templates) go to the ledger with their reason.
+imported (missing image, unreadable mask, text off the templates) go to the ledger with their reason. The folder is
+written by the build's own writer (:class:`mimic_ils.orchestration.folder.DatasetFolder`).
 
 Nothing outside the two roots is ever read: every path the JSON names (``../``, absolute, a symlink out) is resolved
 and must lie inside ``--images`` (images) or ``--release`` (masks), else that record is refused with its reason; an
@@ -32,15 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from mimic_ils.files import atomic_write_bytes, encode_png
-from mimic_ils.orchestration.card import render_card
-from mimic_ils.orchestration.ledger import summarize_ledger
-from mimic_ils.orchestration.merge import _counts
-from mimic_ils.orchestration.output import check_out_folder, finish_output, hold_lock, new_partial, out_lock_path
+from mimic_ils.orchestration.folder import DatasetFolder
+from mimic_ils.orchestration.output import check_out_folder, hold_lock, out_lock_path
 from mimic_ils.orchestration.templates import parse_pair
 from mimic_ils.orchestration.workdir import mask_digest
-from mimic_ils.orchestration.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
-from mimic_ils.schema import LESION_TYPES, MimicIlsError
+from mimic_ils.rows import LedgerRow, PairRow
+from mimic_ils.schema import LESION_TYPES, SPLITS, MimicIlsError
 
 RELEASE_JSON = "mimic_ils_instruction_answer.json"
 SPLIT_NAMES = {"train": "train", "val": "validate", "validate": "validate", "test": "test"}
@@ -130,56 +128,50 @@ def import_release(release: str | Path, images: str | Path, out: str | Path) -> 
 
 def _import(release: Path, images: Path, out: Path, trusted: set) -> dict[str, Any]:
     splits = load_release(release)
-    partial = new_partial(out)
-    files, counts, ledger = {}, {}, []
-    for split in ("train", "validate", "test"):
-        rows = []
+    folder = DatasetFolder.begin(out, trusted)
+    ledger: list[LedgerRow] = []
+    for split in SPLITS:
+        rows, sources = [], {}
         for item in splits.get(split, []):
-            item_rows, item_ledger = _import_item(item, split, release, images, partial / split)
+            item_rows, item_ledger, source = _import_item(item, split, release, images, folder)
             rows += item_rows
             ledger += item_ledger
+            if item_rows:
+                sources.setdefault(item_rows[0].image_file_name, source)  # the first item of an image wins
         if rows:
-            files[split] = write_split(partial / split, rows)
-            results = [{"fate": "used"} for _ in {row["study_id"] for row in rows}]
-            counts[split] = _counts(rows, results)
-    if not files:
+            folder.add_split(split, rows, files=sources)
+    if not folder.counts:
         raise MimicIlsError(f"no pair of {release / RELEASE_JSON} could be imported (see the ledger reasons)")
-    ledger.sort(key=lambda row: (row["split"], row["study_id"], row["dicom_id"] or "", row["reason"] or ""))
-    write_parquet(ledger, LEDGER_SCHEMA, partial / "ledger.parquet")
-    info = {"code_version": _version(), "source": "mimic-cxr-ext-ils 1.0.0 release", "counts": counts,
-            "ledger": summarize_ledger(ledger)}
-    atomic_write_bytes(partial / "build_info.json", json.dumps(info, indent=2, sort_keys=True).encode() + b"\n")
-    atomic_write_bytes(partial / "README.md", render_card(files, counts, info, partial).encode("utf-8"))
-    finish_output(partial, out, trusted)
-    return info
+    ledger.sort(key=lambda row: (row.split, row.study_id, row.dicom_id or "", row.reason or ""))
+    folder.add_ledger(ledger)
+    return folder.finish({"code_version": _version(), "source": "mimic-cxr-ext-ils 1.0.0 release"})
 
 
-def _import_item(item: dict, split: str, release: Path, images: Path, folder: Path) -> tuple[list[dict], list[dict]]:
+def _import_item(item: dict, split: str, release: Path, images: Path,
+                 folder: DatasetFolder) -> tuple[list[PairRow], list[LedgerRow], Path | None]:
+    """The pair rows of one release item, its ledger rows, and its image file (None when it has none)."""
     image_path = str(item.get("image_path", ""))
     try:
         _, study_id, dicom_id = image_ids(image_path)
     except MimicIlsError as error:
-        return [], [_ledger("image", "", None, split, "excluded", str(error))]
+        return [], [LedgerRow("image", "", None, split, "excluded", str(error))], None
     try:
         source = find_image(images, image_path)
         if source is None:
-            return [], [_ledger("image", study_id, dicom_id, split, "excluded", f"image {image_path} not found")]
+            raise MimicIlsError(f"image {image_path} not found")
         check_image(source, image_path)
     except MimicIlsError as error:
-        return [], [_ledger("image", study_id, dicom_id, split, "excluded", str(error))]
+        return [], [LedgerRow("image", study_id, dicom_id, split, "excluded", str(error))], None
     image_file = f"images/{dicom_id}{source.suffix.lower()}"
     rows, ledger = [], []
     for index, (pair, positive) in enumerate(_item_pairs(item)):
         try:
-            row = _pair_row(pair, positive, release, folder, study_id, dicom_id, split, image_file)
+            rows.append(_pair_row(pair, positive, release, folder, f"{dicom_id}-{index:03d}", study_id, dicom_id,
+                                  split, image_file))
         except MimicIlsError as error:
-            ledger.append(_ledger("pair", study_id, dicom_id, split, "excluded", f"pair {index}: {error}"))
-            continue
-        rows.append({**row, "id": f"{dicom_id}-{index:03d}"})
-    if rows:
-        place_file(source, folder / image_file)
+            ledger.append(LedgerRow("pair", study_id, dicom_id, split, "excluded", f"pair {index}: {error}"))
     fate, reason = ("used", None) if rows else ("excluded", "no importable pair")
-    return rows, [_ledger("image", study_id, dicom_id, split, fate, reason), *ledger]
+    return rows, [LedgerRow("image", study_id, dicom_id, split, fate, reason), *ledger], source
 
 
 def _item_pairs(item: dict) -> Iterator[tuple[dict, bool]]:
@@ -190,7 +182,7 @@ def _item_pairs(item: dict) -> Iterator[tuple[dict, bool]]:
         yield pair, False
 
 
-def _pair_row(pair, positive, release, folder, study_id, dicom_id, split, image_file) -> dict[str, Any]:
+def _pair_row(pair, positive, release, folder, row_id, study_id, dicom_id, split, image_file) -> PairRow:
     parsed = parse_pair(str(pair.get("instruction", "")), str(pair.get("answer", "")))
     if (parsed.polarity == "positive") != positive:
         listed = "positive" if positive else "negative"
@@ -200,16 +192,16 @@ def _pair_row(pair, positive, release, folder, study_id, dicom_id, split, image_
         lesion = parsed.target if parsed.target in LESION_TYPES else None
     if lesion is None:
         raise MimicIlsError(f"target {pair.get('target')!r} is not one of the seven lesion types")
-    mask_file = _import_mask(release, folder, str(pair.get("seg_mask_path", ""))) if positive else None
-    return {
-        "image_file_name": image_file, "mask_file_name": mask_file, "instruction": pair["instruction"],
-        "answer": pair["answer"], "target": parsed.target, "lesion": lesion, "question_type": parsed.question_type,
-        "polarity": parsed.polarity, "locations": list(parsed.locations), "certainty": parsed.certainty,
-        "study_id": study_id, "dicom_id": dicom_id, "split": split,
-    }
+    mask_file = _import_mask(release, folder, split, str(pair.get("seg_mask_path", ""))) if positive else None
+    return PairRow(
+        id=row_id, image_file_name=image_file, mask_file_name=mask_file, instruction=pair["instruction"],
+        answer=pair["answer"], target=parsed.target, lesion=lesion, question_type=parsed.question_type,
+        polarity=parsed.polarity, locations=tuple(parsed.locations), certainty=parsed.certainty, study_id=study_id,
+        dicom_id=dicom_id, split=split,
+    )
 
 
-def _import_mask(release: Path, folder: Path, mask_path: str) -> str:
+def _import_mask(release: Path, folder: DatasetFolder, split: str, mask_path: str) -> str:
     from PIL import Image, UnidentifiedImageError
 
     source = find_mask(release, mask_path) if mask_path else None
@@ -222,13 +214,8 @@ def _import_mask(release: Path, folder: Path, mask_path: str) -> str:
     if not mask.any():
         raise MimicIlsError(f"mask {mask_path} is empty for a positive pair")
     name = f"masks/{mask_digest(mask)}.png"
-    if not (folder / split_relative(name)).exists():
-        atomic_write_bytes(folder / split_relative(name), encode_png(mask))
+    folder.write_png(split, name, mask)
     return name
-
-
-def _ledger(kind, study_id, dicom_id, split, fate, reason) -> dict[str, Any]:
-    return {"kind": kind, "study_id": study_id, "dicom_id": dicom_id, "split": split, "fate": fate, "reason": reason}
 
 
 def _version() -> str:

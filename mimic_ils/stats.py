@@ -13,48 +13,45 @@ from typing import Any
 
 from mimic_ils.orchestration.ledger import summarize_ledger
 from mimic_ils.orchestration.writer import METADATA
+from mimic_ils.rows import COUNTED_COLUMNS, TALLIED_COLUMNS, LedgerRow, split_counts
 from mimic_ils.schema import LESION_TYPES, POLARITY, QUESTION_TYPES, SPLITS, MimicIlsError
 
 COLUMNS = tuple((question_type, polarity) for question_type in QUESTION_TYPES for polarity in POLARITY)
 _COLUMN_NAMES = {"basic": "basic", "global": "global", "lesion_inference": "lesion inf."}
 
 
-def read_pairs(out: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Per split, the pairs rows (text columns and file names only)."""
+def read_pairs(out: str | Path) -> dict[str, dict[str, list[Any]]]:
+    """Per split, the tallied and counted columns of the pairs rows (``{column: values}``; no image decoding)."""
     import pyarrow.parquet as pq
 
     out = Path(out)
-    columns = ["lesion", "question_type", "polarity", "dicom_id", "study_id", "mask_file_name"]
-    split_rows = {}
+    names = list(dict.fromkeys(TALLIED_COLUMNS + COUNTED_COLUMNS))
+    split_columns = {}
     for split in SPLITS:
         if (out / split / METADATA).is_file():
-            split_rows[split] = pq.read_table(out / split / METADATA, columns=columns).to_pylist()
-    if not split_rows:
+            split_columns[split] = pq.read_table(out / split / METADATA, columns=names).to_pydict()
+    if not split_columns:
         raise MimicIlsError(f"{out} is not a built MIMIC-ILS folder (no <split>/{METADATA})")
-    return split_rows
+    return split_columns
 
 
 def compute_stats(out: str | Path) -> dict[str, Any]:
     """Tables (``tables[split][lesion]["basic/positive"]``...), counts per split, ledger summary."""
     import pyarrow.parquet as pq
 
-    split_rows = read_pairs(out)
     tables, counts = {}, {}
-    for split, rows in split_rows.items():
-        tally = Counter((row["lesion"], row["question_type"], row["polarity"]) for row in rows)
+    for split, values in read_pairs(out).items():
+        tally = Counter(zip(*(values[name] for name in TALLIED_COLUMNS), strict=True))  # (lesion, type, polarity)
         tables[split] = {
             lesion: {f"{q}/{p}": tally[(lesion, q, p)] for q, p in COLUMNS} for lesion in LESION_TYPES
         }
-        counts[split] = {
-            "pairs": len(rows),
-            "positive": sum(row["polarity"] == "positive" for row in rows),
-            "negative": sum(row["polarity"] == "negative" for row in rows),
-            "images": len({row["dicom_id"] for row in rows}),
-            "studies": len({row["study_id"] for row in rows}),
-            "unique_masks": len({row["mask_file_name"] for row in rows if row["mask_file_name"]}),
-        }
+        split_count = split_counts(values)
+        split_count["unique_masks"] = split_count.pop("masks")
+        counts[split] = split_count
     ledger_path = Path(out) / "ledger.parquet"
-    ledger = summarize_ledger(pq.read_table(ledger_path).to_pylist()) if ledger_path.exists() else None
+    ledger = None
+    if ledger_path.exists():
+        ledger = summarize_ledger(LedgerRow.from_json(row) for row in pq.read_table(ledger_path).to_pylist())
     return {"tables": tables, "counts": counts, "ledger": ledger, "global_negative_share": global_shares(tables)}
 
 

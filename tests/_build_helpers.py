@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mimic_ils.orchestration.stages import Grounded
+from mimic_ils.rows import Failure
 from mimic_ils.schema import (
     Finding,
     ImageRecord,
@@ -68,7 +69,7 @@ class FakeStages:
         out = {}
         for image in images:
             if image.dicom_id == "d004a":
-                out[image.dicom_id] = "vision: lungs_heart backend failed: empty lung mask"
+                out[image.dicom_id] = Failure("vision", "lungs_heart backend failed: empty lung mask")
                 continue
             rng = np.random.default_rng(_seed(image.dicom_id))
             pixels = rng.integers(0, 255, (SIDE, SIDE + 8), dtype=np.uint8)

@@ -339,8 +339,8 @@ def test_a_full_disk_in_the_vision_stage_stops_the_build_and_is_not_cached(tmp_p
     stages.full = False
     build(None, out, stages=stages, work=work, progress=False)
     assert folder_bytes(out) == folder_bytes(clean_build)
-    assert "retried next run" in vision_reason("write failed: [Errno 5] Input/output error")
-    assert vision_reason("read failed: not a DICOM file") == "vision: read failed: not a DICOM file"
+    assert "retried next run" in vision_reason("write failed: [Errno 5] Input/output error").line
+    assert vision_reason("read failed: not a DICOM file").line == "vision: read failed: not a DICOM file"
 
 
 # --- configs: every key known, checked before any work ---

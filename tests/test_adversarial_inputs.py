@@ -371,5 +371,5 @@ def test_images_of_one_study_in_different_splits_exclude_the_study(cohort, tmp_p
     assert study.split.startswith("conflicting")
     from mimic_ils.orchestration.pipeline import _split_problem
 
-    assert "conflicting" in _split_problem(study)
+    assert "conflicting" in _split_problem(study).line
     assert any("conflicting split rows" in problem.reason and study_id in problem.path for problem in index.problems)

@@ -1,8 +1,9 @@
 """The ledger: every study and image of the source metadata with its fate, and every finding grounding dropped.
 
-Rows: ``kind`` (study / image / finding), ``study_id``, ``dicom_id`` (None for studies), ``split``, ``fate``
-(used / excluded / dropped), ``reason`` (one line; None when used). For studies, used + excluded = the number of
-studies in the metadata (of the ``--limit`` selection).
+Rows are :class:`mimic_ils.rows.LedgerRow`: ``kind`` (study / image / finding; the release import adds pair),
+``study_id``, ``dicom_id`` (None for studies), ``split``, ``fate`` (used / excluded / dropped), ``reason`` (one line;
+None when used). For studies, used + excluded = the number of studies in the metadata (of the ``--limit``
+selection).
 """
 
 from __future__ import annotations
@@ -12,19 +13,18 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from mimic_ils.rows import LedgerRow, StudyResult
 
-def ledger_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Ledger rows from study results (sorted by study id, then dicom id)."""
+
+def ledger_rows(results: Sequence[StudyResult]) -> list[LedgerRow]:
+    """Ledger rows from study results (sorted by study id; per study: the study, its images, its dropped findings)."""
     rows = []
-    for result in sorted(results, key=lambda item: item["study_id"]):
-        base = {"study_id": result["study_id"], "split": result["split"]}
-        rows.append({"kind": "study", **base, "dicom_id": None, "fate": result["fate"], "reason": result["reason"]})
-        for image in result["images"]:
-            rows.append({"kind": "image", **base, "dicom_id": image["dicom_id"], "fate": image["fate"],
-                         "reason": image["reason"]})
-        for finding in result["findings"]:
-            rows.append({"kind": "finding", **base, "dicom_id": finding["dicom_id"], "fate": "dropped",
-                         "reason": f"{finding['what']}: {finding['reason']}"})
+    for result in sorted(results, key=lambda item: item.study_id):
+        study, split = result.study_id, result.split
+        rows.append(LedgerRow("study", study, None, split, result.fate, result.reason))
+        rows += [LedgerRow("image", study, image.dicom_id, split, image.fate, image.reason) for image in result.images]
+        rows += [LedgerRow("finding", study, finding.dicom_id, split, "dropped", f"{finding.what}: {finding.reason}")
+                 for finding in result.findings]
     return rows
 
 
@@ -37,13 +37,13 @@ def reason_class(reason: str | None) -> str:
     return text.split(" (")[0] if text.startswith("no usable frontal image") else text
 
 
-def summarize_ledger(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def summarize_ledger(rows: Iterable[LedgerRow]) -> dict[str, Any]:
     """Counts of fates per kind and of reason classes per kind (for the card, ``stats`` and the tests)."""
     fates: Counter = Counter()
     reasons: Counter = Counter()
     for row in rows:
-        fates[f"{row['kind']}:{row['fate']}"] += 1
-        if row["reason"]:
-            reasons[f"{row['kind']}: {reason_class(row['reason'])}"] += 1
+        fates[f"{row.kind}:{row.fate}"] += 1
+        if row.reason:
+            reasons[f"{row.kind}: {reason_class(row.reason)}"] += 1
     ordered_reasons = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     return {"fates": dict(sorted(fates.items())), "reasons": dict(ordered_reasons)}

@@ -21,7 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from mimic_ils.orchestration.config import BuildConfig
-from mimic_ils.schema import ImageRecord, MimicIlsError, Pair, StructuredReport, Study, TransientError, VisionCues
+from mimic_ils.rows import Failure
+from mimic_ils.schema import ImageRecord, MimicIlsError, Pair, StructuredReport, Study, VisionCues
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Grounded:
     excluded: str | None = None
 
 
-CuesOrReason = VisionCues | Callable[[], VisionCues] | str
+CuesOrReason = VisionCues | Callable[[], VisionCues] | Failure
 
 
 class Stages(Protocol):
@@ -128,7 +129,7 @@ class ProjectStages:
             shutil.rmtree(vision_dir / image.dicom_id, ignore_errors=True)
             (_vision_keys(vision_dir) / f"{image.dicom_id}.json").unlink(missing_ok=True)
 
-    def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, VisionCues | str]:
+    def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, CuesOrReason]:
         from mimic_ils.files import atomic_write_bytes
         from mimic_ils.orchestration.workdir import WorkDir, file_digest
         from mimic_ils.vision import runner
@@ -191,18 +192,16 @@ def _stored_vision_key(vision_dir: Path, dicom_id: str) -> str | None:
         return None
 
 
-def vision_reason(status: str) -> str:
+def vision_reason(status: str) -> Failure:
     """The reason of a runner status that is not a result: a full disk stops the build (OSError ENOSPC); another
     write failure, or a read failure of the machine (an OSError other than a missing file), is transient."""
-    from mimic_ils.orchestration.pipeline import transient_reason
-
     if status.startswith("write failed:"):
         if "No space left" in status or "Disk quota" in status:
             raise OSError(errno.ENOSPC, f"vision {status}")
-        return transient_reason("vision", TransientError(status))
+        return Failure("vision", status, transient=True)
     if status.startswith("read failed: [Errno") and not status.startswith("read failed: [Errno 2]"):
-        return transient_reason("vision", TransientError(status))
-    return f"vision: {status}"
+        return Failure("vision", status, transient=True)
+    return Failure("vision", status)
 
 
 def model_checksums(option_sets: Sequence[dict[str, Any]]) -> dict[str, str]:

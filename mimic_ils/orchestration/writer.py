@@ -24,45 +24,56 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mimic_ils.rows import (
+    FILE,
+    PAIRS,
+    STRING,
+    STRINGS,
+    Column,
+    ImageRow,
+    LedgerRow,
+    PairRow,
+    columns,
+    image_pair_columns,
+)
+
 ROW_GROUP_SIZE = 1_000
 METADATA = "metadata.parquet"
-
-_TEXT = [
-    ("instruction", pa.string()), ("answer", pa.string()), ("target", pa.string()), ("lesion", pa.string()),
-    ("question_type", pa.string()), ("polarity", pa.string()), ("locations", pa.list_(pa.string())),
-    ("certainty", pa.string()),
-]
-PAIRS_SCHEMA = pa.schema(
-    [("id", pa.string()), ("image_file_name", pa.string()), ("mask_file_name", pa.string()), *_TEXT,
-     ("study_id", pa.string()), ("dicom_id", pa.string()), ("split", pa.string())]
-)
-PAIR_STRUCT = pa.struct([("id", pa.string()), ("mask_file_name", pa.string()), *_TEXT])
-IMAGES_SCHEMA = pa.schema(
-    [("dicom_id", pa.string()), ("image_file_name", pa.string()), ("study_id", pa.string()),
-     ("split", pa.string()), ("pairs", pa.list_(PAIR_STRUCT))]
-)
-LEDGER_SCHEMA = pa.schema(
-    [("kind", pa.string()), ("study_id", pa.string()), ("dicom_id", pa.string()), ("split", pa.string()),
-     ("fate", pa.string()), ("reason", pa.string())]
-)
+_ARROW_TYPES = {STRING: pa.string(), STRINGS: pa.list_(pa.string()), FILE: pa.string()}
 
 
-def write_parquet(rows: Sequence[dict[str, Any]], schema: pa.Schema, path: Path) -> None:
-    """Parquet with fixed settings: zstd, row groups of ROW_GROUP_SIZE rows written one by one (bounded memory),
-    statistics, no pandas metadata, no timestamps."""
+def arrow_schema(row_class: type) -> pa.Schema:
+    """The Arrow schema of a typed row class's Parquet file (:func:`mimic_ils.rows.columns`)."""
+    return pa.schema([(column.name, _arrow_type(column)) for column in columns(row_class)])
+
+
+def _arrow_type(column: Column) -> pa.DataType:
+    return pa.list_(PAIR_STRUCT) if column.kind == PAIRS else _ARROW_TYPES[column.kind]
+
+
+PAIR_STRUCT = pa.struct([(column.name, _ARROW_TYPES[column.kind]) for column in image_pair_columns()])
+PAIRS_SCHEMA = arrow_schema(PairRow)
+IMAGES_SCHEMA = arrow_schema(ImageRow)
+LEDGER_SCHEMA = arrow_schema(LedgerRow)
+
+
+def write_parquet(rows: Sequence[PairRow | ImageRow | LedgerRow], schema: pa.Schema, path: Path) -> None:
+    """Parquet of typed rows with fixed settings: zstd, row groups of ROW_GROUP_SIZE rows written one by one
+    (bounded memory), statistics, no pandas metadata, no timestamps."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with pq.ParquetWriter(
         path, schema, compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True,
         version="2.6", data_page_version="1.0",
     ) as writer:
         for start in range(0, len(rows), ROW_GROUP_SIZE):
-            writer.write_table(pa.Table.from_pylist(list(rows[start:start + ROW_GROUP_SIZE]), schema=schema))
+            chunk = [row.to_json() for row in rows[start:start + ROW_GROUP_SIZE]]
+            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
         if not rows:
             writer.write_table(schema.empty_table())
 
@@ -72,21 +83,20 @@ def split_relative(name: str) -> str:
     return f"images/{name}" if name.startswith("masks/") else name
 
 
-def pair_sort_key(row: dict[str, Any]) -> tuple[str, str, str]:
-    return row["study_id"], row["dicom_id"], row["id"]
+def pair_sort_key(row: PairRow) -> tuple[str, str, str]:
+    return row.study_id, row.dicom_id, row.id
 
 
-def image_rows(pair_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def image_rows(pair_rows: Sequence[PairRow]) -> list[ImageRow]:
     """Group sorted pairs-config rows into one row per image (same order), file names relative to ``images/``."""
-    out: list[dict[str, Any]] = []
+    groups: list[list[PairRow]] = []
     for row in pair_rows:
-        if not out or out[-1]["dicom_id"] != row["dicom_id"]:
-            out.append({"dicom_id": row["dicom_id"], "image_file_name": _under_images(row["image_file_name"]),
-                        "study_id": row["study_id"], "split": row["split"], "pairs": []})
-        pair = {name: row[name] for name in PAIR_STRUCT.names}
-        pair["mask_file_name"] = pair["mask_file_name"] and _under_images(pair["mask_file_name"])
-        out[-1]["pairs"].append(pair)
-    return out
+        if not groups or groups[-1][0].dicom_id != row.dicom_id:
+            groups.append([])
+        groups[-1].append(replace(row, image_file_name=_under_images(row.image_file_name),
+                                  mask_file_name=row.mask_file_name and _under_images(row.mask_file_name)))
+    return [ImageRow(pairs[0].dicom_id, pairs[0].image_file_name, pairs[0].study_id, pairs[0].split, tuple(pairs))
+            for pairs in groups]
 
 
 def _under_images(name: str) -> str:
@@ -104,20 +114,21 @@ def place_file(source: Path, destination: Path) -> None:
         shutil.copyfile(source, destination)
 
 
-def write_split(folder: Path, pair_rows: Sequence[dict[str, Any]]) -> list[str]:
+def write_split(folder: Path, pair_rows: Sequence[PairRow]) -> list[str]:
     """Write both configs' metadata of one split (rows carry work-folder file names); returns the image suffixes."""
     rows = sorted(
-        ({**row, "image_file_name": split_relative(row["image_file_name"]),
-          "mask_file_name": row["mask_file_name"] and split_relative(row["mask_file_name"])} for row in pair_rows),
+        (replace(row, image_file_name=split_relative(row.image_file_name),
+                 mask_file_name=row.mask_file_name and split_relative(row.mask_file_name)) for row in pair_rows),
         key=pair_sort_key,
     )
     write_parquet(rows, PAIRS_SCHEMA, folder / METADATA)
     write_parquet(image_rows(rows), IMAGES_SCHEMA, folder / "images" / METADATA)
-    return sorted({Path(row["image_file_name"]).suffix for row in rows})
+    return sorted({Path(row.image_file_name).suffix for row in rows})
 
 
-def read_metadata(out: str | Path, config: str = "pairs", split: str | None = None) -> list[tuple[Path, list[dict]]]:
-    """``(folder, rows)`` per split of a built folder, file names relative to ``folder``; no image decoding."""
+def read_split_pairs(out: str | Path, split: str | None = None) -> list[tuple[Path, list[PairRow]]]:
+    """``(folder, rows)`` per split of a built folder's ``pairs`` config, file names relative to ``folder``; no image
+    decoding."""
     out = Path(out)
-    pattern = f"{split or '*'}/{METADATA}" if config == "pairs" else f"{split or '*'}/images/{METADATA}"
-    return [(path.parent, pq.read_table(path).to_pylist()) for path in sorted(out.glob(pattern))]
+    return [(path.parent, [PairRow.from_json(row) for row in pq.read_table(path).to_pylist()])
+            for path in sorted(out.glob(f"{split or '*'}/{METADATA}"))]

@@ -2,8 +2,10 @@
 
 Entry points: :func:`build` (process a shard and merge), :class:`BuildConfig`, :func:`demo_overlays`.
 Modules: ``config`` (YAML config), ``workdir`` (atomic, checksummed cache), ``shard`` (stable hashing, launcher
-env), ``stages`` (the stage protocol and the real wiring), ``pipeline`` (per-study processing), ``ledger``,
-``writer`` (Parquet and PNG placement), ``merge``, ``card`` (dataset card), ``overlays`` (demo pictures).
+env), ``stages`` (the stage protocol and the real wiring), ``pipeline`` (the stages over a shard), ``study``
+(``decide_study``, pure, and ``persist``), ``ledger``, ``writer`` (Parquet and PNG placement), ``folder`` (the one
+output-folder writer, ``DatasetFolder``), ``merge``, ``card`` (dataset card), ``overlays`` (demo pictures).
+Typed rows live in :mod:`mimic_ils.rows`.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Layout of a work folder (shared by every shard and process of one build; study i
 
     work/
       config.json                 the build config fingerprint; a different config refuses to reuse the folder
-      reports/<study_id>.json     checked artifact: structured report, or the one-line reason it failed
+      reports/<study_id>.json     checked artifact: structured report, or the report stage's Failure
       vision/...                  the vision runner's per-image artifact folders
-      studies/<study_id>.json     checked artifact: the study's final result (ledger entries, pair rows, files)
+      studies/<study_id>.json     checked artifact: the study's StudyResult (fates, pair rows, file records)
       images/<dicom_id>.png       8-bit greyscale PNG of the image in the original frame
       masks/<digest>.png          one PNG (0/255) per unique mask, named by the digest of its pixels
       shards/<i>-of-<n>.done      written when a shard has processed all its studies

@@ -30,7 +30,7 @@ Rules (Appendix C), per image of a study:
 
 Across a study's images (:func:`limit_study_negatives`) at most one negative per *target* survives. Across a split
 of the build (:func:`choose_global_negatives`) a share of each type's negatives becomes global ("There is no
-pneumonia."), as ``GroundingConfig.negative_global_share`` says (Table 9's proportions by default): of the basic
+pneumonia."), as ``PairConfig.negative_global_share`` says (Table 9's proportions by default): of the basic
 negatives of types the study has no positive of, the ``round(share x negatives of the type)`` with the smallest
 hash of (study, type) are rewritten as global negatives. Global is never chosen per image, so the proportion holds
 for the split whatever the mix of studies.
@@ -45,15 +45,20 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
 
 import numpy as np
 
-from mimic_ils.schema import HEART_LABEL, LESION_TYPES, LUNG_LABELS, LUNG_REGIONS, ZONE_LABELS, Pair
-
-if TYPE_CHECKING:  # the grounding package imports this module; a runtime import here would be circular
-    from mimic_ils.grounding.config import GroundingConfig
+from mimic_ils.schema import (
+    HEART_LABEL,
+    LESION_TYPES,
+    LUNG_LABELS,
+    LUNG_REGIONS,
+    ZONE_LABELS,
+    FindingOutcome,
+    Pair,
+)
 
 BASIC_INSTRUCTION = "Segment the {target} in the {location}."
 BASIC_POSITIVE = "[SEG]"
@@ -79,6 +84,75 @@ SIDE_ZONES = {
     "right lung": tuple(zone for zone in ZONE_LABELS if zone.startswith("right ")),
     "left lung": tuple(zone for zone in ZONE_LABELS if zone.startswith("left ")),
 }
+
+
+# Table 9 of the paper: global negatives / all negatives of each lesion type (cardiomegaly negatives are all global).
+TABLE9_GLOBAL_NEGATIVE_SHARE = {"pneumonia": 0.02, "atelectasis": 0.12, "opacity": 0.004, "consolidation": 0.04,
+                                "edema": 0.02, "effusion": 0.23}
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """The pair rules of Appendix C that a build may change. ``PairConfig.from_dict(config.to_dict())`` round-trips.
+
+    ``negative_conflicts`` lists, per lesion type, the types whose presence makes a study-level negative of it
+    false ("there is no opacity" while atelectasis is reported): such a type gets negatives only in empty
+    locations; types in ``conflicts_with_untyped`` are treated the same way when a positive finding outside the seven
+    types sits in the lungs (a nodule is an opacity). ``opacity_inference_types`` are the types that yield
+    lesion-inference pairs. ``negative_global_share`` is, per lesion type but cardiomegaly, the share of a split's
+    negatives made global (:func:`choose_global_negatives`; Table 9's by default).
+    """
+
+    negative_conflicts: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"opacity": ("pneumonia", "atelectasis", "consolidation", "edema")}
+    )
+    conflicts_with_untyped: tuple[str, ...] = ("opacity",)
+    opacity_inference_types: tuple[str, ...] = ("pneumonia", "atelectasis", "edema")
+    negative_global_share: dict[str, float] = field(default_factory=lambda: dict(TABLE9_GLOBAL_NEGATIVE_SHARE))
+
+    def __post_init__(self) -> None:
+        named = {*self.negative_conflicts, *self.conflicts_with_untyped, *self.opacity_inference_types}
+        named |= {lesion for types in self.negative_conflicts.values() for lesion in types}
+        unknown = named - set(LESION_TYPES)
+        if unknown:
+            raise ValueError(f"unknown lesion types in pair config: {sorted(unknown)}")
+        _check_shares(self.negative_global_share)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/YAML-safe apart from tuples) of every rule."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PairConfig:
+        """Build from a (partial) mapping; missing keys keep their defaults, unknown keys raise ``ValueError``."""
+        unknown = set(data) - set(PAIR_CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"unknown pair config keys: {sorted(unknown)}")
+        updates: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "negative_conflicts":
+                updates[key] = {lesion: tuple(names) for lesion, names in value.items()}
+            elif key in ("opacity_inference_types", "conflicts_with_untyped"):
+                updates[key] = tuple(value)
+            else:
+                updates[key] = dict(value)
+        return replace(cls(), **updates)
+
+
+PAIR_CONFIG_KEYS = tuple(f.name for f in fields(PairConfig))
+
+
+def _check_shares(shares: Mapping[str, float]) -> None:
+    """Every lesion type but cardiomegaly (global only), each share in [0, 1]; the key at fault is named."""
+    expected = set(TABLE9_GLOBAL_NEGATIVE_SHARE)
+    if set(shares) != expected:
+        missing, extra = sorted(expected - set(shares)), sorted(set(shares) - expected)
+        raise ValueError(f"pair config negative_global_share must give every lesion type but cardiomegaly: "
+                         f"missing {missing}, unknown {extra}")
+    for lesion, share in shares.items():
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= float(share) <= 1.0:
+            raise ValueError(f"pair config negative_global_share.{lesion} must be a number in [0, 1], "
+                             f"got {share!r}")
 
 
 def study_seed(study_id: str) -> int:
@@ -114,29 +188,6 @@ def split_locations(text: str | None) -> tuple[str, ...]:
         return ()
     head, _, last = text.rpartition(" and ")
     return (*head.split(", "), last) if head else (last,)
-
-
-@dataclass(frozen=True)
-class FindingOutcome:
-    """A finding of the report after grounding: ``mask_key`` is None when it was not grounded.
-
-    ``lesion`` is one of LESION_TYPES or None (findings outside the seven types only matter for conflicts);
-    ``reported``/``grounded`` are lung labels in the report's order (``("heart",)`` for cardiomegaly);
-    ``presence`` is "negative" for an explicitly negated finding (never grounded; its places say where the report
-    denies the lesion). ``sentence`` (1-based, 0 if unknown) orders several findings of one type in a global answer.
-    """
-
-    lesion: str | None
-    certainty: str
-    reported: tuple[str, ...] = ()
-    grounded: tuple[str, ...] = ()
-    mask_key: str | None = None
-    presence: str = "positive"
-    sentence: int = 0
-
-    @property
-    def fully_grounded(self) -> bool:
-        return self.mask_key is not None and bool(self.grounded) and set(self.grounded) == set(self.reported)
 
 
 @dataclass
@@ -191,17 +242,14 @@ def generate_pairs(
     dicom_id: str,
     empty_locations: Sequence[str],
     cardiomegaly_negative_reason: str | None,
-    config: GroundingConfig | None = None,
+    config: PairConfig | None = None,
 ) -> PairPlan:
     """All pairs of one image from the outcomes of its report's positive findings.
 
     ``empty_locations`` are the lung regions no positive finding touches; ``cardiomegaly_negative_reason`` is
     None when the CTR rule allows a cardiomegaly negative.
     """
-    if config is None:
-        from mimic_ils.grounding.config import GroundingConfig
-
-        config = GroundingConfig()
+    config = config or PairConfig()
     outcomes = sorted(outcomes, key=_outcome_key)
     positives = [outcome for outcome in outcomes if outcome.presence == "positive"]
     builder = _Builder(study_id, dicom_id)
@@ -224,6 +272,40 @@ def generate_pairs(
     _remove_contradictions(builder, rng, empty_locations)
     builder.plan.pairs = limit_study_negatives(builder.plan.pairs)  # one negative per target, in the image too
     return builder.plan
+
+
+@dataclass(frozen=True)
+class ImagePairs:
+    """The pair stage's result for one image: its pairs, the masks they name (``mask_key`` -> ``HxW bool``; a global
+    positive's is the union of its findings' masks), and the negatives it had to skip, as ``(what, reason)``."""
+
+    pairs: tuple[Pair, ...] = ()
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def image_pairs(
+    outcomes: Sequence[FindingOutcome],
+    masks: Mapping[str, np.ndarray],
+    *,
+    study_id: str,
+    dicom_id: str,
+    empty_locations: Sequence[str],
+    cardiomegaly_negative_reason: str | None,
+    config: PairConfig | None = None,
+) -> ImagePairs:
+    """The pair stage: :func:`generate_pairs` over a grounding's outcomes, with the masks the pairs name.
+
+    ``masks`` are the grounding's finding masks by key; the result keeps only those a pair names, plus the unions.
+    """
+    plan = generate_pairs(outcomes, study_id=study_id, dicom_id=dicom_id, empty_locations=empty_locations,
+                          cardiomegaly_negative_reason=cardiomegaly_negative_reason, config=config)
+    available = dict(masks)
+    for key, parts in plan.mask_unions.items():
+        available[key] = np.logical_or.reduce([available[part] for part in parts])
+    used = {pair.mask_key for pair in plan.pairs if pair.mask_key is not None}
+    return ImagePairs(tuple(plan.pairs), {key: mask for key, mask in available.items() if key in used},
+                      tuple(plan.skipped))
 
 
 def places_overlap(a: str, b: str) -> bool:
@@ -285,7 +367,7 @@ def _outcome_key(outcome: FindingOutcome) -> tuple:
     )
 
 
-def _positives(builder: _Builder, outcome: FindingOutcome, config: GroundingConfig) -> Pair:
+def _positives(builder: _Builder, outcome: FindingOutcome, config: PairConfig) -> Pair:
     """The basic positive of a grounded finding, and its lesion-inference positive where the type allows."""
     locations = instruction_locations(outcome.grounded)
     text = join_locations(locations)
@@ -414,7 +496,7 @@ def _substitution_negative(
     _negative_at(builder, rng, lesion, positive.target, (empty[int(rng.integers(len(empty)))],))
 
 
-def _conflicts(lesion: str, positives: Sequence[FindingOutcome], config: GroundingConfig) -> list[str]:
+def _conflicts(lesion: str, positives: Sequence[FindingOutcome], config: PairConfig) -> list[str]:
     """Reported types (or "an untyped lung finding") that make "there is no <lesion>" false study-wide."""
     blocking = set(config.negative_conflicts.get(lesion, ()))
     found = sorted({o.lesion for o in positives if o.lesion in blocking})
@@ -430,7 +512,7 @@ def _absent_negative(
     positives: Sequence[FindingOutcome],
     denied: Sequence[FindingOutcome],
     empty: Sequence[str],
-    config: GroundingConfig,
+    config: PairConfig,
 ) -> None:
     """One negative for a type with no positive finding.
 

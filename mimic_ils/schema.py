@@ -201,6 +201,29 @@ class VisionCues:
 
 
 @dataclass(frozen=True)
+class FindingOutcome:
+    """A finding of the report after grounding: ``mask_key`` is None when it was not grounded.
+
+    ``lesion`` is one of LESION_TYPES or None (findings outside the seven types only matter for conflicts);
+    ``reported``/``grounded`` are lung labels in the report's order (``("heart",)`` for cardiomegaly);
+    ``presence`` is "negative" for an explicitly negated finding (never grounded; its places say where the report
+    denies the lesion). ``sentence`` (1-based, 0 if unknown) orders several findings of one type in a global answer.
+    """
+
+    lesion: str | None
+    certainty: str
+    reported: tuple[str, ...] = ()
+    grounded: tuple[str, ...] = ()
+    mask_key: str | None = None
+    presence: str = "positive"
+    sentence: int = 0
+
+    @property
+    def fully_grounded(self) -> bool:
+        return self.mask_key is not None and bool(self.grounded) and set(self.grounded) == set(self.reported)
+
+
+@dataclass(frozen=True)
 class Pair:
     """One instruction-answer pair (Table 2, Appendix C).
 

@@ -57,7 +57,7 @@ def compute_stats(out: str | Path) -> dict[str, Any]:
 
 def global_shares(tables: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict[str, float | None]]:
     """Per lesion (all splits): global negatives / all negatives, ours and Table 9's (None: no negative)."""
-    from mimic_ils.grounding.config import TABLE9_GLOBAL_NEGATIVE_SHARE
+    from mimic_ils.pairs import TABLE9_GLOBAL_NEGATIVE_SHARE
 
     shares = {}
     for lesion in TABLE9_GLOBAL_NEGATIVE_SHARE:

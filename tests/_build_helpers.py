@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mimic_ils.orchestration.stages import Grounded
+from mimic_ils.grounding import ImageGrounding
+from mimic_ils.pairs import ImagePairs
 from mimic_ils.rows import Failure
 from mimic_ils.schema import (
     Finding,
@@ -77,11 +78,15 @@ class FakeStages:
             out[image.dicom_id] = VisionCues(image.dicom_id, pixels, pixels, empty, empty, empty)
         return out
 
-    def ground(self, report, cues, study, image) -> Grounded:
+    def ground(self, report, cues, study, image) -> ImageGrounding:
         rng = np.random.default_rng(_seed(study.study_id + image.dicom_id))
         mask = np.zeros(cues.shape, bool)
         y, x = rng.integers(4, SIDE - 20, 2)
         mask[y:y + 12, x:x + 12] = True
+        exclusions = [("finding 2 (nodule)", "not one of the seven lesion types")]
+        return ImageGrounding(masks={"m0": mask}, exclusions=exclusions)
+
+    def pairs(self, grounding, study, image) -> ImagePairs:
         common = {"study_id": study.study_id, "dicom_id": image.dicom_id}
         pairs = [
             Pair("Segment the effusion in the right lung base.", "[SEG]", "effusion", "effusion", "basic",
@@ -91,8 +96,7 @@ class FakeStages:
             Pair("Segment the edema.", "[SEG] There is no edema.", "edema", "edema", "global", "negative", (),
                  None, None, **common),
         ]
-        exclusions = [("finding 2 (nodule)", "not one of the seven lesion types")]
-        return Grounded(pairs, {"m0": mask}, exclusions, None)
+        return ImagePairs(tuple(pairs), dict(grounding.masks))
 
     def provenance(self) -> dict:
         return {"report_backend": "fake", "vision": "fake"}

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mimic_ils.grounding import ImageGrounding, ground_image
+from mimic_ils.pairs import image_pairs
 from mimic_ils.schema import Box, Finding, Section, StructuredReport, VisionCues
 
 ZONES = {"apical zone lung": (0.0, 0.15), "upper zone lung": (0.15, 0.40), "mid zone lung": (0.40, 0.70)}
@@ -133,3 +135,27 @@ def report(*findings: Finding, text: str = "") -> StructuredReport:
 
 def by_type(pairs, question_type: str, polarity: str = "positive") -> list:
     return [p for p in pairs if p.question_type == question_type and p.polarity == polarity]
+
+
+@dataclass
+class GroundedPairs:
+    """Grounding and the pair stage of one image, side by side (what the build's two stages give together)."""
+
+    grounding: ImageGrounding
+    pairs: tuple
+    masks: dict
+    exclusions: list
+
+    def __getattr__(self, name):  # excluded, findings, empty_locations, ctr: the grounding's
+        return getattr(self.grounding, name)
+
+
+def ground_and_pair(report, cues, *, study_id, dicom_id, view, config=None, pair_config=None) -> GroundedPairs:
+    """``ground_image`` then ``image_pairs`` on its result (an excluded image has no pairs)."""
+    grounding = ground_image(report, cues, study_id=study_id, dicom_id=dicom_id, view=view, config=config)
+    if grounding.excluded:
+        return GroundedPairs(grounding, (), {}, list(grounding.exclusions))
+    paired = image_pairs(grounding.findings, grounding.masks, study_id=study_id, dicom_id=dicom_id,
+                         empty_locations=grounding.empty_locations,
+                         cardiomegaly_negative_reason=grounding.cardiomegaly_negative_reason, config=pair_config)
+    return GroundedPairs(grounding, paired.pairs, paired.masks, [*grounding.exclusions, *paired.skipped])

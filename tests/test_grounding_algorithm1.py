@@ -7,10 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-from _grounding_helpers import Chest, finding, report
+from _grounding_helpers import Chest, finding, ground_and_pair, report
 from scipy import ndimage
 
-from mimic_ils.grounding import GroundingConfig, Thresholds, ground_image, masks, qc, verify
+from mimic_ils.grounding import GroundingConfig, Thresholds, masks, qc, verify
 from mimic_ils.grounding.algorithm1 import box_window, c1_anatomy, c2_confidence, c3_signal, c4_size
 from mimic_ils.grounding.anomaly import AnomalyField, anomaly_map, difference_threshold
 from mimic_ils.grounding.config import QcConfig, RefineConfig
@@ -92,7 +92,7 @@ def test_non_finite_boxes_are_ignored_not_fatal():
     chest.add_lesion(chest.band("right", 0.75, 0.95))
     cues = chest.cues()
     cues.boxes.append(_box(float("nan"), 10, 50, 60))
-    result = ground_image(
+    result = ground_and_pair(
         report(finding("atelectasis", "right lung base")), cues, study_id="s", dicom_id="d", view="PA"
     )
     assert [p.instruction for p in result.pairs if p.polarity == "positive"][0] == (
@@ -283,7 +283,7 @@ def test_unlocated_lung_lesion_leaves_nothing_empty():
 
 def _ground(chest: Chest, *findings, view="PA", config=None, cues=None):
     cues = cues or chest.cues()
-    return ground_image(report(*findings), cues, study_id="s1", dicom_id="d1", view=view, config=config)
+    return ground_and_pair(report(*findings), cues, study_id="s1", dicom_id="d1", view=view, config=config)
 
 
 def test_lateral_views_are_excluded():

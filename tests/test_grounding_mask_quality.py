@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _grounding_helpers import Chest, finding, report
+from _grounding_helpers import Chest, finding, ground_and_pair, report
 
 from mimic_ils import phantom_render
-from mimic_ils.grounding import GroundingConfig, RefineConfig, ground_image
+from mimic_ils.grounding import GroundingConfig, RefineConfig
 from mimic_ils.grounding.refine import fill_effusion_base
 from mimic_ils.schema import LUNG_LABELS, Box, VisionCues
 
@@ -17,7 +17,7 @@ def _iou(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def _ground(cues: VisionCues, *findings, config: GroundingConfig | None = None):
-    return ground_image(report(*findings), cues, study_id="s1", dicom_id="d1", view="PA", config=config)
+    return ground_and_pair(report(*findings), cues, study_id="s1", dicom_id="d1", view="PA", config=config)
 
 
 # --- focal lesion on a diffuse haze ---------------------------------------------------------------------------------

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from _grounding_helpers import Chest, by_type, finding, report
+from _grounding_helpers import Chest, by_type, finding, ground_and_pair, report
 
-from mimic_ils.grounding import ground_image
 from mimic_ils.schema import LESION_TYPES
 
 
 def _ground(chest: Chest, *findings, study_id: str = "50000001"):
-    return ground_image(report(*findings), chest.cues(), study_id=study_id, dicom_id="d1", view="PA")
+    return ground_and_pair(report(*findings), chest.cues(), study_id=study_id, dicom_id="d1", view="PA")
 
 
 def _answers(result) -> dict[str, str]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from _grounding_helpers import Chest, finding, report
+from _grounding_helpers import Chest, finding, ground_and_pair, report
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mimic_ils.grounding import ground_image
 from mimic_ils.schema import LESION_TYPES, LUNG_LABELS
 
 ZONE_BANDS = {"upper zone lung": (0.15, 0.40), "mid zone lung": (0.40, 0.70), "lung base": (0.70, 1.0)}
@@ -70,7 +69,7 @@ def _ground(chest: Chest, findings, study_id: str, boxes=None):
     cues = chest.cues()
     if boxes is not None:
         cues.boxes = boxes
-    return ground_image(report(*findings), cues, study_id=study_id, dicom_id="d1", view="AP"), cues
+    return ground_and_pair(report(*findings), cues, study_id=study_id, dicom_id="d1", view="AP"), cues
 
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,8 +11,7 @@ from collections import Counter
 import pytest
 
 from mimic_ils import pairs as P
-from mimic_ils.grounding import GroundingConfig
-from mimic_ils.pairs import FindingOutcome, generate_pairs, instruction_locations, join_locations
+from mimic_ils.pairs import FindingOutcome, PairConfig, generate_pairs, instruction_locations, join_locations
 from mimic_ils.schema import LESION_TYPES, LUNG_REGIONS, Pair
 
 EMPTY = ("right apical zone lung", "left apical zone lung", "left upper zone lung")
@@ -366,7 +365,7 @@ def test_limit_study_negatives_across_images():
 
 
 def test_custom_inference_types():
-    config = GroundingConfig(opacity_inference_types=("consolidation",))
+    config = PairConfig(opacity_inference_types=("consolidation",))
     plan = _plan(FindingOutcome("consolidation", "definitive", ("left lung",), ("left lung",), "k0"), config=config)
     assert _positives(plan, "lesion_inference")[0].answer == "[SEG] It is highly suggestive of consolidation."
 

@@ -107,11 +107,6 @@ class QcConfig:
     ctr_negative_max: float = 0.45
 
 
-# Table 9 of the paper: global negatives / all negatives of each lesion type (cardiomegaly negatives are all global).
-TABLE9_GLOBAL_NEGATIVE_SHARE = {"pneumonia": 0.02, "atelectasis": 0.12, "opacity": 0.004, "consolidation": 0.04,
-                                "edema": 0.02, "effusion": 0.23}
-
-
 @dataclass(frozen=True)
 class GroundingConfig:
     """All grounding settings. ``GroundingConfig.from_dict(config.to_dict())`` round-trips.
@@ -119,11 +114,8 @@ class GroundingConfig:
     ``thresholds`` apply to every lesion type except those in ``lesion_thresholds`` (edema by default).
     With ``use_class_table`` False (the paper), any kept box can ground any finding through c1-c4; with it True, a
     box grounds a finding only if its detector class is listed in ``class_table[lesion_type]``.
-    ``negative_conflicts`` lists, per lesion type, the types whose presence makes a study-level negative of it
-    false ("there is no opacity" while atelectasis is reported): such a type gets negatives only in empty
-    locations; types in ``conflicts_with_untyped`` are treated the same way when a positive finding outside the seven
-    types sits in the lungs (a nodule is an opacity). ``opacity_inference_types`` are the types that yield
-    lesion-inference pairs (Appendix C). ``work_max_side``: Algorithm 1 (c1-c4, components, Refine) runs on
+    The pair rules (Appendix C) are not here: they are ``mimic_ils.pairs.PairConfig``.
+    ``work_max_side``: Algorithm 1 (c1-c4, components, Refine) runs on
     the original frame sampled every ``ceil(max(H, W) / work_max_side)`` pixels (see ``grounding.grid``; the
     pseudo-normal and anatomy models work at 512 px, so nothing finer is lost); Refine distances are then in grid
     pixels. None runs it at full resolution; masks are always returned in the original frame.
@@ -144,24 +136,17 @@ class GroundingConfig:
     qc: QcConfig = field(default_factory=QcConfig)
     use_class_table: bool = False
     class_table: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_CLASS_TABLE))
-    negative_conflicts: dict[str, tuple[str, ...]] = field(
-        default_factory=lambda: {"opacity": ("pneumonia", "atelectasis", "consolidation", "edema")}
-    )
-    conflicts_with_untyped: tuple[str, ...] = ("opacity",)
     work_max_side: int | None = 1024
-    opacity_inference_types: tuple[str, ...] = ("pneumonia", "atelectasis", "edema")
     focal_mask_clip: str | None = None
     focal_clip_margin: float = 0.10
     focal_clip_max_lung_iou: float = 0.5
-    negative_global_share: dict[str, float] = field(default_factory=lambda: dict(TABLE9_GLOBAL_NEGATIVE_SHARE))
 
     def __post_init__(self) -> None:
-        unknown = set(self.lesion_thresholds) | set(self.class_table) | set(self.negative_conflicts)
+        unknown = set(self.lesion_thresholds) | set(self.class_table)
         unknown -= set(LESION_TYPES)
         if unknown:
             raise ValueError(f"unknown lesion types in grounding config: {sorted(unknown)}")
         _check_focal_clip(self.focal_mask_clip, self.focal_clip_margin, self.focal_clip_max_lung_iou)
-        _check_shares(self.negative_global_share)
 
     def thresholds_for(self, lesion_type: str) -> Thresholds:
         """The Table 7 thresholds that apply to ``lesion_type``."""
@@ -202,26 +187,11 @@ class GroundingConfig:
                 updates[key] = _sub(RefineConfig, value)
             elif key == "qc":
                 updates[key] = _sub(QcConfig, value)
-            elif key in ("class_table", "negative_conflicts"):
+            elif key == "class_table":
                 updates[key] = {lesion: tuple(names) for lesion, names in value.items()}
-            elif key in ("opacity_inference_types", "conflicts_with_untyped"):
-                updates[key] = tuple(value)
             else:
                 updates[key] = value
         return replace(config, **updates)
-
-
-def _check_shares(shares: dict[str, float]) -> None:
-    """Every lesion type but cardiomegaly (global only), each share in [0, 1]; the key at fault is named."""
-    expected = set(TABLE9_GLOBAL_NEGATIVE_SHARE)
-    if set(shares) != expected:
-        missing, extra = sorted(expected - set(shares)), sorted(set(shares) - expected)
-        raise ValueError(f"grounding config negative_global_share must give every lesion type but cardiomegaly: "
-                         f"missing {missing}, unknown {extra}")
-    for lesion, share in shares.items():
-        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= float(share) <= 1.0:
-            raise ValueError(f"grounding config negative_global_share.{lesion} must be a number in [0, 1], "
-                             f"got {share!r}")
 
 
 def _check_focal_clip(clip: Any, margin: Any, max_lung_iou: Any) -> None:

@@ -1,8 +1,8 @@
-"""Grounding of one frontal image: quality control, Algorithm 1 per finding, verification, pairs.
+"""Grounding of one frontal image: quality control, Algorithm 1 per finding, verification.
 
 :func:`ground_image` is the single entry point the build calls. It never raises for bad input: an image that fails
-quality control (or has malformed cues) comes back with ``excluded`` set and no pairs, and every dropped finding
-or skipped negative is listed in ``exclusions`` with a one-line reason. Exclusion texts name lesion types and
+quality control (or has malformed cues) comes back with ``excluded`` set and no masks, and every dropped finding
+is listed in ``exclusions`` with a one-line reason. Exclusion texts name lesion types and
 sentence numbers, never report text.
 """
 
@@ -18,30 +18,29 @@ from mimic_ils.grounding.algorithm1 import BoxDecision, ImageContext, box_window
 from mimic_ils.grounding.anomaly import AnomalyField
 from mimic_ils.grounding.config import GroundingConfig
 from mimic_ils.grounding.grid import Grid, GridMasks
-from mimic_ils.pairs import FindingOutcome, generate_pairs
-from mimic_ils.schema import HEART_LABEL, LESION_TYPES, Box, Finding, Pair, StructuredReport, VisionCues
+from mimic_ils.schema import HEART_LABEL, LESION_TYPES, Box, Finding, FindingOutcome, StructuredReport, VisionCues
 
 UNPLACEABLE_REASON = "no lung location reported; no lung region can be called empty"
 
 @dataclass
 class ImageGrounding:
-    """Everything grounding produced for one image.
+    """Everything grounding produced for one image (the pair stage, ``mimic_ils.pairs.image_pairs``, reads it).
 
-    ``masks`` maps each positive pair's ``mask_key`` (``f"{dicom_id}_{lesion}_{k}"``, or
-    ``f"{dicom_id}_{lesion}_global"`` for a union) to an ``HxW bool`` mask in the original frame. ``exclusions``
+    ``masks`` maps each grounded finding's ``mask_key`` (``f"{dicom_id}_{lesion}_{k}"``) to an ``HxW bool`` mask in
+    the original frame. ``exclusions``
     are ``(what, reason)``; ``excluded`` is the reason when quality control dropped the whole image.
     ``findings`` are the outcomes of the report's findings (negated ones with ``presence="negative"``),
     ``empty_locations`` the lung regions no positive finding touches, ``ctr`` the cardiothoracic ratio (None when
-    not measured).
+    not measured), ``cardiomegaly_negative_reason`` None when the CTR rule allows a cardiomegaly negative.
     """
 
-    pairs: list[Pair] = field(default_factory=list)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     exclusions: list[tuple[str, str]] = field(default_factory=list)
     excluded: str | None = None
     findings: list[FindingOutcome] = field(default_factory=list)
     empty_locations: tuple[str, ...] = ()
     ctr: float | None = None
+    cardiomegaly_negative_reason: str | None = None
 
 
 def ground_image(
@@ -53,7 +52,7 @@ def ground_image(
     view: str,
     config: GroundingConfig | None = None,
 ) -> ImageGrounding:
-    """Ground a structured report on one image and turn the result into instruction-answer pairs."""
+    """Ground a structured report on one image: QC, then Algorithm 1 per finding, then the empty locations."""
     config = config or GroundingConfig()
     reason = qc.view_reason(view) or cues_problem(cues)
     hybrid = None if reason else qc.Outline.of(cues.lung_right, cues.lung_left, cues.heart)
@@ -63,22 +62,9 @@ def ground_image(
     findings = canonical_findings(report.findings)
     frame = _Frame.build(cues, config, hybrid)
     result = ImageGrounding(ctr=hybrid.ctr)
-    masks = _ground_findings(findings, frame, dicom_id, result)
+    result.masks = _ground_findings(findings, frame, dicom_id, result)
     result.empty_locations = verify.empty_locations(findings, cues.anatomy)
-    plan = generate_pairs(
-        result.findings,
-        study_id=study_id,
-        dicom_id=dicom_id,
-        empty_locations=result.empty_locations,
-        cardiomegaly_negative_reason=qc.cardiomegaly_negative_reason(result.ctr, config.qc),
-        config=config,
-    )
-    for key, parts in plan.mask_unions.items():
-        masks[key] = np.logical_or.reduce([masks[part] for part in parts])
-    used = {pair.mask_key for pair in plan.pairs if pair.mask_key is not None}
-    result.pairs = plan.pairs
-    result.masks = {key: mask for key, mask in masks.items() if key in used}
-    result.exclusions.extend(plan.skipped)
+    result.cardiomegaly_negative_reason = qc.cardiomegaly_negative_reason(result.ctr, config.qc)
     return result
 
 

@@ -8,6 +8,7 @@ Example (``examples/configs/build_phantom.yaml``)::
       options: {}
     vision: phantom           # a preset name ("phantom", "real") or a mapping {preset: real, steps: {...}}
     grounding: {}             # GroundingConfig fields, e.g. {tau_ano: 0.1}
+    pairs: {}                 # PairConfig fields (Appendix C rules), e.g. {opacity_inference_types: [pneumonia]}
     batch_size: 8             # images per vision batch (does not change the output)
 
 The fingerprint (everything but ``batch_size`` and ``device``) is stored in the work folder: cached results made
@@ -37,6 +38,7 @@ class BuildConfig:
     report_options: dict[str, Any] = field(default_factory=dict)
     vision: str | dict[str, Any] = "phantom"
     grounding: dict[str, Any] = field(default_factory=dict)
+    pairs: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 8
     device: str | None = None
 
@@ -50,7 +52,7 @@ class BuildConfig:
         if unknown_report:
             named = ", ".join(f"report.{key}" for key in sorted(unknown_report))
             raise MimicIlsError(f"unknown build config keys: {named}")
-        known = {"seed", "vision", "grounding", "batch_size", "device"}
+        known = {"seed", "vision", "grounding", "pairs", "batch_size", "device"}
         unknown = set(data) - known
         if unknown:
             raise MimicIlsError(f"unknown build config keys: {', '.join(sorted(unknown))}")
@@ -96,8 +98,35 @@ class BuildConfig:
             "report": {"backend": data["report_backend"], "options": data["report_options"]},
             "vision": data["vision"],
             "grounding": data["grounding"],
+            **({"pairs": data["pairs"]} if data["pairs"] else {}),  # absent when empty: older folders' bytes hold
             "batch_size": data["batch_size"],
         }
+
+    def grounding_config(self):
+        """The build's ``GroundingConfig``; a MimicIlsError naming the section and key when a setting is wrong."""
+        from mimic_ils.grounding import GroundingConfig
+
+        grounding = {key: value for key, value in (self.grounding or {}).items() if key not in _pair_keys()}
+        try:
+            return GroundingConfig.from_dict(grounding)
+        except (ValueError, TypeError) as error:
+            raise MimicIlsError(f"build config grounding: {error}") from None
+
+    def pair_config(self):
+        """The build's ``PairConfig``, from the ``pairs`` section and, as before pairs had a section of their own,
+        from the pair rules given under ``grounding`` (accepted as they are; the same key in both is refused)."""
+        from mimic_ils.pairs import PairConfig
+
+        legacy = {key: value for key, value in (self.grounding or {}).items() if key in _pair_keys()}
+        both = sorted(set(legacy) & set(self.pairs or {}))
+        if both:
+            raise MimicIlsError(f"build config gives {', '.join(both)} under both grounding and pairs; keep pairs")
+        for section, values in (("grounding", legacy), ("pairs", self.pairs or {})):
+            try:
+                PairConfig.from_dict(values)
+            except (ValueError, TypeError, AttributeError) as error:
+                raise MimicIlsError(f"build config {section}: {error}") from None
+        return PairConfig.from_dict({**legacy, **(self.pairs or {})})
 
     def fingerprint(self) -> dict[str, Any]:
         """The part of the config that changes results (the work folder is bound to it)."""
@@ -112,3 +141,9 @@ class BuildConfig:
     @property
     def vision_name(self) -> str:
         return self.vision if isinstance(self.vision, str) else str(self.vision.get("preset", "custom"))
+
+
+def _pair_keys() -> tuple[str, ...]:
+    from mimic_ils.pairs import PAIR_CONFIG_KEYS
+
+    return PAIR_CONFIG_KEYS

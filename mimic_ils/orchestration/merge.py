@@ -44,7 +44,7 @@ def merge(work: WorkDir, studies: Sequence[Study], out: str | Path, info: dict[s
     (:func:`mimic_ils.pairs.choose_global_negatives`).
     """
     if negative_global_share is None:
-        from mimic_ils.grounding.config import TABLE9_GLOBAL_NEGATIVE_SHARE as negative_global_share
+        from mimic_ils.pairs import TABLE9_GLOBAL_NEGATIVE_SHARE as negative_global_share
     out = Path(out)
     trusted = (trusted or set()) | check_out_folder(out, trusted)
     results = collect_results(work, studies)

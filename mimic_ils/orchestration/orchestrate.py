@@ -55,7 +55,8 @@ def build(
     from mimic_ils.orchestration.pipeline import FORCE_STAGES
 
     config = config or BuildConfig()
-    grounding_config(config)  # a bad grounding setting is refused before any work, with the key named
+    config.grounding_config()  # a bad setting is refused before any work, with the key named
+    config.pair_config()
     unknown = sorted(set(force_stages) - set(FORCE_STAGES))
     if unknown:
         raise MimicIlsError(f"--force-stage {', '.join(unknown)}: expected one of {', '.join(FORCE_STAGES)}")
@@ -110,25 +111,15 @@ def _process_and_merge(stages, workdir, studies, out, config, current, shard, li
             _wait_for_shards(workdir, current.count, shard_wait_s)
         try:
             info = merge(workdir, studies, out, build_info(config, stages, limit),
-                         negative_global_share=grounding_config(config).negative_global_share, trusted=trusted)
+                         negative_global_share=config.pair_config().negative_global_share, trusted=trusted)
         except MissingResults:
             if not process or current.count > 1:
                 raise
             # The merge's full check found a file that is intact in size but not in content: recompute, once.
             run_shard(stages, workdir, studies, chunk_size=max(4, config.batch_size), progress=progress)
             info = merge(workdir, studies, out, build_info(config, stages, limit),
-                         negative_global_share=grounding_config(config).negative_global_share, trusted=trusted)
+                         negative_global_share=config.pair_config().negative_global_share, trusted=trusted)
     return {"processed": processed, "info": info}
-
-
-def grounding_config(config: BuildConfig):
-    """The build's GroundingConfig; a MimicIlsError naming the key when a setting is wrong."""
-    from mimic_ils.grounding import GroundingConfig
-
-    try:
-        return GroundingConfig.from_dict(config.grounding or {})
-    except (ValueError, TypeError) as error:
-        raise MimicIlsError(f"build config grounding: {error}") from None
 
 
 def build_info(config: BuildConfig, stages: Stages, limit: int | None) -> dict[str, Any]:

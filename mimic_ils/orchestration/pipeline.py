@@ -168,12 +168,14 @@ def _ground_one(stages, work, study, image, report, cues) -> ImageOutcome | Fail
 
 def _grounded_rows(stages, work, study, image, report, image_cues) -> ImageOutcome | Failure:
     """The image's outcome: its pairs and their masks, the findings grounding dropped, its PNG (when it has pairs)."""
-    grounded = stages.ground(report, image_cues, study, image)
-    if grounded.excluded:
-        return Failure("qc", grounded.excluded)
-    dropped = tuple(DroppedFinding(image.dicom_id, what, why) for what, why in grounded.exclusions)
-    png = _image_png(stages, work, image_cues) if grounded.pairs else None
-    return ImageOutcome(image.dicom_id, tuple(grounded.pairs), dict(grounded.masks), dropped, png)
+    grounding = stages.ground(report, image_cues, study, image)
+    if grounding.excluded:
+        return Failure("qc", grounding.excluded)
+    paired = stages.pairs(grounding, study, image)
+    skipped = (*grounding.exclusions, *paired.skipped)
+    dropped = tuple(DroppedFinding(image.dicom_id, what, why) for what, why in skipped)
+    png = _image_png(stages, work, image_cues) if paired.pairs else None
+    return ImageOutcome(image.dicom_id, tuple(paired.pairs), dict(paired.masks), dropped, png)
 
 
 def _image_png(stages: Stages, work: WorkDir, cues) -> bytes:

@@ -2,8 +2,8 @@
 
 ``Stages`` is what :func:`mimic_ils.orchestration.pipeline.run_shard` drives. ``ProjectStages`` wires the real code:
 ingest (``mimic_ils.ingest``), the report stage (``mimic_ils.report``), the vision runner
-(``mimic_ils.vision.runner``) and grounding + pairs (``mimic_ils.grounding``). Tests drive the same machinery
-with small fakes.
+(``mimic_ils.vision.runner``), grounding (``mimic_ils.grounding``) and pairs (``mimic_ils.pairs``). Tests drive
+the same machinery with small fakes.
 """
 
 from __future__ import annotations
@@ -14,25 +14,16 @@ import inspect
 import json
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mimic_ils.orchestration.config import BuildConfig
+from mimic_ils.pairs import ImagePairs, PairConfig, image_pairs
 from mimic_ils.rows import Failure
-from mimic_ils.schema import ImageRecord, MimicIlsError, Pair, StructuredReport, Study, VisionCues
+from mimic_ils.schema import ImageRecord, MimicIlsError, StructuredReport, Study, VisionCues
 
-
-@dataclass
-class Grounded:
-    """What grounding gives for one image: pairs, masks by ``mask_key`` (HxW bool), finding exclusions."""
-
-    pairs: list[Pair] = field(default_factory=list)
-    masks: dict[str, np.ndarray] = field(default_factory=dict)
-    exclusions: list[tuple[str, str]] = field(default_factory=list)
-    excluded: str | None = None
+if TYPE_CHECKING:  # grounding (scikit-image) is imported when the first image is grounded, not with the build
+    from mimic_ils.grounding.pipeline import ImageGrounding
 
 
 CuesOrReason = VisionCues | Callable[[], VisionCues] | Failure
@@ -49,8 +40,11 @@ class Stages(Protocol):
         """Vision cues per dicom id (or a zero-argument loader of them, so a chunk's cues are not all in memory at
         once), or the one-line reason the image has none. Cached under ``vision_dir``."""
 
-    def ground(self, report: StructuredReport, cues: VisionCues, study: Study, image: ImageRecord) -> Grounded:
-        """Grounding, QC and pairs of one frontal image."""
+    def ground(self, report: StructuredReport, cues: VisionCues, study: Study, image: ImageRecord) -> ImageGrounding:
+        """Grounding and QC of one frontal image."""
+
+    def pairs(self, grounding: ImageGrounding, study: Study, image: ImageRecord) -> ImagePairs:
+        """The instruction-answer pairs of one grounded image, with the masks they name."""
 
     def provenance(self) -> dict[str, Any]:
         """Backends, options and model checksums, for the dataset card."""
@@ -65,6 +59,7 @@ class ProjectStages:
         self._backend = None
         self._vision_config = None
         self._grounding_config = None
+        self._pair_config = None
 
     def studies(self) -> list[Study]:
         from mimic_ils import ingest
@@ -155,30 +150,38 @@ class ProjectStages:
         """The runner's ``image.png`` of this image (the pixels of ``VisionCues.image``, already encoded)."""
         return vision_dir / dicom_id / "image.png"
 
-    def ground(self, report: StructuredReport, cues: VisionCues, study: Study, image: ImageRecord) -> Grounded:
-        from mimic_ils.grounding import GroundingConfig, ground_image
+    def ground(self, report: StructuredReport, cues: VisionCues, study: Study, image: ImageRecord) -> ImageGrounding:
+        from mimic_ils.grounding import ground_image
 
         if self._grounding_config is None:
-            self._grounding_config = GroundingConfig.from_dict(self.config.grounding or {})
-        result = ground_image(
-            report, cues, study_id=study.study_id, dicom_id=image.dicom_id, view=image.view,
-            config=self._grounding_config,
-        )
-        return Grounded(list(result.pairs), dict(result.masks), list(result.exclusions), result.excluded)
+            self._grounding_config = self.config.grounding_config()
+        return ground_image(report, cues, study_id=study.study_id, dicom_id=image.dicom_id, view=image.view,
+                            config=self._grounding_config)
+
+    def pairs(self, grounding: ImageGrounding, study: Study, image: ImageRecord) -> ImagePairs:
+        if self._pair_config is None:
+            self._pair_config = self.config.pair_config()
+        return pairs_of(grounding, study, image, self._pair_config)
 
     def provenance(self) -> dict[str, Any]:
         vision = self.vision_config().to_dict()
         vision.pop("device", None)
         vision.pop("batch_size", None)
         option_sets = [self.config.report_options, *[step["options"] for step in vision["steps"].values()]]
-        from mimic_ils.grounding import GroundingConfig
-
         return {
             "report_backend": {"name": self.config.report_backend, "options": self.config.report_options},
             "vision": vision,
-            "grounding": GroundingConfig.from_dict(self.config.grounding or {}).to_dict(),
+            # one mapping of the grounding settings and the pair rules, as before pairs had a config of their own
+            "grounding": {**self.config.grounding_config().to_dict(), **self.config.pair_config().to_dict()},
             "model_checksums": model_checksums(option_sets),
         }
+
+
+def pairs_of(grounding: ImageGrounding, study: Study, image: ImageRecord, config: PairConfig) -> ImagePairs:
+    """The pair stage on one image's grounding (``mimic_ils.pairs.image_pairs``)."""
+    return image_pairs(grounding.findings, grounding.masks, study_id=study.study_id, dicom_id=image.dicom_id,
+                       empty_locations=grounding.empty_locations,
+                       cardiomegaly_negative_reason=grounding.cardiomegaly_negative_reason, config=config)
 
 
 def _vision_keys(vision_dir: Path) -> Path:

@@ -16,7 +16,6 @@ from mimic_ils import pairs as P
 from mimic_ils.pairs import join_locations, split_locations
 from mimic_ils.schema import HEART_LABEL, LESION_TYPES, LUNG_LABELS, MimicIlsError
 
-INFERENCE_LESIONS = ("pneumonia", "atelectasis", "edema")
 _LOCATION = "|".join(re.escape(label) for label in sorted((*LUNG_LABELS, HEART_LABEL), key=len, reverse=True))
 _LOCATIONS = rf"(?P<loc>(?:{_LOCATION})(?:(?:, | and )(?:{_LOCATION}))*)"
 _TARGET = rf"(?P<target>{'|'.join(LESION_TYPES)})"
@@ -86,13 +85,15 @@ def _parse_answer(question_type: str, target: str, locations: tuple[str, ...], a
     raise MimicIlsError(f"answer {answer!r} does not fit the template of {instruction!r}")
 
 
-def appendix_c_problems(rows: Iterable[dict]) -> list[str]:
+def appendix_c_problems(rows: Iterable[dict], config: P.PairConfig | None = None) -> list[str]:
     """Violations of Table 2 / Appendix C among pair rows (dicts with the ``pairs`` config's fields, masks as
-    ``mask_file_name`` or ``mask``). An empty list means every rule holds."""
+    ``mask_file_name`` or ``mask``) built with the pair rules ``config`` (default: the paper's). An empty list means
+    every rule holds."""
     rows = list(rows)
+    inference_lesions = (config or P.PairConfig()).opacity_inference_types
     problems = []
     for row in rows:
-        problems += [f"{row['id']}: {problem}" for problem in _row_problems(row)]
+        problems += [f"{row['id']}: {problem}" for problem in _row_problems(row, inference_lesions)]
     negatives = Counter((row["study_id"], row["lesion"]) for row in rows if row["polarity"] == "negative")
     problems += [f"{key}: {count} negatives of one lesion type" for key, count in negatives.items() if count > 1]
     targets = Counter((row["study_id"], row["target"]) for row in rows if row["polarity"] == "negative")
@@ -118,7 +119,7 @@ def _contradictions(rows: list[dict]) -> list[str]:
     return problems
 
 
-def _row_problems(row: dict) -> list[str]:
+def _row_problems(row: dict, inference_lesions: tuple[str, ...]) -> list[str]:
     try:
         parsed = parse_pair(row["instruction"], row["answer"])
     except MimicIlsError as error:
@@ -136,7 +137,7 @@ def _row_problems(row: dict) -> list[str]:
         problems.append(f"lesion {row['lesion']!r} is not one of the seven types")
     if row["lesion"] == "cardiomegaly" and row["question_type"] != "global":
         problems.append("cardiomegaly pairs are global only")
-    allowed = INFERENCE_LESIONS if row["polarity"] == "positive" else ("opacity",)  # Table 9: opacity only
+    allowed = inference_lesions if row["polarity"] == "positive" else ("opacity",)  # Table 9: opacity only
     if row["question_type"] == "lesion_inference" and row["lesion"] not in allowed:
         problems.append(f"lesion inference about {row['lesion']!r}")
     if parsed.lesion and row["question_type"] == "lesion_inference" and parsed.lesion != row["lesion"]:

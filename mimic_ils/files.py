@@ -1,7 +1,8 @@
 """Writing files: the one atomic write, the one PNG encoding and the one checksum record of the project.
 
 * :func:`atomic_write_bytes`: temporary file in the target's folder, then rename; a killed process never leaves a
-  partial file under the final name.
+  partial file under the final name. The file gets the mode a plain ``open(path, "w")`` would give it (0666 less
+  the umask): ``mkstemp``'s 0600 would leave a dataset on a shared cluster unreadable to the other users.
 * :func:`encode_png`: deterministic PNG bytes of an ``HxW uint8`` (or bool, stored 0/255) array.
 * :class:`FileRecord`: ``{"sha256": <hex>, "size": <bytes>}``, the format of every checksum we write (the output
   folder's manifest, the study artifacts, the vision artifacts' manifests).
@@ -13,6 +14,7 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(temp, 0o666 & ~current_umask())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; the lock keeps threads from seeing the 0 in between)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def sha256_bytes(data: bytes) -> str:

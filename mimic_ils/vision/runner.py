@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mimic_ils.files import FileRecord, encode_png
+from mimic_ils.files import FileRecord, current_umask, encode_png
 from mimic_ils.schema import HEART_LABEL, LUNG_LABELS, BackendError, Box, ImageRecord, MimicIlsError, VisionCues
 from mimic_ils.vision import base
 
@@ -317,6 +317,7 @@ def write_artifacts(
     """Write one image's artifact folder atomically (temporary folder, manifest last, rename); return its path."""
     final = out_dir / dicom_id
     staging = Path(tempfile.mkdtemp(prefix=f".{dicom_id}.", dir=out_dir))
+    staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide the cues from the other users
     try:
         files = {
             "image.png": image,

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import torch
 
+from rosalia_hf.predictor import RosaliaPredictor
 from rosalia_hf.testing import tiny_rosalia
 
 
@@ -44,10 +45,10 @@ def main() -> None:
     forced = {"min_new_tokens": args.new_tokens}
 
     def segment():
-        return model.predict(images, instructions, processor=processor, segment_only=True)
+        return RosaliaPredictor(model, processor).predict(images, instructions, segment_only=True)
 
     def generate():
-        return model.predict(images, instructions, processor=processor, max_new_tokens=args.new_tokens,
+        return RosaliaPredictor(model, processor).predict(images, instructions, max_new_tokens=args.new_tokens,
                              generate_kwargs=forced)
 
     seg = _median_seconds(segment, args.repeats)

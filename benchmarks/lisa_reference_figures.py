@@ -22,7 +22,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from rosalia_hf import RosaliaForSegmentation, RosaliaProcessor
-from rosalia_hf.inference import predict_batch
+from rosalia_hf.predictor import predict_batch
 
 
 def main() -> None:

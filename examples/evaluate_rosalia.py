@@ -4,7 +4,7 @@
 
 Writes ``eval_out/report.md`` (tables), ``eval_out/cases.png`` (best/worst pair per lesion: image, reference,
 prediction, instruction) and ``eval_out/metrics.json``. The same command is ``mimic-ils evaluate``; the reusable
-core is ``rosalia_hf.evaluation.evaluate_model(model, processor, dataset)``.
+core is ``rosalia_hf.evaluation.evaluate_model(RosaliaPredictor(model, processor), dataset)``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The ``mimic-ils`` console script: one subcommand per module of :mod:`mimic_ils.commands`.
 
 Every command runs offline: the hub libraries and ultralytics get their offline settings before a command imports
-them (:func:`mimic_ils.offline.go_offline`), unless ``--allow-downloads`` (before or after the command name) or
+them (:func:`rosalia_hf.offline.go_offline`), unless ``--allow-downloads`` (before or after the command name) or
 ``MIMIC_ILS_ALLOW_DOWNLOADS=1`` is given.
 """
 
@@ -13,8 +13,9 @@ import pkgutil
 import sys
 
 from mimic_ils import __version__, commands
-from mimic_ils.offline import add_download_flag, go_offline
 from mimic_ils.schema import MimicIlsError
+from rosalia_hf.errors import RosaliaError
+from rosalia_hf.offline import add_download_flag, go_offline
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except MimicIlsError as error:
+    except (MimicIlsError, RosaliaError) as error:
         print(f"mimic-ils {args.command}: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ which reproduces the pixels LISA was trained with.
 
 Unknown or missing keys, a tokenizer or CLIP folder that does not fit the checkpoint: the conversion stops with one
 line naming the file and field, and no output folder is left behind (everything is written to a temporary sibling
-folder that is renamed at the end). The command runs offline (:func:`mimic_ils.offline.go_offline`); ``--checkpoint``,
+folder that is renamed at the end). The command runs offline (:func:`rosalia_hf.offline.go_offline`); ``--checkpoint``,
 ``--clip`` and ``--tokenizer`` must be local folders, and a hub id there gets one line naming the option.
 
     python -m rosalia_hf.convert_lisa --checkpoint LISA-7B-v1 --clip clip-vit-large-patch14 --output rosalia-hf
@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-from mimic_ils.offline import NotLocalError, add_download_flag, downloads_allowed, go_offline, require_local
 from rosalia_hf.configuration_rosalia import RosaliaConfig
 from rosalia_hf.convert_sam import (
     CheckpointConversionError,
@@ -44,7 +43,9 @@ from rosalia_hf.convert_sam import (
     load_checkpoint,
     write_model,
 )
+from rosalia_hf.errors import NotLocalError
 from rosalia_hf.modeling_rosalia import RosaliaForSegmentation
+from rosalia_hf.offline import add_download_flag, downloads_allowed, go_offline, require_local
 from rosalia_hf.processing_rosalia import RosaliaProcessor, add_rosalia_tokens
 from rosalia_hf.tokenization_lisa import LisaTokenizerError
 from rosalia_hf.tokenization_lisa import load_lisa_tokenizer as load_reference_tokenizer

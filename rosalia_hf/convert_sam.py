@@ -4,7 +4,7 @@ Original keys are ``image_encoder.* / prompt_encoder.* / mask_decoder.*``. The S
 the tensor shapes (widths, depths, windowed vs global attention blocks, image size); only the mask decoder's head
 count (8 in every released SAM) cannot be, and is an argument. Every original key must map to a target key and
 every target key must be filled, with the right shape; otherwise nothing is written and the offending names are
-reported. The command runs offline (:func:`mimic_ils.offline.go_offline`); ``--checkpoint`` must be a local file or
+reported. The command runs offline (:func:`rosalia_hf.offline.go_offline`); ``--checkpoint`` must be a local file or
 folder, and anything else (a hub id) gets one line naming the option.
 
     python -m rosalia_hf.convert_sam --checkpoint sam_vit_h_4b8939.pth --output sam-vit-h-hf
@@ -22,8 +22,8 @@ import torch
 from huggingface_hub import save_torch_state_dict
 from transformers import SamConfig, SamModel
 
-from mimic_ils.offline import add_download_flag, downloads_allowed, go_offline, local_hint
-from mimic_ils.schema import BackendError
+from rosalia_hf.errors import CheckpointConversionError
+from rosalia_hf.offline import add_download_flag, downloads_allowed, go_offline, local_hint
 
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 _GAUSSIAN = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
@@ -53,10 +53,6 @@ _RULES = (
 _MLP_HEAD = re.compile(
     r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.layers\.(\d+)\.(.+)$"
 )
-
-
-class CheckpointConversionError(BackendError):
-    """A checkpoint whose keys or shapes do not match the target model; nothing was written."""
 
 
 def _rename_mlp_head(key: str, depths: Mapping[str, int]) -> str:

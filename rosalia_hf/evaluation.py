@@ -1,8 +1,8 @@
 """Evaluate a ROSALIA model on MIMIC-ILS pairs with the ``metrics/ils`` evaluate module (paper Sec. 6.1).
 
-``evaluate_model`` streams a ``pairs`` split through ``model.predict`` in batches and ``metric.add_batch``, so only
-one batch of full-resolution masks is in memory at a time; it keeps small thumbnails of the best and worst
-positive cases per lesion for the report (``rosalia_hf.evaluation_report``).
+``evaluate_model`` streams a ``pairs`` split through ``RosaliaPredictor.predict`` in batches and
+``metric.add_batch``, so only one batch of full-resolution masks is in memory at a time; it keeps small thumbnails
+of the best and worst positive cases per lesion for the report (``rosalia_hf.evaluation_report``).
 """
 
 from __future__ import annotations
@@ -118,12 +118,12 @@ def _batches(dataset, batch_size: int):
         yield start, dataset[start : start + batch_size]
 
 
-def _predict(model, processor, batch: dict, segment_only: bool, max_new_tokens: int) -> list[dict]:
+def _predict(predictor, batch: dict, segment_only: bool, max_new_tokens: int) -> list[dict]:
     import torch
 
     with torch.inference_mode():  # also when called from a Trainer with autograd on
-        return model.predict(batch["image"], batch["instruction"], processor=processor, segment_only=segment_only,
-                             max_new_tokens=max_new_tokens)
+        return predictor.predict(batch["image"], batch["instruction"], segment_only=segment_only,
+                                 max_new_tokens=max_new_tokens)
 
 
 def _metric_inputs(batch: dict, outputs: list[dict], references: list, segment_only: bool) -> dict[str, Any]:
@@ -160,8 +160,7 @@ def _offer_cases(keeper: CaseKeeper, functions, start: int, batch: dict, outputs
 
 
 def evaluate_model(
-    model,
-    processor,
+    predictor,
     dataset,
     *,
     batch_size: int = 8,
@@ -171,7 +170,9 @@ def evaluate_model(
     num_cases: int = 1,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run ``model.predict`` over a MIMIC-ILS ``pairs`` dataset and compute the ILS figures.
+    """Run ``predictor.predict`` (a :class:`~rosalia_hf.predictor.RosaliaPredictor`, or anything with its
+    ``predict(images, instructions, *, segment_only, max_new_tokens)``) over a MIMIC-ILS ``pairs`` dataset and
+    compute the ILS figures.
 
     ``dataset``: a ``datasets.Dataset`` with the ``pairs`` features (``image``, ``mask`` (None = negative),
     ``instruction``, ``answer``, ``lesion``, ``question_type``, ``polarity``). Text accuracy is computed unless
@@ -186,7 +187,7 @@ def evaluate_model(
     started = time.perf_counter()
     with tqdm(total=len(dataset), unit="sample", desc="evaluate", disable=not progress) as bar:
         for start, batch in _batches(dataset, batch_size):
-            outputs = _predict(model, processor, batch, segment_only, max_new_tokens)
+            outputs = _predict(predictor, batch, segment_only, max_new_tokens)
             references = [functions.to_mask(mask) for mask in batch["mask"]]
             metric.add_batch(**_metric_inputs(batch, outputs, references, segment_only))
             _offer_cases(keeper, functions, start, batch, outputs, references)

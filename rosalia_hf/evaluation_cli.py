@@ -5,7 +5,7 @@ Loads a ROSALIA checkpoint (``from_pretrained`` folder), a built MIMIC-ILS folde
 
 Offline unless the user opts in (``--allow-downloads`` or ``MIMIC_ILS_ALLOW_DOWNLOADS=1``): ``--model``,
 ``--processor``, ``--dataset`` and ``--metric-path`` must then be local paths, and a hub id gets one line naming the
-option (:func:`mimic_ils.offline.require_local`), not a network look-up.
+option (:func:`rosalia_hf.offline.require_local`), not a network look-up.
 """
 
 from __future__ import annotations
@@ -16,9 +16,28 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mimic_ils.commands.evaluate import add_arguments
-from mimic_ils.offline import add_download_flag, downloads_allowed, go_offline, require_local
-from mimic_ils.schema import MimicIlsError
+from rosalia_hf.errors import EvaluationError, RosaliaError
+from rosalia_hf.offline import add_download_flag, downloads_allowed, go_offline, require_local
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of `mimic-ils evaluate` and `examples/evaluate_rosalia.py` (no heavy imports)."""
+    parser.add_argument("--model", required=True, help="folder of RosaliaForSegmentation.save_pretrained")
+    parser.add_argument("--processor", help="folder of RosaliaProcessor.save_pretrained (default: --model)")
+    parser.add_argument("--dataset", required=True, help="a built MIMIC-ILS folder (load_dataset(folder, 'pairs'))")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--out", required=True, help="folder for report.md, cases.png and metrics.json")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--segment-only", action="store_true", help="teacher-force [SEG]; no text accuracy")
+    parser.add_argument("--max-new-tokens", type=int, default=512,
+                        help="greedy answer length limit (512, as LISA's chat; a trained model stops at </s>)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N pairs")
+    parser.add_argument("--num-cases", type=int, default=1, help="best and worst cases per lesion in the grid")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--metric-path", help="folder of the ILS metric module (default: the repository's)")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
 
 
 def load_pairs(folder: str | Path, split: str, limit: int | None = None):
@@ -33,7 +52,8 @@ def load_model(model_path: str, processor_path: str | None, device: str | None, 
     """``(model, processor)`` from local folders, on ``device``, in eval mode."""
     import torch
 
-    from rosalia_hf import RosaliaForSegmentation, RosaliaProcessor
+    from rosalia_hf.modeling_rosalia import RosaliaForSegmentation
+    from rosalia_hf.processing_rosalia import RosaliaProcessor
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     source = model_path
@@ -43,12 +63,12 @@ def load_model(model_path: str, processor_path: str | None, device: str | None, 
         processor = RosaliaProcessor.from_pretrained(source)
     except OSError as error:  # a folder without the files, or (downloads allowed) a hub id that cannot be fetched
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MimicIlsError(f"cannot load {source}: {reason}") from None
+        raise EvaluationError(f"cannot load {source}: {reason}") from None
     return model, processor
 
 
 def check_inputs(args: argparse.Namespace) -> None:
-    """One :class:`mimic_ils.offline.NotLocalError` line for a model, processor, dataset or metric that is not a local
+    """One :class:`rosalia_hf.offline.NotLocalError` line for a model, processor, dataset or metric that is not a local
     path while downloads are off (a hub id where a folder is expected)."""
     downloads = downloads_allowed(getattr(args, "allow_downloads", False))
     require_local(args.model, "--model", downloads=downloads)
@@ -72,12 +92,13 @@ def run(args: argparse.Namespace) -> Path:
 
     from rosalia_hf.evaluation import evaluate_model, load_ils_metric
     from rosalia_hf.evaluation_report import write_report
+    from rosalia_hf.predictor import RosaliaPredictor
 
     model, processor = load_model(args.model, args.processor, args.device, args.dtype)
     dataset = load_pairs(args.dataset, args.split, args.limit)
     with torch.inference_mode():
         evaluation = evaluate_model(
-            model, processor, dataset, batch_size=args.batch_size, segment_only=args.segment_only,
+            RosaliaPredictor(model, processor), dataset, batch_size=args.batch_size, segment_only=args.segment_only,
             max_new_tokens=args.max_new_tokens, metric=load_ils_metric(args.metric_path),
             num_cases=args.num_cases, progress=not args.no_progress,
         )
@@ -94,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     go_offline(args.allow_downloads)
     try:
         report = run(args)
-    except MimicIlsError as error:
+    except RosaliaError as error:
         parser.exit(1, f"{parser.prog}: {error}\n")
     print(report.read_text(encoding="utf-8"))
     print(f"written: {report}")

@@ -22,7 +22,7 @@ from transformers.utils import ModelOutput
 
 from rosalia_hf.configuration_rosalia import RosaliaConfig
 from rosalia_hf.losses import rosalia_mask_losses
-from rosalia_hf.processing_rosalia import resize_longest_shape
+from rosalia_hf.mask_geometry import masks_to_original
 
 IGNORE_INDEX = -100
 # Arguments that Trainer, peft or generation utilities may pass and that change nothing here.
@@ -198,22 +198,6 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
                              dense_prompt_embeddings=dense, multimask_output=False)
         return low_res[:, 0]
 
-    def postprocess_masks(self, low_res_masks: torch.Tensor, original_sizes: Sequence[tuple[int, int]]):
-        """Low-res logits ``(n, 1, h, w)`` → one ``HxW`` float logit map per mask, in its original frame.
-
-        Upsample to the SAM input size, crop the resized image (the bottom/right padding goes), then resize to the
-        original ``(H, W)``. Correct for non-square images.
-        """
-        target = self.config.sam_image_size
-        up = F.interpolate(low_res_masks.float(), (target, target), mode="bilinear", align_corners=False)
-        result = []
-        for mask, (height, width) in zip(up, original_sizes, strict=True):
-            new_h, new_w = resize_longest_shape(int(height), int(width), target)
-            cropped = mask[None, :, :new_h, :new_w]
-            full = F.interpolate(cropped, (int(height), int(width)), mode="bilinear", align_corners=False)
-            result.append(full[0, 0])
-        return tuple(result)
-
     # --- forward ---
     def forward(
         self,
@@ -270,7 +254,8 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
             prompts = self.text_hidden_fcs(selected.to(device=fcs_weight.device, dtype=fcs_weight.dtype))
             image_embeddings = self.get_sam_image_embeddings(sam_pixel_values)
             low_res = self.decode_masks(image_embeddings, prompts, seg_image_index)
-            pred_masks = self.postprocess_masks(low_res, [sizes[i] for i in seg_image_index.tolist()])
+            pred_masks = masks_to_original(low_res, [sizes[i] for i in seg_image_index.tolist()],
+                                           self.config.sam_image_size)
 
         out = RosaliaOutput(logits=logits, pred_masks=pred_masks, low_res_masks=low_res, seg_row_index=rows,
                             seg_image_index=seg_image_index)
@@ -327,29 +312,6 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
             mask_total = out.mask_bce_loss + out.mask_dice_loss
             total = mask_total if total is None else total + mask_total
         out.loss = total
-
-    # --- inference ---
-    @torch.no_grad()
-    def predict(self, images, instructions: Sequence[str], *, processor, image_index: Sequence[int] | None = None,
-                segment_only: bool = False, max_new_tokens: int = 512, dtype: torch.dtype | None = None,
-                generate_kwargs: dict | None = None) -> list[dict]:
-        """Segments ``images[image_index[i]]`` according to ``instructions[i]``.
-
-        ``images``: ``HxW`` or ``HxWx3`` uint8 arrays (or PIL images); one per instruction, or unique images with
-        ``image_index`` naming each instruction's image (the image towers then run once per image). Returns, per
-        instruction, ``{"mask": HxW bool, "masks": [HxW bool, ...], "mask_logits": [HxW float, ...], "text": str,
-        "answer_ids": [int, ...], "empty": bool}``, masks in the original frame. ``masks`` holds one mask per
-        ``[SEG]`` of the answer, in order (as LISA's ``evaluate``); ``mask`` is the first one, or all False for an
-        answer without ``[SEG]``; ``empty`` means no pixel of ``mask`` is positive (the paper's N-Acc criterion).
-        Generation is greedy with at most ``max_new_tokens`` (512, as LISA's chat). ``segment_only``
-        teacher-forces ``"[SEG]"`` as the answer and skips text generation. ``dtype`` casts the model in place
-        first (e.g. ``torch.bfloat16``); ``generate_kwargs`` go to ``generate``.
-        """
-        from rosalia_hf.inference import run_predict
-
-        return run_predict(self, processor, images, instructions, image_index=image_index, segment_only=segment_only,
-                           max_new_tokens=max_new_tokens, dtype=dtype, generate_kwargs=generate_kwargs)
-
 
 def _targets_per_seg(masks, rows: torch.Tensor, seg_image_index: torch.Tensor, sizes) -> list[torch.Tensor]:
     """Flattens per-row ground truth to one ``HxW`` target per ``[SEG]`` (row-major)."""

@@ -27,6 +27,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 from transformers.processing_utils import ProcessorMixin
 
+from rosalia_hf.mask_geometry import masks_to_original, resize_longest_shape
 from rosalia_hf.tokenization_lisa import (
     IM_END_TOKEN,
     IM_START_TOKEN,
@@ -45,12 +46,6 @@ LLAVA_V1_SYSTEM = (
 )
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
-
-
-def resize_longest_shape(height: int, width: int, target: int) -> tuple[int, int]:
-    """``(h, w)`` after resizing the longest side to ``target`` (SAM's ``ResizeLongestSide`` rounding)."""
-    scale = target / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def equalize_histogram(gray: np.ndarray) -> np.ndarray:
@@ -290,6 +285,12 @@ class RosaliaProcessor(ProcessorMixin):
 
     def decode(self, *args, **kwargs) -> str:
         return self.tokenizer.decode(*args, **kwargs)
+
+    def post_process_masks(self, low_res_masks: torch.Tensor,
+                           original_sizes: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, ...]:
+        """The inverse of :meth:`prepare_images`' SAM resize for decoded masks: low-res logits ``(n, 1, h, w)`` →
+        one ``HxW`` float logit map per mask in its image's original frame (``original_sizes``: ``(H, W)`` each)."""
+        return masks_to_original(low_res_masks, original_sizes, self.sam_image_size)
 
 
 def _register() -> None:

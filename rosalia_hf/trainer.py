@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from rosalia_hf.data import RosaliaCollator, RosaliaPairs
+from rosalia_hf.predictor import RosaliaPredictor
 from rosalia_hf.sampler import BalancedPolarityBatchSampler
 from rosalia_hf.trainer_config import RosaliaTrainingArguments
 
@@ -149,8 +150,8 @@ class RosaliaTrainer(Trainer):
         was_training = model.training
         model.eval()
         try:
-            result = evaluate_model(model, self.processor, dataset, batch_size=self.args.per_device_eval_batch_size,
-                                    segment_only=True, progress=False, num_cases=0)
+            result = evaluate_model(RosaliaPredictor(model, self.processor), dataset, segment_only=True,
+                                    batch_size=self.args.per_device_eval_batch_size, progress=False, num_cases=0)
         finally:
             model.train(was_training)
         figures = result["metrics"]

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from rosalia_hf.evaluation import load_ils_metric
+from rosalia_hf.predictor import RosaliaPredictor
 from rosalia_hf.processing_rosalia import to_rgb_uint8
 from rosalia_hf.testing import tiny_rosalia
 
@@ -40,8 +41,8 @@ def test_w8_an_instruction_past_the_context_is_refused_with_the_limit(tiny):
     limit = model.config.get_text_config().max_position_embeddings
     with pytest.raises(ValueError, match=rf"instruction 1 is \d+ tokens with the image; the model takes at most "
                                          rf"{limit} positions"):
-        model.predict([np.zeros((40, 40), np.uint8)] * 2, ["Segment the edema.", "edema " * 5000],
-                      processor=processor)
+        RosaliaPredictor(model, processor).predict(
+            [np.zeros((40, 40), np.uint8)] * 2, ["Segment the edema.", "edema " * 5000])
 
 
 def test_w8_generation_stops_at_the_context(tiny):
@@ -49,7 +50,7 @@ def test_w8_generation_stops_at_the_context(tiny):
     limit = model.config.get_text_config().max_position_embeddings
     prompt = processor([np.zeros((40, 40), np.uint8)], ["edema " * 60])["input_ids"].shape[1]
     assert prompt < limit
-    (out,) = model.predict([np.zeros((40, 40), np.uint8)], ["edema " * 60], processor=processor,
+    (out,) = RosaliaPredictor(model, processor).predict([np.zeros((40, 40), np.uint8)], ["edema " * 60],
                            max_new_tokens=10_000, generate_kwargs={"min_new_tokens": 10_000})
     assert prompt + len(out["answer_ids"]) <= limit
 
@@ -58,13 +59,15 @@ def test_w8_generation_stops_at_the_context(tiny):
 def test_degenerate_images_are_refused_clearly(tiny, shape):
     model, processor = tiny
     with pytest.raises(ValueError, match=rf"image 0: image is {shape[0]}x{shape[1]} pixels"):
-        model.predict([np.zeros(shape, np.uint8)], ["Segment the edema."], processor=processor, segment_only=True)
+        RosaliaPredictor(model, processor).predict(
+            [np.zeros(shape, np.uint8)], ["Segment the edema."], segment_only=True)
 
 
 def test_small_but_valid_images_still_segment(tiny):
     model, processor = tiny
-    out = model.predict([np.zeros((8, 300), np.uint8), np.zeros((300, 9), np.uint8)], ["a", "b"],
-                        processor=processor, segment_only=True)
+    out = RosaliaPredictor(model, processor).predict(
+        [np.zeros((8, 300), np.uint8), np.zeros((300, 9), np.uint8)], ["a", "b"],
+                        segment_only=True)
     assert [o["mask"].shape for o in out] == [(8, 300), (300, 9)]
 
 

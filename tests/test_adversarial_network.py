@@ -26,11 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from mimic_ils import cli, offline
+from mimic_ils import cli
 from mimic_ils.report import llm as llm_module
 from mimic_ils.report import structure_report
 from mimic_ils.report.llm import LlmBackend, OpenAIChatTransport
 from mimic_ils.schema import BackendError, ReportError, TransientError
+from rosalia_hf import offline
 
 REPO = Path(__file__).resolve().parents[1]
 LISA_FIXTURE = REPO / "tests" / "fixtures" / "lisa_reference"

@@ -19,6 +19,7 @@ if not hasattr(testing, "tiny_rosalia"):
     pytest.skip("rosalia_hf.testing.tiny_rosalia is missing", allow_module_level=True)
 
 from rosalia_hf.evaluation import evaluate_model, load_answer_parser, load_ils_metric  # noqa: E402
+from rosalia_hf.predictor import RosaliaPredictor  # noqa: E402
 
 CARD = """---
 configs:
@@ -107,7 +108,7 @@ class OracleModel:
         self.rows = {row["instruction"]: row for row in rows}
         self.wrong_text = wrong_text
 
-    def predict(self, images, instructions, *, processor, segment_only=False, max_new_tokens=32):
+    def predict(self, images, instructions, *, segment_only=False, max_new_tokens=32):
         outputs = []
         for image, instruction in zip(images, instructions, strict=True):
             row = self.rows[instruction]
@@ -124,7 +125,7 @@ def test_the_built_folder_loads_with_the_documented_features(pairs):
 
 
 def test_an_oracle_scores_one_everywhere(pairs, metric):
-    evaluation = evaluate_model(OracleModel(make_rows()), None, pairs, batch_size=3, metric=metric, progress=False)
+    evaluation = evaluate_model(OracleModel(make_rows()), pairs, batch_size=3, metric=metric, progress=False)
     metrics = evaluation["metrics"]
     assert (metrics["giou"], metrics["ciou"], metrics["n_acc"], metrics["text_accuracy"]) == (1.0, 1.0, 1.0, 1.0)
     assert (metrics["num_positive"], metrics["num_negative"], metrics["num_text"]) == (4, 3, 7)
@@ -135,10 +136,10 @@ def test_an_oracle_scores_one_everywhere(pairs, metric):
 
 
 def test_paraphrased_answers_score_zero_and_segment_only_skips_text(pairs, metric):
-    wrong = evaluate_model(OracleModel(make_rows(), wrong_text=True), None, pairs, batch_size=4, metric=metric,
+    wrong = evaluate_model(OracleModel(make_rows(), wrong_text=True), pairs, batch_size=4, metric=metric,
                            progress=False)
     assert wrong["metrics"]["text_accuracy"] == 0.0 and wrong["metrics"]["giou"] == 1.0
-    seg = evaluate_model(OracleModel(make_rows()), None, pairs, segment_only=True, metric=metric, progress=False)
+    seg = evaluate_model(OracleModel(make_rows()), pairs, segment_only=True, metric=metric, progress=False)
     assert "text_accuracy" not in seg["metrics"]
 
 
@@ -171,7 +172,8 @@ def recompute(model_folder: Path, rows: list[dict], *, batch_size: int, segment_
     ious, negatives_ok, text_ok = [], [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        outs = model.predict([r["image"] for r in chunk], [r["instruction"] for r in chunk], processor=processor,
+        outs = RosaliaPredictor(model, processor).predict(
+            [r["image"] for r in chunk], [r["instruction"] for r in chunk],
                              max_new_tokens=8, segment_only=segment_only)
         for row, pred in zip(chunk, outs, strict=True):
             text_ok.append(parser.parse_answer(pred["text"]) == parser.parse_answer(row["answer"]))

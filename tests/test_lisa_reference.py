@@ -36,7 +36,7 @@ from safetensors import safe_open
 
 from rosalia_hf import RosaliaForSegmentation, RosaliaProcessor
 from rosalia_hf.convert_sam import load_checkpoint
-from rosalia_hf.inference import predict_batch
+from rosalia_hf.predictor import predict_batch
 from rosalia_hf.processing_rosalia import IGNORE_INDEX, SAM_PIXEL_STD
 
 REFERENCE_IMAGE_ID = -200  # LLaVA's IMAGE_TOKEN_INDEX

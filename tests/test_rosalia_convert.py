@@ -26,6 +26,7 @@ from rosalia_hf.convert_sam import (
     expected_state_shapes,
     infer_sam_config,
 )
+from rosalia_hf.predictor import RosaliaPredictor
 from rosalia_hf.processing_rosalia import IM_END_TOKEN, IM_START_TOKEN, SEG_TOKEN, sam_pixel_values
 from rosalia_hf.testing import tiny_processor, tiny_rosalia, tiny_tokenizer
 
@@ -98,7 +99,7 @@ def test_sam_image_embeddings_match_official(official, converted_sam_dir):
 
 def test_rosalia_sam_path_gives_official_masks(official, converted_sam_dir):
     """Same prompt embeddings → same masks in the original frame, through ROSALIA's decode + post-processing."""
-    model, _ = tiny_rosalia(0)
+    model, processor = tiny_rosalia(0)
     model.sam.load_state_dict(SamModel.from_pretrained(converted_sam_dir).state_dict())
     images = _images()
     pixels = torch.stack([_official_pixels(official, rgb) for rgb in images])
@@ -106,9 +107,9 @@ def test_rosalia_sam_path_gives_official_masks(official, converted_sam_dir):
     image_of_prompt = torch.tensor([0, 1, 0])
     with torch.no_grad():
         embeddings = official.image_encoder(pixels)
-        ours = model.postprocess_masks(model.decode_masks(model.get_sam_image_embeddings(pixels), prompts,
-                                                          image_of_prompt),
-                                       [images[i].shape[:2] for i in image_of_prompt.tolist()])
+        ours = processor.post_process_masks(model.decode_masks(model.get_sam_image_embeddings(pixels), prompts,
+                                                               image_of_prompt),
+                                            [images[i].shape[:2] for i in image_of_prompt.tolist()])
         for k, i in enumerate(image_of_prompt.tolist()):
             dense = official.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 4, 4)
             low, _ = official.mask_decoder(image_embeddings=embeddings[i: i + 1],
@@ -319,7 +320,7 @@ def test_real_lisa_conversion_predicts(tmp_path):
     processor = RosaliaProcessor.from_pretrained(out)
     assert model.config.seg_token_index == processor.tokenizer.convert_tokens_to_ids("[SEG]")
     image = np.random.default_rng(0).integers(0, 256, (512, 600), dtype=np.uint8)
-    (result,) = model.predict([image], ["Segment the lungs."], processor=processor, max_new_tokens=16)
+    (result,) = RosaliaPredictor(model, processor).predict([image], ["Segment the lungs."], max_new_tokens=16)
     assert result["mask"].shape == (512, 600)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rosalia_hf.predictor import RosaliaPredictor
 from rosalia_hf.testing import tiny_rosalia
 
 
@@ -13,8 +14,9 @@ def test_generated_text_never_contains_image_placeholders():
     with torch.no_grad():  # make <image> the most likely next token everywhere
         model.llava.lm_head.weight[processor.image_token_id] += 50.0
     images = [np.zeros((40, 50), np.uint8), np.full((30, 60), 90, np.uint8)]
-    out = model.predict(images, ["Segment the edema.", "Segment the effusion in the left lung base."],
-                        processor=processor, max_new_tokens=4)
+    out = RosaliaPredictor(model, processor).predict(
+        images, ["Segment the edema.", "Segment the effusion in the left lung base."],
+                        max_new_tokens=4)
     assert [o["mask"].shape for o in out] == [(40, 50), (30, 60)]
     assert all("<image>" not in o["text"] for o in out)
 
@@ -42,7 +44,7 @@ def test_trained_delimiters_are_not_suppressed():
     model, processor = tiny_rosalia(seed=1)
     im_start = processor.tokenizer.convert_tokens_to_ids("<im_start>")
     favour(model, im_start)
-    (out,) = model.predict([np.zeros((40, 50), np.uint8)], ["Segment the edema."], processor=processor,
+    (out,) = RosaliaPredictor(model, processor).predict([np.zeros((40, 50), np.uint8)], ["Segment the edema."],
                            max_new_tokens=3)
     assert out["answer_ids"] == [im_start] * 3
 
@@ -52,7 +54,7 @@ def test_one_mask_per_generated_seg_in_answer_order():
     seg = processor.seg_token_id
     favour(model, seg)  # every generated token is a [SEG]
     images = [np.full((30, 60), 60, np.uint8), np.full((50, 40), 200, np.uint8)]
-    out = model.predict(images, ["Segment the edema.", "Segment the effusion."], processor=processor,
+    out = RosaliaPredictor(model, processor).predict(images, ["Segment the edema.", "Segment the effusion."],
                         max_new_tokens=3)
     for result, (height, width) in zip(out, [(30, 60), (50, 40)], strict=True):
         assert result["answer_ids"] == [seg] * 3

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from rosalia_hf import RosaliaForSegmentation
 from rosalia_hf.losses import mask_bce, mask_dice, rosalia_mask_losses
+from rosalia_hf.predictor import RosaliaPredictor
 from rosalia_hf.testing import tiny_config, tiny_processor, tiny_rosalia
 
 
@@ -257,11 +258,12 @@ def test_gradient_checkpointing_gives_same_loss(tester):
 
 def test_postprocess_crops_padding_for_non_square():
     """Low-res logits positive on the left half of the resized image (and in the padding) → left half only."""
-    model, _ = tiny_rosalia(0)
+    model, processor = tiny_rosalia(0)
+    assert processor.sam_image_size == model.config.sam_image_size
     low = torch.full((1, 1, 16, 16), -10.0)
     low[..., 0:8, 0:8] = 10.0  # padded frame rows 0-31 = the whole 40x80 image resized to 32x64; cols 0-31 = left half
     low[..., 8:16, :] = 10.0  # padding rows: must vanish
-    (mask,) = model.postprocess_masks(low, [(40, 80)])
+    (mask,) = processor.post_process_masks(low, [(40, 80)])
     assert mask.shape == (40, 80)
     binary = mask > 0
     assert binary[:, :38].all() and not binary[:, 42:].any()
@@ -308,7 +310,7 @@ def test_predict_generate_and_segment_only(tester):
     model, processor = tiny_rosalia(0)
     images = tester.images()
     for kwargs in ({"max_new_tokens": 4}, {"segment_only": True}):
-        results = model.predict(images, tester.instructions[:2], processor=processor, **kwargs)
+        results = RosaliaPredictor(model, processor).predict(images, tester.instructions[:2], **kwargs)
         assert len(results) == 2
         for result, size in zip(results, tester.sizes, strict=True):
             assert result["mask"].shape == size and result["mask"].dtype == np.bool_
@@ -322,13 +324,15 @@ def test_predict_without_seg_gives_empty_mask(tester):
     with torch.no_grad():  # make the LM always answer </s>: no [SEG] at all
         model.llava.lm_head.weight.zero_()
         model.llava.lm_head.weight[processor.tokenizer.eos_token_id] = 1.0
-    (result,) = model.predict(tester.images()[:1], ["Segment the heart."], processor=processor, max_new_tokens=3)
+    (result,) = RosaliaPredictor(model, processor).predict(
+        tester.images()[:1], ["Segment the heart."], max_new_tokens=3)
     assert result["empty"] and not result["mask"].any() and result["text"] == ""
 
 
 def test_predict_bfloat16_on_cpu(tester):
     model, processor = tiny_rosalia(0)
-    (result,) = model.predict(tester.images()[:1], ["Segment the heart."], processor=processor, segment_only=True,
+    (result,) = RosaliaPredictor(model, processor).predict(
+        tester.images()[:1], ["Segment the heart."], segment_only=True,
                               dtype=torch.bfloat16)
     assert result["mask"].shape == tester.sizes[0]
 
@@ -358,9 +362,9 @@ def test_predict_shares_images_through_image_index(tester):
     model, processor = tiny_rosalia(0)
     image = tester.images()[0]
     instructions = ["Segment the heart.", "Where is the effusion?"]
-    shared = model.predict([image], instructions, processor=processor, image_index=[0, 0], segment_only=True)
-    separate = model.predict([image, image], instructions, processor=processor, segment_only=True)
+    shared = RosaliaPredictor(model, processor).predict([image], instructions, image_index=[0, 0], segment_only=True)
+    separate = RosaliaPredictor(model, processor).predict([image, image], instructions, segment_only=True)
     for a, b in zip(shared, separate, strict=True):
         np.testing.assert_array_equal(a["mask"], b["mask"])
     with pytest.raises(ValueError, match="pass image_index"):
-        model.predict([image], instructions, processor=processor)
+        RosaliaPredictor(model, processor).predict([image], instructions)

@@ -10,6 +10,7 @@ import torch
 from _training_helpers import tiny_images_dataset, tiny_pairs_dataset
 
 from rosalia_hf import RosaliaForSegmentation
+from rosalia_hf.predictor import RosaliaPredictor
 from rosalia_hf.testing import tiny_rosalia
 from rosalia_hf.trainer import RosaliaTrainer, describe_trainable, prepare_model_for_training
 from rosalia_hf.trainer_config import RosaliaTrainingArguments
@@ -73,11 +74,12 @@ def test_evaluate_reports_ils_figures_and_saves_load_back(tmp_path):
     assert all(0.0 <= value <= 1.0 for value in metrics.values())
 
     image = np.asarray(eval_pairs[0]["image"])
-    expected = trainer.model.predict([image], [eval_pairs[0]["instruction"]], processor=processor,
+    expected = RosaliaPredictor(trainer.model, processor).predict([image], [eval_pairs[0]["instruction"]],
                                      segment_only=True)[0]["mask"]
     adapters = trainer.save_adapters(tmp_path / "adapters")
     assert (adapters / "adapter_model.safetensors").is_file()
     merged_dir = trainer.save_merged(tmp_path / "merged")
     merged = RosaliaForSegmentation.from_pretrained(merged_dir).eval()
-    mask = merged.predict([image], [eval_pairs[0]["instruction"]], processor=processor, segment_only=True)[0]["mask"]
+    mask = RosaliaPredictor(merged, processor).predict(
+        [image], [eval_pairs[0]["instruction"]], segment_only=True)[0]["mask"]
     assert mask.shape == image.shape and np.array_equal(mask, expected)

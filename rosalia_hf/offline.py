@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from mimic_ils.schema import MimicIlsError
+from rosalia_hf.errors import NotLocalError
 
 ALLOW_ENV = "MIMIC_ILS_ALLOW_DOWNLOADS"
 ALLOW_FLAG = "--allow-downloads"
@@ -45,10 +45,6 @@ _IMPORTED_FLAGS = (
     ("ultralytics.utils.checks", "ONLINE", False),
     ("ultralytics.utils.events", "ONLINE", False),
 )
-
-
-class NotLocalError(MimicIlsError):
-    """A command was given something that is not a local file or folder where it needs one."""
 
 
 def downloads_allowed(flag: bool = False) -> bool:

@@ -1,6 +1,8 @@
 """Batched inference for ROSALIA: generate the answer (or teacher-force ``[SEG]``), then decode the masks.
 
-Called through [`RosaliaForSegmentation.predict`]. Device and dtype follow the model (``dtype`` casts it first).
+:class:`RosaliaPredictor` wraps a model and its processor and owns no weights (as SAM's ``SamPredictor`` and the
+``transformers`` pipelines): the model keeps ``forward`` and ``generate``, the processor the pre- and post-processing,
+the predictor the loop between them. Device and dtype follow the model (``dtype`` casts it first).
 As LISA's ``evaluate``: greedy generation (512 new tokens at most by default), then one mask per generated
 ``[SEG]``, from the hidden state that predicted it over the prompt and the generated answer.
 
@@ -24,7 +26,7 @@ def run_predict(model, processor, images: Sequence, instructions: Sequence[str],
                 image_index: Sequence[int] | None = None, segment_only: bool = False,
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                 dtype: torch.dtype | None = None, generate_kwargs: dict | None = None) -> list[dict]:
-    """See ``RosaliaForSegmentation.predict``; one result dict per instruction, in order."""
+    """See :meth:`RosaliaPredictor.predict`; one result dict per instruction, in order."""
     if image_index is None and len(images) != len(instructions):
         raise ValueError(f"{len(instructions)} instructions for {len(images)} images: pass image_index")
     if dtype is not None:
@@ -115,4 +117,32 @@ def _collect(batch, out, answers: list[list[int]], texts: list[str]) -> list[dic
     return results
 
 
-__all__ = ["run_predict", "predict_batch", "DEFAULT_MAX_NEW_TOKENS"]
+class RosaliaPredictor:
+    """``predict`` over a ``RosaliaForSegmentation`` and its ``RosaliaProcessor``; holds references, no weights."""
+
+    def __init__(self, model, processor) -> None:
+        self.model = model
+        self.processor = processor
+
+    @torch.no_grad()
+    def predict(self, images, instructions: Sequence[str], *, image_index: Sequence[int] | None = None,
+                segment_only: bool = False, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                dtype: torch.dtype | None = None, generate_kwargs: dict | None = None) -> list[dict]:
+        """Segments ``images[image_index[i]]`` according to ``instructions[i]``.
+
+        ``images``: ``HxW`` or ``HxWx3`` uint8 arrays (or PIL images); one per instruction, or unique images with
+        ``image_index`` naming each instruction's image (the image towers then run once per image). Returns, per
+        instruction, ``{"mask": HxW bool, "masks": [HxW bool, ...], "mask_logits": [HxW float, ...], "text": str,
+        "answer_ids": [int, ...], "empty": bool}``, masks in the original frame. ``masks`` holds one mask per
+        ``[SEG]`` of the answer, in order (as LISA's ``evaluate``); ``mask`` is the first one, or all False for an
+        answer without ``[SEG]``; ``empty`` means no pixel of ``mask`` is positive (the paper's N-Acc criterion).
+        Generation is greedy with at most ``max_new_tokens`` (512, as LISA's chat). ``segment_only``
+        teacher-forces ``"[SEG]"`` as the answer and skips text generation. ``dtype`` casts the model in place
+        first (e.g. ``torch.bfloat16``); ``generate_kwargs`` go to ``generate``.
+        """
+        return run_predict(self.model, self.processor, images, instructions, image_index=image_index,
+                           segment_only=segment_only, max_new_tokens=max_new_tokens, dtype=dtype,
+                           generate_kwargs=generate_kwargs)
+
+
+__all__ = ["RosaliaPredictor", "run_predict", "predict_batch", "DEFAULT_MAX_NEW_TOKENS"]

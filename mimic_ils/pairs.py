@@ -59,17 +59,19 @@ from mimic_ils.schema import (
     FindingOutcome,
     Pair,
 )
-
-BASIC_INSTRUCTION = "Segment the {target} in the {location}."
-BASIC_POSITIVE = "[SEG]"
-BASIC_NEGATIVE = "[SEG] There is no {target} in the {location}."
-GLOBAL_INSTRUCTION = "Segment the {target}."
-GLOBAL_POSITIVE = "[SEG] It is located in the {location}."
-GLOBAL_NEGATIVE = "[SEG] There is no {target}."
-INFERENCE_INSTRUCTION = "Segment the opacity in the {location} and predict its type."
-INFERENCE_DEFINITIVE = "[SEG] It is highly suggestive of {lesion}."
-INFERENCE_TENTATIVE = "[SEG] It possibly reflects {lesion}."
-INFERENCE_NEGATIVE = "[SEG] There is no opacity in the {location}."
+from rosalia_hf.table2 import (  # Table 2's strings, stated once for pairs, the release importer and the metric
+    BASIC_INSTRUCTION,
+    BASIC_NEGATIVE,
+    BASIC_POSITIVE,
+    GLOBAL_INSTRUCTION,
+    GLOBAL_NEGATIVE,
+    GLOBAL_POSITIVE,
+    INFERENCE_DEFINITIVE,
+    INFERENCE_INSTRUCTION,
+    INFERENCE_NEGATIVE,
+    INFERENCE_TENTATIVE,
+    join_locations,
+)
 
 OPACITY = "opacity"
 _ORDER = {label: index for index, label in enumerate(LUNG_LABELS)}
@@ -171,23 +173,6 @@ def instruction_locations(labels: Iterable[str]) -> tuple[str, ...]:
     mapped = tuple(dict.fromkeys(LOBE_SIDE.get(label, label) for label in labels if label in _ORDER))
     covered = {zone for side, zones in SIDE_ZONES.items() if side in mapped for zone in zones}
     return tuple(label for label in mapped if label not in covered)
-
-
-def join_locations(labels: Sequence[str]) -> str:
-    """``("right lung base", "left lung base")`` -> ``"right lung base and left lung base"``."""
-    if not labels:
-        raise ValueError("an instruction needs at least one location")
-    if len(labels) == 1:
-        return labels[0]
-    return f"{', '.join(labels[:-1])} and {labels[-1]}"
-
-
-def split_locations(text: str | None) -> tuple[str, ...]:
-    """Inverse of :func:`join_locations`: ``"a, b and c"`` -> ``("a", "b", "c")``; None or "" -> ``()``."""
-    if not text:
-        return ()
-    head, _, last = text.rpartition(" and ")
-    return (*head.split(", "), last) if head else (last,)
 
 
 @dataclass

@@ -8,48 +8,31 @@ of the best and worst positive cases per lesion for the report (``rosalia_hf.eva
 from __future__ import annotations
 
 import heapq
-import importlib.util
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-# ``rosalia_hf/ils_metric`` links to the repository's ``metrics/ils`` and is a real folder in an installed wheel
-METRIC_DIR = Path(__file__).resolve().parent / "ils_metric"
+from rosalia_hf import ils_scores
+
+# The repository's evaluate module (an editable install or a checkout); elsewhere pass its folder as ``path``.
+METRIC_DIR = Path(__file__).resolve().parents[1] / "metrics" / "ils"
 THUMBNAIL_SIDE = 192
 
 
 def load_ils_metric(path: str | Path | None = None, **kwargs: Any):
-    """``evaluate.load`` of the ILS metric module (default: the repository's ``metrics/ils``), offline-safe."""
+    """``evaluate.load`` of the ILS metric module, offline-safe: the folder ``path`` (holding ``ils.py``), by
+    default ``metrics/ils`` of the repository this package sits in. Its NumPy core is :mod:`rosalia_hf.ils_scores`
+    (imported directly by this module), its answer parser :mod:`rosalia_hf.table2`."""
     import evaluate
 
     folder = Path(path) if path is not None else METRIC_DIR
     if not (folder / "ils.py").is_file():
-        raise FileNotFoundError(f"no ILS metric module at {folder} (expected ils.py); pass metric_path")
+        raise FileNotFoundError(f"no ILS metric module at {folder} (expected ils.py); pass the metrics/ils folder")
     return evaluate.load(str(folder / "ils.py"), **kwargs)
-
-
-def metric_functions(metric) -> ModuleType:
-    """The Python module behind a loaded ILS metric (``to_mask``, ``mask_statistics``, ``summarize``...)."""
-    return sys.modules[type(metric).__module__]
-
-
-def load_answer_parser(path: str | Path | None = None) -> ModuleType:
-    """The answer-template parser ``metrics/ils/ils_answers.py`` (``parse_answer``, ``render_answer``...)."""
-    file = Path(path) if path is not None else METRIC_DIR / "ils_answers.py"
-    name = "rosalia_hf._ils_answers"
-    if name in sys.modules and Path(sys.modules[name].__file__) == file.resolve():
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, file.resolve())
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -137,11 +120,11 @@ def _metric_inputs(batch: dict, outputs: list[dict], references: list, segment_o
     return inputs
 
 
-def _offer_cases(keeper: CaseKeeper, functions, start: int, batch: dict, outputs, references) -> None:
+def _offer_cases(keeper: CaseKeeper, start: int, batch: dict, outputs, references) -> None:
     for offset, (out, reference) in enumerate(zip(outputs, references, strict=True)):
         if reference is None or not reference.any():
             continue
-        inter, union, _, _ = functions.mask_statistics(out["mask"], reference)
+        inter, union, _, _ = ils_scores.mask_statistics(out["mask"], reference)
         row = {name: values[offset] for name, values in batch.items()}
 
         def make_case(row=row, out=out, reference=reference, iou=inter / union, index=start + offset) -> Case:
@@ -182,15 +165,14 @@ def evaluate_model(
     from tqdm.auto import tqdm
 
     metric = metric if metric is not None else load_ils_metric()
-    functions = metric_functions(metric)
     keeper = CaseKeeper(k=num_cases)
     started = time.perf_counter()
     with tqdm(total=len(dataset), unit="sample", desc="evaluate", disable=not progress) as bar:
         for start, batch in _batches(dataset, batch_size):
             outputs = _predict(predictor, batch, segment_only, max_new_tokens)
-            references = [functions.to_mask(mask) for mask in batch["mask"]]
+            references = [ils_scores.to_mask(mask) for mask in batch["mask"]]
             metric.add_batch(**_metric_inputs(batch, outputs, references, segment_only))
-            _offer_cases(keeper, functions, start, batch, outputs, references)
+            _offer_cases(keeper, start, batch, outputs, references)
             bar.update(len(outputs))
     seconds = time.perf_counter() - started
     return {
@@ -203,4 +185,4 @@ def evaluate_model(
     }
 
 
-__all__ = ["evaluate_model", "load_ils_metric", "load_answer_parser", "metric_functions", "Case", "CaseKeeper"]
+__all__ = ["evaluate_model", "load_ils_metric", "Case", "CaseKeeper"]

@@ -18,7 +18,8 @@ testing = pytest.importorskip("rosalia_hf.testing")
 if not hasattr(testing, "tiny_rosalia"):
     pytest.skip("rosalia_hf.testing.tiny_rosalia is missing", allow_module_level=True)
 
-from rosalia_hf.evaluation import evaluate_model, load_answer_parser, load_ils_metric  # noqa: E402
+from rosalia_hf import table2  # noqa: E402
+from rosalia_hf.evaluation import evaluate_model, load_ils_metric  # noqa: E402
 from rosalia_hf.predictor import RosaliaPredictor  # noqa: E402
 
 CARD = """---
@@ -168,7 +169,7 @@ def recompute(model_folder: Path, rows: list[dict], *, batch_size: int, segment_
 
     model = RosaliaForSegmentation.from_pretrained(model_folder).eval()
     processor = RosaliaProcessor.from_pretrained(model_folder)
-    parser = load_answer_parser()
+    parser = table2
     ious, negatives_ok, text_ok = [], [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]

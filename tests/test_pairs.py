@@ -11,8 +11,9 @@ from collections import Counter
 import pytest
 
 from mimic_ils import pairs as P
-from mimic_ils.pairs import FindingOutcome, PairConfig, generate_pairs, instruction_locations, join_locations
-from mimic_ils.schema import LESION_TYPES, LUNG_REGIONS, Pair
+from mimic_ils.pairs import FindingOutcome, PairConfig, generate_pairs, instruction_locations
+from mimic_ils.schema import LESION_TYPES, LUNG_REGIONS, ZONE_LABELS, Pair
+from rosalia_hf.table2 import join_locations, split_locations
 
 EMPTY = ("right apical zone lung", "left apical zone lung", "left upper zone lung")
 
@@ -374,8 +375,8 @@ def test_custom_inference_types():
 def test_split_locations_inverts_join_and_the_build_parser_reads_every_length(count):
     from mimic_ils.orchestration.templates import parse_pair
 
-    labels = list(P.ZONE_LABELS[:count])
-    assert P.split_locations(P.join_locations(labels)) == tuple(labels)
-    instruction = f"Segment the opacity in the {P.join_locations(labels)} and predict its type."
+    labels = list(ZONE_LABELS[:count])
+    assert split_locations(join_locations(labels)) == tuple(labels)
+    instruction = f"Segment the opacity in the {join_locations(labels)} and predict its type."
     parsed = parse_pair(instruction, "[SEG] It is highly suggestive of edema.")
     assert parsed.locations == tuple(labels) and parsed.lesion == "edema" and parsed.certainty == "definitive"

@@ -7,38 +7,21 @@ the release importer uses it to derive the fields the authors' JSON does not car
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mimic_ils import pairs as P
-from mimic_ils.pairs import join_locations, split_locations
 from mimic_ils.schema import HEART_LABEL, LESION_TYPES, LUNG_LABELS, MimicIlsError
+from rosalia_hf.table2 import parse_answer, parse_instruction
 
-_LOCATION = "|".join(re.escape(label) for label in sorted((*LUNG_LABELS, HEART_LABEL), key=len, reverse=True))
-_LOCATIONS = rf"(?P<loc>(?:{_LOCATION})(?:(?:, | and )(?:{_LOCATION}))*)"
-_TARGET = rf"(?P<target>{'|'.join(LESION_TYPES)})"
-_LESION = rf"(?P<lesion>{'|'.join(LESION_TYPES)})"
-
-
-
-def _pattern(template: str, **groups: str) -> re.Pattern:
-    """A regex that matches ``template`` (a ``str.format`` string of ``mimic_ils.pairs``) with named groups."""
-    text = re.escape(template)
-    for name, group in groups.items():
-        text = text.replace(re.escape("{" + name + "}"), group)
-    return re.compile(text)
-
-
-_INSTRUCTIONS = (
-    ("lesion_inference", _pattern(P.INFERENCE_INSTRUCTION, location=_LOCATIONS)),
-    ("basic", _pattern(P.BASIC_INSTRUCTION, target=_TARGET, location=_LOCATIONS)),
-    ("global", _pattern(P.GLOBAL_INSTRUCTION, target=_TARGET)),
-)
-_INFERENCE_ANSWERS = (("definitive", _pattern(P.INFERENCE_DEFINITIVE, lesion=_LESION)),
-                      ("tentative", _pattern(P.INFERENCE_TENTATIVE, lesion=_LESION)))
-_GLOBAL_POSITIVE = _pattern(P.GLOBAL_POSITIVE, location=_LOCATIONS)
+_PLACES = frozenset((*LUNG_LABELS, HEART_LABEL))
+# the answer templates (rosalia_hf.table2.TEMPLATES) each question type may use, by polarity
+_ANSWERS = {
+    "basic": {"seg": "positive", "absent_in_location": "negative"},
+    "global": {"located_in": "positive", "seg": "positive", "absent": "negative"},
+    "lesion_inference": {"definitive": "positive", "tentative": "positive", "absent_in_location": "negative"},
+}
 
 
 @dataclass(frozen=True)
@@ -52,37 +35,31 @@ class ParsedPair:
 
 
 def parse_pair(instruction: str, answer: str) -> ParsedPair:
-    """The fields a Table 2 pair carries in its text; raises MimicIlsError for a string off the templates."""
-    for question_type, pattern in _INSTRUCTIONS:
-        match = pattern.fullmatch(instruction)
-        if match:
-            groups = match.groupdict()
-            target = groups.get("target") or "opacity"
-            return _parse_answer(question_type, target, split_locations(groups.get("loc")), answer, instruction)
-    raise MimicIlsError(f"instruction {instruction!r} matches no Table 2 template")
+    """The fields a Table 2 pair carries in its text, read with ``rosalia_hf.table2``'s parsers and checked against
+    the dataset's vocabulary (seven lesion types, lung labels, heart); raises MimicIlsError for a string off the
+    templates, an unknown name, or an answer that does not fit its instruction."""
+    asked = parse_instruction(instruction)
+    if asked is None or asked.target not in LESION_TYPES or not set(asked.locations) <= _PLACES:
+        raise MimicIlsError(f"instruction {instruction!r} matches no Table 2 template")
+    said = parse_answer(answer) if answer == " ".join(answer.split()) else None
+    polarity = _ANSWERS[asked.question_type].get(said.template) if said is not None else None
+    if polarity is None or not _answer_fits(asked, said):
+        raise MimicIlsError(f"answer {answer!r} does not fit the template of {instruction!r}")
+    if asked.question_type == "lesion_inference":
+        lesion = said.lesion if polarity == "positive" else None
+        return ParsedPair(asked.question_type, polarity, asked.target, lesion, asked.locations, said.certainty)
+    locations = said.locations if asked.question_type == "global" else asked.locations
+    return ParsedPair(asked.question_type, polarity, asked.target, asked.target, locations, None)
 
 
-def _parse_answer(question_type: str, target: str, locations: tuple[str, ...], answer: str, instruction: str):
-    place = join_locations(locations) if locations else ""
-    if question_type == "lesion_inference":
-        for certainty, pattern in _INFERENCE_ANSWERS:
-            match = pattern.fullmatch(answer)
-            if match:
-                return ParsedPair(question_type, "positive", target, match["lesion"], locations, certainty)
-        if answer == P.INFERENCE_NEGATIVE.format(location=place):
-            return ParsedPair(question_type, "negative", target, None, locations, None)
-    elif question_type == "basic":
-        if answer == P.BASIC_POSITIVE:
-            return ParsedPair(question_type, "positive", target, target, locations, None)
-        if answer == P.BASIC_NEGATIVE.format(target=target, location=place):
-            return ParsedPair(question_type, "negative", target, target, locations, None)
-    else:
-        match = _GLOBAL_POSITIVE.fullmatch(answer)
-        if match or answer == P.BASIC_POSITIVE:
-            return ParsedPair(question_type, "positive", target, target, split_locations(match and match["loc"]), None)
-        if answer == P.GLOBAL_NEGATIVE.format(target=target):
-            return ParsedPair(question_type, "negative", target, target, (), None)
-    raise MimicIlsError(f"answer {answer!r} does not fit the template of {instruction!r}")
+def _answer_fits(asked, said) -> bool:
+    """The answer's variables agree with the instruction's (same target and places where the template repeats
+    them) and name only known lesions and places."""
+    if said.template in ("absent_in_location", "absent"):
+        return said.target == asked.target and (said.template == "absent" or said.locations == asked.locations)
+    if said.template in ("definitive", "tentative"):
+        return said.lesion in LESION_TYPES
+    return set(said.locations) <= _PLACES
 
 
 def appendix_c_problems(rows: Iterable[dict], config: P.PairConfig | None = None) -> list[str]:

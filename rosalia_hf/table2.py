@@ -1,7 +1,14 @@
-"""The answer templates of MIMIC-ILS (paper Table 2), rendered and parsed back into template + variables.
+"""Table 2 of the paper, once: the instruction and answer templates of MIMIC-ILS, rendered and parsed back.
 
-Standard library only: ``evaluate`` copies this file next to ``ils.py`` into its module cache, and the project
-imports it from here too (``rosalia_hf.evaluation.load_answer_parser``).
+Standard library only, imported without torch. Pair generation (``mimic_ils.pairs``) renders these strings, the
+release importer (``mimic_ils.orchestration.templates``) parses pairs back with :func:`parse_instruction` and
+:func:`parse_answer`, and the metric (``metrics/ils``, ``rosalia_hf.ils_scores``) scores answers with them.
+
+The three instruction forms::
+
+    basic               "Segment the {target} in the {location}."
+    global              "Segment the {target}."
+    lesion_inference    "Segment the opacity in the {location} and predict its type."
 
 The six answer forms, by template name::
 
@@ -24,13 +31,25 @@ import re
 from dataclasses import dataclass
 
 SEG_TOKEN = "[SEG]"
+BASIC_INSTRUCTION = "Segment the {target} in the {location}."
+BASIC_POSITIVE = "[SEG]"
+BASIC_NEGATIVE = "[SEG] There is no {target} in the {location}."
+GLOBAL_INSTRUCTION = "Segment the {target}."
+GLOBAL_POSITIVE = "[SEG] It is located in the {location}."
+GLOBAL_NEGATIVE = "[SEG] There is no {target}."
+INFERENCE_INSTRUCTION = "Segment the opacity in the {location} and predict its type."
+INFERENCE_DEFINITIVE = "[SEG] It is highly suggestive of {lesion}."
+INFERENCE_TENTATIVE = "[SEG] It possibly reflects {lesion}."
+INFERENCE_NEGATIVE = "[SEG] There is no opacity in the {location}."
+LESION_INFERENCE_TARGET = "opacity"
+INSTRUCTIONS = {"basic": BASIC_INSTRUCTION, "global": GLOBAL_INSTRUCTION, "lesion_inference": INFERENCE_INSTRUCTION}
 TEMPLATES = {
-    "seg": "[SEG]",
-    "absent_in_location": "[SEG] There is no {target} in the {location}.",
-    "located_in": "[SEG] It is located in the {location}.",
-    "absent": "[SEG] There is no {target}.",
-    "definitive": "[SEG] It is highly suggestive of {lesion}.",
-    "tentative": "[SEG] It possibly reflects {lesion}.",
+    "seg": BASIC_POSITIVE,
+    "absent_in_location": BASIC_NEGATIVE,
+    "located_in": GLOBAL_POSITIVE,
+    "absent": GLOBAL_NEGATIVE,
+    "definitive": INFERENCE_DEFINITIVE,
+    "tentative": INFERENCE_TENTATIVE,
 }
 # Tried in this order: "There is no X in the Y." must be read as absent_in_location before the looser "absent".
 _PATTERNS = (
@@ -42,7 +61,12 @@ _PATTERNS = (
     ("tentative", re.compile(r"\[SEG\] It possibly reflects (?P<lesion>[^.]+)\.")),
 )
 _LOCATION_SEPARATOR = re.compile(r", (?:and )?| and ")
-LESION_INFERENCE_TARGET = "opacity"
+# Tried in this order: the lesion-inference form must be read before the basic one it also matches.
+_INSTRUCTION_PATTERNS = (
+    ("lesion_inference", re.compile(r"Segment the opacity in the (?P<location>[^.]+) and predict its type\.")),
+    ("basic", re.compile(r"Segment the (?P<target>[^.]+?) in the (?P<location>[^.]+)\.")),
+    ("global", re.compile(r"Segment the (?P<target>[^.]+)\.")),
+)
 
 
 @dataclass(frozen=True)
@@ -63,14 +87,35 @@ def join_locations(locations: tuple[str, ...] | list[str]) -> str:
     """``("right lung base", "left lung base")`` -> ``"right lung base and left lung base"``; three or more read
     ``"a, b and c"`` (as ``mimic_ils.pairs`` writes them)."""
     if not locations:
-        raise ValueError("an answer with a location needs at least one location")
+        raise ValueError("a location list needs at least one location")
     locations = tuple(locations)
     return locations[0] if len(locations) == 1 else f"{', '.join(locations[:-1])} and {locations[-1]}"
 
 
-def split_locations(text: str) -> tuple[str, ...]:
-    """Inverse of :func:`join_locations`; also accepts ``"a, b and c"``."""
-    return tuple(part.strip() for part in _LOCATION_SEPARATOR.split(text) if part.strip())
+def split_locations(text: str | None) -> tuple[str, ...]:
+    """Inverse of :func:`join_locations`; also accepts ``"a, b and c"``; None or "" -> ``()``."""
+    return tuple(part.strip() for part in _LOCATION_SEPARATOR.split(text) if part.strip()) if text else ()
+
+
+@dataclass(frozen=True)
+class ParsedInstruction:
+    """An instruction read back: its question type, target ("opacity" for lesion inference) and locations."""
+
+    question_type: str
+    target: str
+    locations: tuple[str, ...] = ()
+
+
+def parse_instruction(text: str) -> ParsedInstruction | None:
+    """Question type, target and locations of a Table 2 instruction, or None for any other text. Exact match, as
+    :func:`parse_answer`; the values are not checked against a vocabulary (the caller knows its own)."""
+    for question_type, pattern in _INSTRUCTION_PATTERNS:
+        match = pattern.fullmatch(text)
+        if match is not None:
+            groups = match.groupdict()
+            target = groups.get("target") or LESION_INFERENCE_TARGET
+            return ParsedInstruction(question_type, target, split_locations(groups.get("location")))
+    return None
 
 
 def parse_answer(text: str | None) -> ParsedAnswer | None:

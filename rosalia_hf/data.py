@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from rosalia_hf.processing_rosalia import RosaliaProcessor, equalize_histogram
+from rosalia_hf.processing_rosalia import RosaliaProcessor
 
 
 class RosaliaPairs(Dataset):
@@ -116,6 +116,7 @@ class RosaliaCollator:
     histogram_equalization_prob: float = 0.0
     group_by_image: bool = True
     seed: int = 0
+    max_length: int | None = None
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor | list]:
         keys = [item["image_key"] if self.group_by_image else f"{i}:{item['image_key']}" for i, item in
@@ -123,19 +124,27 @@ class RosaliaCollator:
         unique = list(dict.fromkeys(keys))
         first = {key: keys.index(key) for key in unique}
         rng = np.random.default_rng(_stable_seed(self.seed, keys, [item["instruction"] for item in items]))
-        images = [self._augment(items[first[key]]["image"], rng) for key in unique]
-        batch = dict(self.processor(
+        images = [items[first[key]]["image"] for key in unique]
+        batch = dict(self.processor(  # the processor equalises (its one path), with this collator's draws
             images, [item["instruction"] for item in items], [item["answer"] for item in items],
-            image_index=[unique.index(key) for key in keys],
+            image_index=[unique.index(key) for key in keys], rng=rng,
+            equalize_probability=self.histogram_equalization_prob,
         ))
+        self._check_length(batch["attention_mask"], items)
         batch["masks"] = [torch.from_numpy(np.ascontiguousarray(item["mask"])) for item in items]
         batch["mask_positive"] = torch.tensor([bool(item["positive"]) for item in items])
         return batch
 
-    def _augment(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if self.histogram_equalization_prob > 0 and rng.random() < self.histogram_equalization_prob:
-            return equalize_histogram(image)
-        return image
+    def _check_length(self, attention_mask: torch.Tensor, items: Sequence[dict[str, Any]]) -> None:
+        """``max_length`` (``model_max_length``) bounds prompt + image tokens + answer: a longer pair is refused with
+        its length named, never silently cut (a truncated answer would lose its ``[SEG]`` and its mask)."""
+        if self.max_length is None:
+            return
+        lengths = attention_mask.sum(dim=1).tolist()
+        for item, length in zip(items, lengths, strict=True):
+            if length > self.max_length:
+                raise ValueError(f"pair {item['image_key']!r} ({item['instruction'][:60]!r}) is {int(length)} tokens "
+                                 f"with the image; model_max_length is {self.max_length}")
 
 
 def _log_batch(folder: str, indices: list[int]) -> None:

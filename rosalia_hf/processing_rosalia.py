@@ -182,12 +182,16 @@ class RosaliaProcessor(ProcessorMixin):
             self.tokenizer.pad_token = self.tokenizer.unk_token
 
     # --- images ---
-    def prepare_images(self, images: Sequence, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
-        """CLIP pixels, SAM pixels and ``(H, W)`` for each image, in order."""
+    def prepare_images(self, images: Sequence, rng: np.random.Generator | None = None,
+                       equalize_probability: float | None = None) -> dict[str, torch.Tensor]:
+        """CLIP pixels, SAM pixels and ``(H, W)`` for each image, in order.
+
+        Histogram equalisation follows the processor's settings, or ``equalize_probability`` when given (the
+        training collator's augmentation: one draw of ``rng`` per image, equalised when it falls below)."""
         rgbs = []
         for index, image in enumerate(images):
             try:
-                rgbs.append(self._maybe_equalize(to_rgb_uint8(image), rng))
+                rgbs.append(self._maybe_equalize(to_rgb_uint8(image), rng, equalize_probability))
             except ValueError as error:
                 raise ValueError(f"image {index}: {error}") from None
         clip = self.image_processor(images=rgbs, return_tensors="pt", input_data_format="channels_last")[
@@ -196,10 +200,14 @@ class RosaliaProcessor(ProcessorMixin):
         sizes = torch.tensor([rgb.shape[:2] for rgb in rgbs], dtype=torch.long)
         return {"pixel_values": clip, "sam_pixel_values": sam, "original_sizes": sizes}
 
-    def _maybe_equalize(self, rgb: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        if not self.equalize_histogram:
+    def _maybe_equalize(self, rgb: np.ndarray, rng: np.random.Generator | None,
+                        probability: float | None = None) -> np.ndarray:
+        if probability is not None:  # the caller's draw: no draw at 0, one draw per image otherwise
+            if probability <= 0 or (rng if rng is not None else np.random.default_rng()).random() >= probability:
+                return rgb
+        elif not self.equalize_histogram:
             return rgb
-        if self.equalize_probability < 1.0:
+        elif self.equalize_probability < 1.0:
             rng = rng if rng is not None else np.random.default_rng()
             if rng.random() >= self.equalize_probability:
                 return rgb
@@ -241,8 +249,10 @@ class RosaliaProcessor(ProcessorMixin):
 
     def __call__(self, images: Sequence, instructions: Sequence[str], answers: Sequence[str] | None = None,
                  image_index: Sequence[int] | None = None, padding_side: str = "right", add_eos: bool = True,
-                 rng: np.random.Generator | None = None, **kwargs) -> BatchFeature:
-        """One batch. ``image_index[i]`` names the image of instruction ``i`` (default: ``images[i]``)."""
+                 rng: np.random.Generator | None = None, equalize_probability: float | None = None,
+                 **kwargs) -> BatchFeature:
+        """One batch. ``image_index[i]`` names the image of instruction ``i`` (default: ``images[i]``);
+        ``equalize_probability`` overrides the processor's histogram equalisation (see :meth:`prepare_images`)."""
         if isinstance(instructions, str):
             instructions = [instructions]
         if image_index is None:
@@ -254,7 +264,7 @@ class RosaliaProcessor(ProcessorMixin):
         encoded = [self.encode_conversation(ins, None if answers is None else answers[i], add_eos)
                    for i, ins in enumerate(instructions)]
         batch = self.pad([e[0] for e in encoded], None if answers is None else [e[1] for e in encoded], padding_side)
-        batch.update(self.prepare_images(images, rng))
+        batch.update(self.prepare_images(images, rng, equalize_probability))
         batch["image_index"] = torch.as_tensor(list(image_index), dtype=torch.long)
         return BatchFeature(batch)
 

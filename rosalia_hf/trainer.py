@@ -89,7 +89,7 @@ class RosaliaTrainer(Trainer):
         self.processor = processor
         self.raw_eval_dataset = eval_dataset
         collator = data_collator or RosaliaCollator(processor, args.histogram_equalization_prob,
-                                                    args.group_by_image, args.seed)
+                                                    args.group_by_image, args.seed, args.model_max_length)
         train_pairs = RosaliaPairs(train_dataset) if train_dataset is not None else None
         super().__init__(model=model, args=args, train_dataset=train_pairs, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=processor, **kwargs)

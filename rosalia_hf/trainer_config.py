@@ -46,7 +46,8 @@ class RosaliaTrainingArguments(TrainingArguments):
     histogram_equalization_prob: float = field(
         default=0.5, metadata={"help": "Probability of histogram equalisation of a training image (never in eval)."}
     )
-    model_max_length: int = field(default=512, metadata={"help": "Maximum tokens of prompt + answer."})
+    model_max_length: int = field(default=512, metadata={
+        "help": "Maximum tokens of prompt + image tokens + answer; the collator refuses a longer pair, naming it."})
     group_by_image: bool = field(
         default=True,
         metadata={"help": "Keep pairs of one image in the same batch so the image encoders run once per image."},

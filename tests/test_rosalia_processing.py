@@ -178,3 +178,41 @@ def test_save_and_load_round_trip(processor, tmp_path):
         b = loaded([_image()], ["Segment the heart."], answers=["[SEG]"])
         for key in a:
             torch.testing.assert_close(a[key], b[key])
+
+
+def test_the_collator_equalises_through_the_processor_with_its_own_draws():
+    """One equalisation path: the collator's augmentation is the processor's, drawn from the collator's seed."""
+    from rosalia_hf.data import RosaliaCollator
+    from rosalia_hf.processing_rosalia import equalize_histogram
+    from rosalia_hf.testing import tiny_processor
+
+    processor = tiny_processor()
+    image = (np.arange(40 * 60) % 97).astype(np.uint8).reshape(40, 60) // 2
+    item = {"image_key": "a", "image": image, "instruction": "Segment the edema.", "answer": "[SEG]",
+            "mask": np.zeros((40, 60), bool), "positive": False}
+    always = RosaliaCollator(processor, histogram_equalization_prob=1.0)([item])
+    never = RosaliaCollator(processor, histogram_equalization_prob=0.0)([item])
+    expected = processor.prepare_images([equalize_histogram(image)])
+    plain = processor.prepare_images([image])
+    assert torch.equal(always["sam_pixel_values"], expected["sam_pixel_values"])
+    assert torch.equal(never["sam_pixel_values"], plain["sam_pixel_values"])
+    assert not torch.equal(expected["sam_pixel_values"], plain["sam_pixel_values"])
+    half = [RosaliaCollator(processor, histogram_equalization_prob=0.5, seed=seed)([item]) for seed in range(12)]
+    flags = {torch.equal(batch["sam_pixel_values"], expected["sam_pixel_values"]) for batch in half}
+    assert flags == {True, False}  # both outcomes occur over seeds, and each is reproducible per seed
+    again = RosaliaCollator(processor, histogram_equalization_prob=0.5, seed=3)([item])
+    assert torch.equal(again["sam_pixel_values"], half[3]["sam_pixel_values"])
+
+
+def test_model_max_length_bounds_a_pair_and_names_it():
+    from rosalia_hf.data import RosaliaCollator
+    from rosalia_hf.testing import tiny_processor
+
+    processor = tiny_processor()
+    item = {"image_key": "s1/d1", "image": np.zeros((40, 60), np.uint8), "instruction": "Segment the edema.",
+            "answer": "[SEG] There is no edema.", "mask": np.zeros((40, 60), bool), "positive": False}
+    length = int(RosaliaCollator(processor)([item])["attention_mask"].sum())
+    assert RosaliaCollator(processor, max_length=length)([item])["input_ids"].shape[1] == length
+    with pytest.raises(ValueError, match=rf"pair 's1/d1' .* is {length} tokens with the image; model_max_length is "
+                                         rf"{length - 1}"):
+        RosaliaCollator(processor, max_length=length - 1)([item])

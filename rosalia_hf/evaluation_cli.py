@@ -40,11 +40,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+# the validation split's two names: ``validation`` (the Hub's convention) and ``validate`` (MIMIC-CXR's split CSV)
+SPLIT_ALIASES = {"validation": "validate", "validate": "validation", "val": "validate", "dev": "validate"}
+
+
 def load_pairs(folder: str | Path, split: str, limit: int | None = None):
-    """The ``pairs`` configuration's ``split`` of a built folder (first ``limit`` rows when given)."""
+    """The ``pairs`` configuration's ``split`` of a built folder (first ``limit`` rows when given).
+
+    ``validation`` and ``validate`` name the same split, whichever of the two the folder has; a split the folder
+    does not have is one line listing those it has."""
     import datasets
 
-    dataset = datasets.load_dataset(str(folder), "pairs", split=split)
+    builder = datasets.load_dataset_builder(str(folder), "pairs")
+    available = list(builder.config.data_files or {})
+    chosen = split if split in available or not available else SPLIT_ALIASES.get(split)
+    if available and chosen not in available:
+        raise EvaluationError(f"--split {split}: {folder} has no such split (it has {', '.join(available)})")
+    dataset = datasets.load_dataset(str(folder), "pairs", split=chosen)
     return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
 
 
@@ -94,8 +106,8 @@ def run(args: argparse.Namespace) -> Path:
     from rosalia_hf.evaluation_report import write_report
     from rosalia_hf.predictor import RosaliaPredictor
 
+    dataset = load_pairs(args.dataset, args.split, args.limit)  # a wrong split is refused before the model loads
     model, processor = load_model(args.model, args.processor, args.device, args.dtype)
-    dataset = load_pairs(args.dataset, args.split, args.limit)
     with torch.inference_mode():
         evaluation = evaluate_model(
             RosaliaPredictor(model, processor), dataset, batch_size=args.batch_size, segment_only=args.segment_only,

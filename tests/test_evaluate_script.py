@@ -222,3 +222,23 @@ def test_case_keeper_keeps_the_k_best_and_worst_per_lesion_and_builds_only_those
     assert cases["edema"]["worst"] == [(0.1, 3), (0.2, 0)]
     assert cases["effusion"] == {"best": [(0.7, 6)], "worst": [(0.7, 6)]}
     assert 5 not in built  # 0.3 ranks neither among the two best nor the two worst
+
+
+def test_validation_and_validate_name_one_split_and_an_unknown_split_is_one_line(tmp_path, model_folder, capsys):
+    from rosalia_hf.evaluation_cli import load_pairs
+
+    folder = tmp_path / "ils"
+    (folder / "validate").mkdir(parents=True)
+    datasets.Dataset.from_list(make_rows(), features=pairs_features()).to_parquet(
+        folder / "validate/pairs-00000.parquet")
+    (folder / "README.md").write_text(CARD.replace("split: test", "split: validate").replace("test/", "validate/"))
+    assert len(load_pairs(folder, "validation")) == len(load_pairs(folder, "validate")) == len(PAIRS)
+    main = runpy.run_path(str(REPO / "examples" / "evaluate_rosalia.py"))["main"]
+    argv = ["--model", str(model_folder), "--dataset", str(folder), "--split", "tset", "--out", str(tmp_path / "e"),
+            "--device", "cpu", "--no-progress"]
+    capsys.readouterr()  # what writing the fixture printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"--split tset: {folder} has no such split (it has validate)") and len(err) <= 3

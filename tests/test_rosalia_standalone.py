@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,43 @@ def test_touching_a_model_class_imports_and_registers_it():
                "AutoModel._model_mapping[type(config)].__name__)")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["RosaliaForSegmentation", "RosaliaConfig", "True", "RosaliaForSegmentation"]
+
+
+def test_touching_the_config_registers_autoconfig_and_loads_only_its_module():
+    out = _run("import sys, rosalia_hf; config = rosalia_hf.RosaliaConfig(); "
+               "from transformers import AutoConfig; "
+               "print(type(AutoConfig.for_model('rosalia')).__name__, type(config).__name__, "
+               "'rosalia_hf.modeling_rosalia' in sys.modules, 'rosalia_hf.processing_rosalia' in sys.modules)")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["RosaliaConfig", "RosaliaConfig", "False", "False"]
+
+
+def test_touching_the_processor_registers_autoprocessor_without_the_model():
+    out = _run("import sys, rosalia_hf; cls = rosalia_hf.RosaliaProcessor; "
+               "from transformers.models.auto.processing_auto import PROCESSOR_MAPPING; "
+               "print(PROCESSOR_MAPPING[rosalia_hf.RosaliaConfig].__name__, "
+               "'rosalia_hf.modeling_rosalia' in sys.modules)")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["RosaliaProcessor", "False"]
+
+
+def test_no_module_of_rosalia_hf_imports_mimic_ils():
+    """Every import statement (top level or inside a function) and every ``import_module("...")`` string."""
+    offending = []
+    for path in sorted((ROOT / "rosalia_hf").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if not node.level else []
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                    "import_module", "__import__"):
+                names = [arg.value for arg in node.args[:1] if isinstance(arg, ast.Constant)]
+            else:
+                continue
+            offending += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in names
+                          if name == "mimic_ils" or str(name).startswith("mimic_ils.")]
+    assert offending == []
 
 
 def test_the_face_names_what_it_exports_and_refuses_the_rest():

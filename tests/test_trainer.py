@@ -63,6 +63,16 @@ def test_two_steps_with_accumulation_update_exactly_the_trainable_set(tmp_path, 
     assert trainer.state.global_step == 2
 
 
+def test_model_max_length_of_the_arguments_bounds_the_training_batches(tmp_path):
+    """The argument reaches the collator the trainer builds: a pair longer than it is refused, naming the limit."""
+    model, processor = tiny_rosalia(seed=0)
+    trainer = RosaliaTrainer(model, _args(tmp_path, model_max_length=8), processor,
+                             train_dataset=tiny_pairs_dataset(4, seed=1))
+    assert trainer.data_collator.max_length == 8
+    with pytest.raises(ValueError, match=r"tokens with the image; model_max_length is 8$"):
+        next(iter(trainer.get_train_dataloader()))
+
+
 def test_evaluate_reports_ils_figures_and_saves_load_back(tmp_path):
     model, processor = tiny_rosalia(seed=0)
     eval_pairs = tiny_pairs_dataset(4, seed=7, split="validate")

@@ -20,18 +20,6 @@ from rosalia_hf.ils_scores import (  # noqa: F401  (LESION_TYPES, QUESTION_TYPES
     to_mask,
 )
 
-_CITATION = """\
-@inproceedings{choi2026ils,
-  title     = {Instruction-Guided Lesion Segmentation for Chest X-rays with Automatically Generated
-               Large-Scale Dataset},
-  author    = {Choi, Geon and Yoon, Hangyul and Shin, Hyunju and Park, Hyunki and Seo, Sang Hoon and Yang, Eunho
-               and Choi, Edward},
-  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year      = {2026},
-  note      = {arXiv:2511.15186}
-}
-"""
-
 _DESCRIPTION = """\
 Instruction-guided lesion segmentation (ILS) metrics of MIMIC-ILS (paper Sec. 6.1, Tables 4, 5, 6 and 13).
 
@@ -90,6 +78,18 @@ Examples:
     {'giou': 0.5, 'ciou': 0.5, 'n_acc': 1.0, 'num_positive': 1, 'num_negative': 1}
     >>> print(results["text_accuracy"], results["text_accuracy_per_question_type"]["global"])
     0.5 {'all': 0.5, 'positive': 0.0, 'negative': 1.0}
+"""
+
+_CITATION = """\
+@inproceedings{choi2026ils,
+  title     = {Instruction-Guided Lesion Segmentation for Chest X-rays with Automatically Generated
+               Large-Scale Dataset},
+  author    = {Choi, Geon and Yoon, Hangyul and Shin, Hyunju and Park, Hyunki and Seo, Sang Hoon and Yang, Eunho
+               and Choi, Edward},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2026},
+  note      = {arXiv:2511.15186}
+}
 """
 
 # --------------------------------------------------------------------------------------------------------------

@@ -15,14 +15,22 @@ ordinary trained tokens in LISA checkpoints and are not suppressed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:  # annotations only: the predictor works with any model and processor of this interface
+    from PIL import Image
+
+    from rosalia_hf.modeling_rosalia import RosaliaForSegmentation
+    from rosalia_hf.processing_rosalia import RosaliaProcessor
+
 DEFAULT_MAX_NEW_TOKENS = 512  # LISA chat.py
 
 
-def run_predict(model, processor, images: Sequence, instructions: Sequence[str], *,
+def run_predict(model: RosaliaForSegmentation, processor: RosaliaProcessor, images: Sequence,
+                instructions: Sequence[str], *,
                 image_index: Sequence[int] | None = None, segment_only: bool = False,
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                 dtype: torch.dtype | None = None, generate_kwargs: dict | None = None) -> list[dict]:
@@ -120,12 +128,13 @@ def _collect(batch, out, answers: list[list[int]], texts: list[str]) -> list[dic
 class RosaliaPredictor:
     """``predict`` over a ``RosaliaForSegmentation`` and its ``RosaliaProcessor``; holds references, no weights."""
 
-    def __init__(self, model, processor) -> None:
+    def __init__(self, model: RosaliaForSegmentation, processor: RosaliaProcessor) -> None:
         self.model = model
         self.processor = processor
 
     @torch.no_grad()
-    def predict(self, images, instructions: Sequence[str], *, image_index: Sequence[int] | None = None,
+    def predict(self, images: Sequence[np.ndarray | Image.Image], instructions: Sequence[str], *,
+                image_index: Sequence[int] | None = None,
                 segment_only: bool = False, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                 dtype: torch.dtype | None = None, generate_kwargs: dict | None = None) -> list[dict]:
         """Segments ``images[image_index[i]]`` according to ``instructions[i]``.

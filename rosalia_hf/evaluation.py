@@ -24,9 +24,13 @@ THUMBNAIL_SIDE = 192
 
 
 def load_ils_metric(path: str | Path | None = None, **kwargs: Any):
-    """``evaluate.load`` of the ILS metric module, offline-safe: the folder ``path`` (holding ``ils.py``), by
-    default ``metrics/ils`` of the repository this package sits in. Its NumPy core is :mod:`rosalia_hf.ils_scores`
-    (imported directly by this module), its answer parser :mod:`rosalia_hf.table2`."""
+    """``evaluate.load`` of the ILS metric module, offline-safe (a local file, never a hub look-up).
+
+    Where it looks: the folder ``path`` (holding ``ils.py``) when given; otherwise :data:`METRIC_DIR`, the
+    ``metrics/ils`` folder beside the ``rosalia_hf`` package (``<checkout>/metrics/ils``), which exists in a git
+    checkout and an editable install but not in a wheel, where ``path`` must be passed. ``FileNotFoundError`` names
+    the folder when ``ils.py`` is not there. The module's NumPy core is :mod:`rosalia_hf.ils_scores` (imported
+    directly by this module), its answer parser :mod:`rosalia_hf.table2`; ``kwargs`` go to ``evaluate.load``."""
     import evaluate
 
     folder = Path(path) if path is not None else METRIC_DIR

@@ -116,3 +116,17 @@ def test_pairs_render_table2s_strings_and_there_is_one_copy_of_them():
                                  *ROOT.glob("metrics/**/*.py"))
                if "It possibly reflects {lesion}." in path.read_text(encoding="utf-8")]
     assert [path.relative_to(ROOT).as_posix() for path in sources] == ["rosalia_hf/table2.py"]
+
+
+def test_load_ils_metric_finds_the_checkout_folder_or_takes_a_path(tmp_path):
+    import shutil
+
+    from rosalia_hf.evaluation import METRIC_DIR, load_ils_metric
+
+    assert METRIC_DIR == ROOT / "metrics" / "ils"
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(METRIC_DIR, copy)
+    metric = load_ils_metric(copy)
+    assert metric.compute(predictions=[[[1, 1]]], references=[[[1, 0]]])["giou"] == 0.5
+    with pytest.raises(FileNotFoundError, match=f"no ILS metric module at {tmp_path}"):
+        load_ils_metric(tmp_path)

@@ -44,19 +44,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 SPLIT_ALIASES = {"validation": "validate", "validate": "validation", "val": "validate", "dev": "validate"}
 
 
-def load_pairs(folder: str | Path, split: str, limit: int | None = None):
-    """The ``pairs`` configuration's ``split`` of a built folder (first ``limit`` rows when given).
-
-    ``validation`` and ``validate`` name the same split, whichever of the two the folder has; a split the folder
-    does not have is one line listing those it has."""
+def resolve_split(folder: str | Path, split: str) -> str:
+    """The name ``folder`` gives ``split``: ``validation`` and ``validate`` name the same split, whichever of the
+    two the folder has. A split the folder does not have is one :class:`EvaluationError` line listing those it has;
+    a folder whose splits cannot be read (no data files, no ``pairs`` configuration) is left to :func:`load_pairs`,
+    so that it is reported after the model (whose problems come first)."""
     import datasets
 
-    builder = datasets.load_dataset_builder(str(folder), "pairs")
+    try:
+        builder = datasets.load_dataset_builder(str(folder), "pairs")
+    except (OSError, ValueError):
+        return split
     available = list(builder.config.data_files or {})
     chosen = split if split in available or not available else SPLIT_ALIASES.get(split)
     if available and chosen not in available:
         raise EvaluationError(f"--split {split}: {folder} has no such split (it has {', '.join(available)})")
-    dataset = datasets.load_dataset(str(folder), "pairs", split=chosen)
+    return chosen
+
+
+def load_pairs(folder: str | Path, split: str, limit: int | None = None):
+    """The ``pairs`` configuration's ``split`` of a built folder (first ``limit`` rows when given), the split named
+    as :func:`resolve_split` reads it; a folder that cannot be loaded is one :class:`EvaluationError` line."""
+    import datasets
+
+    chosen = resolve_split(folder, split)
+    try:
+        dataset = datasets.load_dataset(str(folder), "pairs", split=chosen)
+    except (OSError, ValueError) as error:  # no data files, no pairs configuration, unreadable parquet
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EvaluationError(f"--dataset {folder}: {reason}") from None
     return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
 
 
@@ -106,8 +122,9 @@ def run(args: argparse.Namespace) -> Path:
     from rosalia_hf.evaluation_report import write_report
     from rosalia_hf.predictor import RosaliaPredictor
 
-    dataset = load_pairs(args.dataset, args.split, args.limit)  # a wrong split is refused before the model loads
+    split = resolve_split(args.dataset, args.split)  # a wrong split is refused before the model loads
     model, processor = load_model(args.model, args.processor, args.device, args.dtype)
+    dataset = load_pairs(args.dataset, split, args.limit)
     with torch.inference_mode():
         evaluation = evaluate_model(
             RosaliaPredictor(model, processor), dataset, batch_size=args.batch_size, segment_only=args.segment_only,

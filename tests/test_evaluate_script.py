@@ -242,3 +242,16 @@ def test_validation_and_validate_name_one_split_and_an_unknown_split_is_one_line
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith(f"--split tset: {folder} has no such split (it has validate)") and len(err) <= 3
+
+
+def test_a_folder_without_pairs_is_one_line(tmp_path, model_folder, capsys):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    main = runpy.run_path(str(REPO / "examples" / "evaluate_rosalia.py"))["main"]
+    argv = ["--model", str(model_folder), "--dataset", str(folder), "--out", str(tmp_path / "e"), "--device", "cpu",
+            "--no-progress"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert f"--dataset {folder}: " in err[-1] and "doesn't contain any data files" in err[-1] and len(err) <= 3

@@ -31,7 +31,14 @@ VISION_PRESETS = ("phantom", "real")
 
 @dataclass
 class BuildConfig:
-    """The knobs of one build. ``vision`` is a preset name or a mapping understood by ``VisionConfig``."""
+    """The knobs of one build. ``vision`` is a preset name or a mapping understood by ``VisionConfig``.
+
+    ``grounding`` holds ``GroundingConfig`` fields and ``pairs`` ``PairConfig`` fields. The pair rules a YAML gives
+    under ``grounding:`` (where they lived before pairs had a section: ``negative_global_share``,
+    ``negative_conflicts``, ``conflicts_with_untyped``, ``opacity_inference_types``) are still accepted, quietly, as
+    if given under ``pairs:``; the same rule under both is refused. Either way ``build_info.json`` records them in
+    its one ``backends.grounding`` mapping, as before.
+    """
 
     seed: int = 0
     report_backend: str = "rules"

@@ -21,3 +21,15 @@ class CheckpointConversionError(RosaliaError):
 
 class EvaluationError(RosaliaError):
     """An evaluation that cannot start: a model, processor or dataset that cannot be loaded, a missing split."""
+
+
+class DicomError(RosaliaError):
+    """A DICOM file that cannot be turned into an image (corrupt, truncated, no pixel data, unknown photometry)."""
+
+
+class ImageReadError(RosaliaError):
+    """An image file or array that cannot be read as an X-ray (undecodable, empty, of an unsupported shape)."""
+
+
+class NotAModelError(RosaliaError):
+    """A folder given as ``--model`` that is not a saved ``RosaliaForSegmentation`` (no config, another model)."""

@@ -33,13 +33,14 @@ MIMIC_LAYERS = (
 ROSALIA_LAYERS = (
     ("grammar and plumbing", ("rosalia_hf.table2", "rosalia_hf.errors", "rosalia_hf.offline",
                               "rosalia_hf.ils_scores", "rosalia_hf.mask_geometry", "rosalia_hf.configuration_rosalia",
-                              "rosalia_hf.tokenization_lisa", "rosalia_hf.losses", "rosalia_hf.sampler")),
+                              "rosalia_hf.tokenization_lisa", "rosalia_hf.losses", "rosalia_hf.sampler",
+                              "rosalia_hf.dicom", "rosalia_hf.images", "rosalia_hf.overlay")),
     ("model", ("rosalia_hf.processing_rosalia", "rosalia_hf.modeling_rosalia", "rosalia_hf.predictor")),
     ("training and evaluation", ("rosalia_hf.data", "rosalia_hf.trainer_config", "rosalia_hf.trainer",
                                  "rosalia_hf.evaluation", "rosalia_hf.evaluation_report",
                                  "rosalia_hf.training_report", "rosalia_hf.testing")),
     ("tools", ("rosalia_hf.convert_sam", "rosalia_hf.convert_lisa", "rosalia_hf.evaluation_cli",
-               "rosalia_hf.cli", "rosalia_hf.__main__")),
+               "rosalia_hf.cli", "rosalia_hf.app", "rosalia_hf.__main__")),
     ("package face", ("rosalia_hf",)),
 )
 

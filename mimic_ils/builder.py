@@ -23,8 +23,9 @@ import datasets
 from datasets.builder import Key
 
 from mimic_ils.features import feature_name, images_features, pairs_features
+from mimic_ils.orchestration.writer import split_folders
 from mimic_ils.rows import FILE, PAIRS, Column, ImageRow, PairRow, columns, image_pair_columns
-from mimic_ils.schema import SPLITS, MimicIlsError
+from mimic_ils.schema import MimicIlsError, canonical_split
 
 _DESCRIPTION = (
     "MIMIC-ILS: instruction-guided lesion segmentation pairs for chest X-rays (arXiv 2511.15186), regenerated from "
@@ -85,14 +86,11 @@ class MimicIls(datasets.GeneratorBasedBuilder):
             raise MimicIlsError(f"data_dir {data_dir!r} is not a folder.\n{self.manual_download_instructions}")
         folder = self._built_folder(Path(data_dir).expanduser().resolve())
         relative = "images/metadata.parquet" if self.config.name == "images" else "metadata.parquet"
-        files = {split: folder / split / relative for split in SPLITS}
-        return [
-            datasets.SplitGenerator(name=split, gen_kwargs={"files": [files[split]]})
-            for split in SPLITS if files[split].is_file()
-        ]
+        return [datasets.SplitGenerator(name=split, gen_kwargs={"files": [split_folder / relative]})
+                for split, split_folder in split_folders(folder, relative).items()]
 
     def _built_folder(self, data_dir: Path) -> Path:
-        if any((data_dir / split / "metadata.parquet").is_file() for split in SPLITS):
+        if split_folders(data_dir):
             return data_dir
         from mimic_ils.orchestration import BuildConfig, build
 
@@ -124,5 +122,6 @@ def _resolve(row: dict, folder: Path, row_columns: tuple[Column, ...]) -> dict:
         elif column.kind == PAIRS:
             out[column.name] = [_resolve(pair, folder, image_pair_columns()) for pair in value]
         else:
-            out[column.name] = value
+            # a folder built before the split rename says validate
+            out[column.name] = canonical_split(value) if column.name == "split" else value
     return out

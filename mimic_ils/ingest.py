@@ -3,7 +3,8 @@
 Expected layout under ``root`` (the CSVs gzipped, as PhysioNet ships them, or uncompressed)::
 
     mimic-cxr-2.0.0-metadata.csv(.gz)   dicom_id, subject_id, study_id, ..., ViewPosition, Rows, Columns, ...
-    mimic-cxr-2.0.0-split.csv(.gz)      dicom_id, study_id, subject_id, split (train / validate / test)
+    mimic-cxr-2.0.0-split.csv(.gz)      dicom_id, study_id, subject_id, split (train / validate / test;
+                                        the study's split is the dataset's name: validate → validation)
     files/pXX/pSUBJECT/sSTUDY.txt       the study's free-text report
     files/pXX/pSUBJECT/sSTUDY/DICOM_ID.dcm
 
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mimic_ils.schema import SPLITS, CohortError, ImageRecord, ReportError, Study
+from mimic_ils.schema import SPLITS, CohortError, ImageRecord, ReportError, Study, canonical_split
 
 METADATA_STEM = "mimic-cxr-2.0.0-metadata.csv"
 SPLIT_STEM = "mimic-cxr-2.0.0-split.csv"
@@ -130,7 +131,7 @@ def _splits(
     splits_of_image: dict[str, set[str]] = {}
     split_of_study: dict[str, set[str]] = {}
     for row in rows:
-        dicom_id, split = row["dicom_id"].strip(), row["split"].strip()
+        dicom_id, split = row["dicom_id"].strip(), canonical_split(row["split"].strip())
         split_of_image[dicom_id] = split
         splits_of_image.setdefault(dicom_id, set()).add(split)
         split_of_study.setdefault(strip_prefix(row["study_id"], "s"), set()).add(split)

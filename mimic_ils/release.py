@@ -38,10 +38,11 @@ from mimic_ils.orchestration.output import check_out_folder, hold_lock, out_lock
 from mimic_ils.orchestration.templates import parse_pair
 from mimic_ils.orchestration.workdir import mask_digest
 from mimic_ils.rows import LedgerRow, PairRow
-from mimic_ils.schema import LESION_TYPES, SPLITS, MimicIlsError
+from mimic_ils.schema import LESION_TYPES, SPLIT_ALIASES, SPLITS, MimicIlsError, canonical_split
 
 RELEASE_JSON = "mimic_ils_instruction_answer.json"
-SPLIT_NAMES = {"train": "train", "val": "validate", "validate": "validate", "test": "test"}
+# the release's split keys (``val``; ``validate`` / ``validation`` accepted too) → our split names
+SPLIT_NAMES = {name: canonical_split(name) for name in (*SPLITS, *SPLIT_ALIASES)}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _DICOM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 

@@ -8,7 +8,8 @@
 The columns of the Parquet files are stated once, here, as field metadata (:func:`columns`): the Arrow schemas
 (``orchestration.writer``) and the ``datasets.Features`` of both configs (``mimic_ils.features``) derive from them.
 A row's JSON (the work folder's artifacts, a Parquet row as ``pyarrow`` reads it) is made and read only by its own
-``to_json`` / ``from_json``.
+``to_json`` / ``from_json``. A row's ``split`` is always the dataset's name (``validation``): rows of a work folder
+or a built folder made before the rename (``validate``) read back under the new name.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mimic_ils.files import FileRecord
+from mimic_ils.schema import canonical_split
 
 # Column kinds: a nullable string, a list of strings, a file name (``*_file_name``; the loader's Image feature), and
 # the list of an image's pairs (ImageRow only).
@@ -101,6 +103,9 @@ class PairRow:
     dicom_id: str = _column(STRING, per_image=False)
     split: str = _column(STRING, per_image=False)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "split", canonical_split(self.split))
+
     @property
     def file_names(self) -> tuple[str, ...]:
         """The files this row names: its image, and its mask when it has one."""
@@ -124,6 +129,9 @@ class ImageRow:
     study_id: str = _column(STRING)
     split: str = _column(STRING)
     pairs: tuple[PairRow, ...] = _column(PAIRS)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "split", canonical_split(self.split))
 
     def to_json(self) -> dict[str, Any]:
         names = [column.name for column in image_pair_columns()]
@@ -149,6 +157,9 @@ class LedgerRow:
     split: str = _column(STRING)
     fate: str = _column(STRING)
     reason: str | None = _column(STRING)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "split", canonical_split(self.split))
 
     def to_json(self) -> dict[str, Any]:
         return {column.name: getattr(self, column.name) for column in columns(LedgerRow)}
@@ -215,6 +226,9 @@ class StudyResult:
     files: Mapping[str, FileRecord] = field(default_factory=dict)
     inputs: Mapping[str, Any] | None = None
     transient: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "split", canonical_split(self.split))
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-SPLITS = ("train", "validate", "test")
+# The splits of a built dataset, by their Hugging Face names.
+SPLITS = ("train", "validation", "test")
+# Other names of a split, accepted wherever one is read or named: MIMIC-CXR's split CSV and folders built before the
+# rename say "validate", the authors' release says "val".
+SPLIT_ALIASES = {"validate": "validation", "val": "validation"}
 FRONTAL_VIEWS = ("PA", "AP")
 
 # The seven lesion types of MIMIC-ILS, in the paper's order (Table 1).
@@ -54,6 +58,17 @@ CERTAINTY = ("definitive", "tentative")
 LOCATION_SOURCES = ("report", "context", "entity")
 QUESTION_TYPES = ("basic", "global", "lesion_inference")
 POLARITY = ("positive", "negative")
+
+
+def canonical_split(name: str) -> str:
+    """The dataset's name of a split: ``validate`` and ``val`` are ``validation``; any other name is unchanged."""
+    return SPLIT_ALIASES.get(name, name)
+
+
+def split_names(split: str) -> tuple[str, ...]:
+    """Every name a split may be stored under, its dataset name first (``validation``, ``validate``, ``val``)."""
+    split = canonical_split(split)
+    return (split, *(alias for alias, name in SPLIT_ALIASES.items() if name == split))
 
 
 class MimicIlsError(Exception):
@@ -100,13 +115,17 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Study:
-    """One radiology study: its report (path relative to the root) and its images. Ids carry no p/s prefix."""
+    """One radiology study: its report (path relative to the root) and its images. Ids carry no p/s prefix.
+    ``split`` is the dataset's name (:func:`canonical_split`: MIMIC-CXR's ``validate`` becomes ``validation``)."""
 
     subject_id: str
     study_id: str
     split: str
     report_path: str
     images: tuple[ImageRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "split", canonical_split(self.split))
 
     @property
     def frontal_images(self) -> tuple[ImageRecord, ...]:

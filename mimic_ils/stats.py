@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mimic_ils.orchestration.ledger import summarize_ledger
-from mimic_ils.orchestration.writer import METADATA
+from mimic_ils.orchestration.writer import METADATA, split_folders
 from mimic_ils.rows import COUNTED_COLUMNS, TALLIED_COLUMNS, LedgerRow, split_counts
-from mimic_ils.schema import LESION_TYPES, POLARITY, QUESTION_TYPES, SPLITS, MimicIlsError
+from mimic_ils.schema import LESION_TYPES, POLARITY, QUESTION_TYPES, MimicIlsError
 
 COLUMNS = tuple((question_type, polarity) for question_type in QUESTION_TYPES for polarity in POLARITY)
 _COLUMN_NAMES = {"basic": "basic", "global": "global", "lesion_inference": "lesion inf."}
@@ -24,12 +24,9 @@ def read_pairs(out: str | Path) -> dict[str, dict[str, list[Any]]]:
     """Per split, the tallied and counted columns of the pairs rows (``{column: values}``; no image decoding)."""
     import pyarrow.parquet as pq
 
-    out = Path(out)
     names = list(dict.fromkeys(TALLIED_COLUMNS + COUNTED_COLUMNS))
-    split_columns = {}
-    for split in SPLITS:
-        if (out / split / METADATA).is_file():
-            split_columns[split] = pq.read_table(out / split / METADATA, columns=names).to_pydict()
+    split_columns = {split: pq.read_table(folder / METADATA, columns=names).to_pydict()
+                     for split, folder in split_folders(out).items()}
     if not split_columns:
         raise MimicIlsError(f"{out} is not a built MIMIC-ILS folder (no <split>/{METADATA})")
     return split_columns

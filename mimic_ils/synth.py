@@ -184,7 +184,8 @@ def _dicom_id(rng: np.random.Generator) -> str:
 
 
 def _assign_splits(rng: np.random.Generator, n_subjects: int) -> list[str]:
-    """Mostly train; when there are at least three subjects every split gets at least one."""
+    """Mostly train; when there are at least three subjects every split gets at least one. The names are those of
+    MIMIC-CXR's split CSV (``validate``; the build names that split ``validation``)."""
     splits = [str(value) for value in rng.choice(["train", "validate", "test"], size=n_subjects, p=[0.8, 0.1, 0.1])]
     if n_subjects >= 3:
         for position, split in zip((-1, -2), ("test", "validate"), strict=True):

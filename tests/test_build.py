@@ -55,7 +55,7 @@ def test_both_configs_load_with_documented_features_after_moving(fake_build, tmp
     monkeypatch.chdir(tmp_path)
     pairs = datasets.load_dataset(str(moved), "pairs")
     images = datasets.load_dataset(str(moved), "images")
-    assert set(pairs) == {"train", "validate", "test"}
+    assert set(pairs) == {"train", "validation", "test"}
     assert pairs["train"].features == pairs_features()
     assert images["train"].features == images_features()
     row = pairs["train"][0]
@@ -68,7 +68,7 @@ def test_both_configs_load_with_documented_features_after_moving(fake_build, tmp
 
 
 def test_images_and_masks_stored_once(fake_build):
-    for split in ("train", "validate", "test"):
+    for split in ("train", "validation", "test"):
         table = pq.read_table(fake_build / split / "metadata.parquet").to_pylist()
         assert len({r["image_file_name"] for r in table}) == len(list((fake_build / split / "images").glob("*.png")))
         masks = {r["mask_file_name"] for r in table if r["mask_file_name"]}
@@ -337,10 +337,10 @@ def test_builder_class_reads_a_built_folder(fake_build, tmp_path, config_name):
     builder.download_and_prepare()
     dataset = builder.as_dataset()
     expected = pairs_features() if config_name == "pairs" else images_features()
-    assert dataset["validate"].features == expected
-    reference = datasets.load_dataset(str(fake_build), config_name, split="validate")
-    assert dataset["validate"]["dicom_id"] == reference["dicom_id"]
-    row = dataset["validate"][0]
+    assert dataset["validation"].features == expected
+    reference = datasets.load_dataset(str(fake_build), config_name, split="validation")
+    assert dataset["validation"]["dicom_id"] == reference["dicom_id"]
+    row = dataset["validation"][0]
     assert row["image"].size == (56, 48)
     assert "mimic-cxr-reports.zip" in builder.manual_download_instructions
 

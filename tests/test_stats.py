@@ -34,7 +34,7 @@ def test_tables_count_pairs_per_lesion_question_type_and_polarity(built):
     assert train["edema"]["global/negative"] == 4
     assert sum(sum(row.values()) for row in train.values()) == stats["counts"]["train"]["pairs"] == 12
     assert set(train) == set(LESION_TYPES) and train["cardiomegaly"]["global/positive"] == 0
-    assert stats["counts"]["train"]["unique_masks"] == 4 and stats["counts"]["validate"]["images"] == 4
+    assert stats["counts"]["train"]["unique_masks"] == 4 and stats["counts"]["validation"]["images"] == 4
     assert stats["ledger"]["fates"]["study:excluded"] == 3
     assert stats["ledger"]["reasons"]["image: qc: view LATERAL is not frontal (PA/AP)"] == 4
     shares = stats["global_negative_share"]
@@ -46,7 +46,7 @@ def test_tables_count_pairs_per_lesion_question_type_and_polarity(built):
 def test_markdown_and_chart(built, tmp_path):
     paths = write_stats(built, tmp_path / "stats")
     text = paths["markdown"].read_text()
-    assert "### Pairs per lesion, question type and polarity — validate" in text
+    assert "### Pairs per lesion, question type and polarity — validation" in text
     assert "| effusion | 4 | 0 | 4 | 0 | 0 | 0 | 8 |" in text
     assert "| study: report: report file is not valid UTF-8 | 1 |" in text
     assert tables_markdown(compute_stats(built)) == text

@@ -42,6 +42,7 @@ from mimic_ils.rows import (
     columns,
     image_pair_columns,
 )
+from mimic_ils.schema import SPLITS, canonical_split, split_names
 
 ROW_GROUP_SIZE = 1_000
 METADATA = "metadata.parquet"
@@ -126,9 +127,22 @@ def write_split(folder: Path, pair_rows: Sequence[PairRow]) -> list[str]:
     return sorted({Path(row.image_file_name).suffix for row in rows})
 
 
-def read_split_pairs(out: str | Path, split: str | None = None) -> list[tuple[Path, list[PairRow]]]:
-    """``(folder, rows)`` per split of a built folder's ``pairs`` config, file names relative to ``folder``; no image
-    decoding."""
+def split_folders(out: str | Path, relative: str = METADATA) -> dict[str, Path]:
+    """``{split: its folder}`` of a built folder, by the dataset's split names in SPLITS order, for the splits that
+    hold ``relative``; a folder built before the rename (``validate/``) is found under ``validation``."""
     out = Path(out)
-    return [(path.parent, [PairRow.from_json(row) for row in pq.read_table(path).to_pylist()])
-            for path in sorted(out.glob(f"{split or '*'}/{METADATA}"))]
+    found = {}
+    for split in SPLITS:
+        folder = next((out / name for name in split_names(split) if (out / name / relative).is_file()), None)
+        if folder is not None:
+            found[split] = folder
+    return found
+
+
+def read_split_pairs(out: str | Path, split: str | None = None) -> list[tuple[Path, list[PairRow]]]:
+    """``(folder, rows)`` per split of a built folder's ``pairs`` config (``split``: that one only; ``validate`` names
+    ``validation``), file names relative to ``folder``; no image decoding."""
+    folders = split_folders(out)
+    chosen = [folders[canonical_split(split)]] if split and canonical_split(split) in folders else []
+    return [(folder, [PairRow.from_json(row) for row in pq.read_table(folder / METADATA).to_pylist()])
+            for folder in (chosen if split else folders.values())]

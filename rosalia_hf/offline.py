@@ -82,7 +82,8 @@ def require_local(value: str | os.PathLike | None, option: str, *, kind: str = "
     """Raise :class:`NotLocalError` (one line naming ``option`` and ``value``) unless ``value`` is an existing local
     path; ``kind`` is ``"folder"``, ``"file"`` or ``"path"`` (either). With ``downloads`` (the user opted in), a value
     that is not a local path is let through for the library to fetch, when the option can be fetched
-    (``fetchable``). None (an option not given) passes."""
+    (``fetchable``), unless it can only be a path (:func:`looks_like_path`: a typo in a local path must not
+    spend a minute retrying the Hub). None (an option not given) passes."""
     if value is None:
         return
     path = Path(value).expanduser()
@@ -90,9 +91,19 @@ def require_local(value: str | os.PathLike | None, option: str, *, kind: str = "
         return
     if path.exists():
         raise NotLocalError(f"{option} {value}: not a {kind}")
+    if looks_like_path(value):  # a hub id is "name" or "owner/name": this one can only be a local path
+        raise NotLocalError(f"{option} {value}: no such {kind}")
     if downloads and fetchable:
         return
     raise NotLocalError(f"{option} {value}: not a local {kind} ({local_hint(downloads)})")
+
+
+def looks_like_path(value: str | os.PathLike) -> bool:
+    """True for what cannot be a hub id (``name`` or ``owner/name``): absolute, ``~``, ``./``, ``../`` and
+    Windows paths, and anything with more than one ``/``."""
+    text = os.fspath(value)
+    return (os.path.isabs(text) or text.startswith(("~", ".")) or "\\" in text or text.count("/") > 1
+            or ".." in text)
 
 
 def local_hint(downloads: bool = False) -> str:

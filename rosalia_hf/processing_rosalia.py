@@ -27,6 +27,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_backends import PilBackend
 from transformers.processing_utils import ProcessorMixin
 
+from rosalia_hf.images import pil_to_array, to_uint8
 from rosalia_hf.mask_geometry import masks_to_original, resize_longest_shape
 from rosalia_hf.tokenization_lisa import (
     IM_END_TOKEN,
@@ -62,31 +63,10 @@ def equalize_histogram(gray: np.ndarray) -> np.ndarray:
 MIN_IMAGE_SIDE = 8  # pixels; below this an image is refused (nothing of a chest X-ray is left to segment)
 
 
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """8-bit pixels from uint8 (unchanged), wider integers or floats (min-max scaled to 0..255, never clipped:
-    a 16-bit X-ray keeps its contrast). Bool, complex and non-finite pixels are refused."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise ValueError(f"images must be integer or float pixels, got dtype {array.dtype}")
-    values = array.astype(np.float64)
-    if values.size and not np.isfinite(values).all():
-        raise ValueError("image has NaN or infinite pixels")
-    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-    if high <= low:
-        return np.zeros(array.shape, np.uint8)
-    return np.round((values - low) / (high - low) * 255.0).astype(np.uint8)
-
-
 def to_rgb_uint8(image) -> np.ndarray:
     """``HxWx3 uint8`` from an ``HxW``/``HxWx1``/``HxWx3`` array (uint8, 16-bit, float: see :func:`to_uint8`) or a
     PIL image (16-bit and float modes scaled the same way, not clipped as ``convert("RGB")`` would)."""
-    if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            image = np.asarray(image)
-        else:
-            return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
+    array = pil_to_array(image) if isinstance(image, Image.Image) else np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):

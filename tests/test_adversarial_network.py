@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -379,3 +380,27 @@ def test_require_local():
         offline.require_local(HUB_ID, "--clip", downloads=True, fetchable=False)
     with pytest.raises(offline.NotLocalError, match="not a folder"):
         offline.require_local(__file__, "--model")
+
+
+@pytest.mark.parametrize("value", ["/no/such/model", "./typo", "../typo", "~/typo_model", "runs/x/merged",
+                                   "C:\\models\\rosalia", "owner/../name"])
+def test_a_missing_local_path_is_refused_even_with_downloads(value):
+    assert offline.looks_like_path(value)
+    with pytest.raises(offline.NotLocalError, match=f"^--model {re.escape(value)}: no such folder$"):
+        offline.require_local(value, "--model", downloads=True)
+
+
+@pytest.mark.parametrize("value", [HUB_ID, "gpt2", "microsoft/rad-dino"])
+def test_hub_ids_do_not_look_like_paths(value):
+    assert not offline.looks_like_path(value)
+
+
+def test_a_missing_model_folder_ends_in_seconds_with_downloads_on(servers, tmp_path):
+    hub = servers()
+    env = _clean_env(hub, tmp_path)
+    missing = tmp_path / "no_such_model"
+    result = _run(["-m", "mimic_ils", "--allow-downloads", "evaluate", "--model", str(missing), "--dataset",
+                   str(tmp_path), "--out", str(tmp_path / "eval")], env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"mimic-ils evaluate: --model {missing}: no such folder"
+    assert hub.requests == []

@@ -1,8 +1,12 @@
-"""The dataset card of a built folder: YAML ``configs:`` (imagefolder with metadata files) + counts + provenance.
+"""The dataset card of a built folder: YAML (``configs:``, license and access gating) + layout, counts, provenance.
 
 Each config lists, per split, its ``metadata.parquet`` and the split's images (``images/*.png``). ``datasets``
 then picks the ``imagefolder`` loader, which turns the ``*_file_name`` columns into ``Image`` features resolved
 relative to the metadata file, so the folder is relocatable and needs no project code.
+
+The card's layout table is made from the writer's names (``writer.METADATA``, ``IMAGES``, ``MASKS``, ...), so what
+it says is where the files are. MIMIC-CXR is credentialed data: the YAML names its licence and, for a folder pushed
+to a gated Hub repository, asks for PhysioNet credentialing and the data use agreement (``extra_gated_*``).
 """
 
 from __future__ import annotations
@@ -12,12 +16,36 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mimic_ils.schema import SPLITS
+from mimic_ils.orchestration.output import MANIFEST
+from mimic_ils.orchestration.writer import BUILD_INFO, CARD, IMAGES, LEDGER, MASKS, METADATA
+from mimic_ils.schema import FRONTAL_VIEWS, LESION_TYPES, SPLITS
 
 # mimic_ils/data/dataset_card_template.md links to builders/mimic_ils/README.md (a real file in an installed wheel)
 TEMPLATE = Path(__file__).resolve().parents[1] / "data" / "dataset_card_template.md"
-CONFIGS = {"pairs": "{split}/metadata.parquet", "images": "{split}/images/metadata.parquet"}
+CONFIGS = {"pairs": f"{{split}}/{METADATA}", "images": f"{{split}}/{IMAGES}/{METADATA}"}
 
+LICENSE_NAME = "physionet-credentialed-health-data-license-1.5.0"
+LICENSE_LINK = "https://physionet.org/content/mimic-cxr/view-license/2.1.0/"
+DUA_LINK = "https://physionet.org/content/mimic-cxr/view-dua/2.1.0/"
+GATING = {
+    "extra_gated_heading": "MIMIC-ILS is derived from MIMIC-CXR: PhysioNet credentialed access only",
+    "extra_gated_prompt": (
+        "MIMIC-ILS holds chest X-rays of MIMIC-CXR (PhysioNet, credentialed access) and annotations derived from "
+        "their reports. You may access it only as a credentialed PhysioNet user who has completed the required "
+        "human-subjects training and signed the MIMIC-CXR data use agreement (PhysioNet Credentialed Health Data "
+        f"Use Agreement 1.5.0, {DUA_LINK}); the data is under the PhysioNet Credentialed Health Data License 1.5.0 "
+        f"({LICENSE_LINK}). Do not share it with anyone who is not credentialed, do not try to identify any "
+        "individual, and do not send it to online services that keep or review what they are sent."
+    ),
+    "extra_gated_fields": {
+        "PhysioNet username": "text",
+        "I am a credentialed PhysioNet user with access to MIMIC-CXR": "checkbox",
+        "I have signed the MIMIC-CXR data use agreement (PhysioNet Credentialed Health Data Use Agreement 1.5.0) "
+        "and will follow it": "checkbox",
+        "I will not share this data with anyone who is not credentialed, nor try to re-identify anyone": "checkbox",
+    },
+    "extra_gated_button_content": "I agree: request access",
+}
 
 def metadata_digest(folder: str | Path) -> str:
     """SHA-256 over every metadata Parquet of a built folder (names and bytes): the content of the build."""
@@ -37,7 +65,7 @@ def configs_yaml(image_suffixes: dict[str, list[str]], digest: str = "") -> list
     entries = []
     for config, metadata in CONFIGS.items():
         data_files = [
-            {"split": split, "path": [metadata.format(split=split)] + [f"{split}/images/*{ext}" for ext in exts]}
+            {"split": split, "path": [metadata.format(split=split)] + [f"{split}/{IMAGES}/*{ext}" for ext in exts]}
             for split in SPLITS if split in image_suffixes for exts in [image_suffixes[split]]
         ]
         entry = {"config_name": config, "data_files": data_files, "drop_labels": True,
@@ -46,6 +74,24 @@ def configs_yaml(image_suffixes: dict[str, list[str]], digest: str = "") -> list
             entry["default"] = True
         entries.append(entry)
     return entries
+
+
+def layout_markdown(image_suffixes: dict[str, list[str]]) -> str:
+    """The card's table of the folder's files, from the names the writer uses (``<split>`` stands for each split)."""
+    exts = sorted({ext for exts in image_suffixes.values() for ext in exts}) or [".png"]
+    rows = [(CARD, "this card")]
+    rows.append((f"<split>/{METADATA}", "`pairs` config: one row per instruction-answer pair; file names relative to "
+                 "`<split>/`"))
+    rows.append((f"<split>/{IMAGES}/{METADATA}", f"`images` config: one row per image with its pairs; file names "
+                 f"relative to `<split>/{IMAGES}/`"))
+    rows += [(f"<split>/{IMAGES}/<dicom_id>{ext}", "each image once, 8-bit greyscale, original DICOM frame"
+              if ext == ".png" else "each image once, as the source file") for ext in exts]
+    rows.append((f"<split>/{MASKS}/<digest>.png", "each unique mask once, 0/255, the image's frame; named by the "
+                 "digest of its pixels"))
+    rows.append((LEDGER, "every study, image and dropped finding of the source with its fate and reason"))
+    rows.append((BUILD_INFO, "the build config, provenance, counts and ledger summary"))
+    rows.append((MANIFEST, "size and sha256 of every file (what `mimic-ils build` may replace)"))
+    return "\n".join(["| path | what it holds |", "|---|---|", *(f"| `{path}` | {what} |" for path, what in rows)])
 
 
 def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
@@ -68,7 +114,8 @@ def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], 
     card_data = DatasetCardData(
         pretty_name="MIMIC-ILS",
         license="other",
-        license_name="physionet-credentialed-health-data-1.5.0",
+        license_name=LICENSE_NAME,
+        license_link=LICENSE_LINK,
         language=["en"],
         annotations_creators=["machine-generated"],
         language_creators=["expert-generated"],
@@ -78,11 +125,15 @@ def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], 
         tags=["medical", "chest-x-ray", "instruction-guided-segmentation", "mimic-cxr"],
         configs=configs_yaml(files, metadata_digest(folder)),
         dataset_info=_features_yaml(),
+        **GATING,
     )
     template = TEMPLATE if TEMPLATE.exists() else None
     card = DatasetCard.from_template(
         card_data, template_path=str(template) if template else None, folder_hint="path/to/this/folder",
         counts_table=counts_markdown(counts), provenance=_provenance_markdown(info),
+        layout=layout_markdown(files), splits=", ".join(split for split in SPLITS if split in files),
+        lesion_types=", ".join(LESION_TYPES), views=" and ".join(FRONTAL_VIEWS), license_link=LICENSE_LINK,
+        dua_link=DUA_LINK,
     )
     return str(card)
 

@@ -26,13 +26,20 @@ from mimic_ils.files import atomic_write_bytes, encode_png
 from mimic_ils.orchestration.card import render_card
 from mimic_ils.orchestration.ledger import summarize_ledger
 from mimic_ils.orchestration.output import finish_output, new_partial
-from mimic_ils.orchestration.writer import LEDGER_SCHEMA, place_file, split_relative, write_parquet, write_split
+from mimic_ils.orchestration.writer import (
+    BUILD_INFO,
+    CARD,
+    LEDGER,
+    LEDGER_SCHEMA,
+    place_file,
+    split_relative,
+    write_parquet,
+    write_split,
+)
 from mimic_ils.rows import COUNTED_COLUMNS, LedgerRow, PairRow, column_values, split_counts
 from mimic_ils.schema import MimicIlsError
 
-BUILD_INFO = "build_info.json"
-LEDGER = "ledger.parquet"
-CARD = "README.md"
+__all__ = ["BUILD_INFO", "CARD", "LEDGER", "DatasetFolder"]
 
 
 class DatasetFolder:

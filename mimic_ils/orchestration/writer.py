@@ -45,7 +45,13 @@ from mimic_ils.rows import (
 from mimic_ils.schema import SPLITS, canonical_split, split_names
 
 ROW_GROUP_SIZE = 1_000
-METADATA = "metadata.parquet"
+# The layout of a built folder (the card describes it from these names)
+METADATA = "metadata.parquet"  # a config's metadata file: <split>/ (pairs), <split>/images/ (images)
+IMAGES = "images"  # under <split>/: the images and the images config's metadata
+MASKS = f"{IMAGES}/masks"  # under <split>/: one PNG per unique mask
+CARD = "README.md"
+LEDGER = "ledger.parquet"
+BUILD_INFO = "build_info.json"
 _ARROW_TYPES = {STRING: pa.string(), STRINGS: pa.list_(pa.string()), FILE: pa.string()}
 
 
@@ -81,7 +87,7 @@ def write_parquet(rows: Sequence[PairRow | ImageRow | LedgerRow], schema: pa.Sch
 
 def split_relative(name: str) -> str:
     """Where a work-folder file (``images/<id>.png``, ``masks/<digest>.png``) lives under the split folder."""
-    return f"images/{name}" if name.startswith("masks/") else name
+    return f"{IMAGES}/{name}" if name.startswith("masks/") else name
 
 
 def pair_sort_key(row: PairRow) -> tuple[str, str, str]:
@@ -101,7 +107,7 @@ def image_rows(pair_rows: Sequence[PairRow]) -> list[ImageRow]:
 
 
 def _under_images(name: str) -> str:
-    return name[len("images/"):]
+    return name[len(IMAGES) + 1:]
 
 
 def place_file(source: Path, destination: Path) -> None:
@@ -123,7 +129,7 @@ def write_split(folder: Path, pair_rows: Sequence[PairRow]) -> list[str]:
         key=pair_sort_key,
     )
     write_parquet(rows, PAIRS_SCHEMA, folder / METADATA)
-    write_parquet(image_rows(rows), IMAGES_SCHEMA, folder / "images" / METADATA)
+    write_parquet(image_rows(rows), IMAGES_SCHEMA, folder / IMAGES / METADATA)
     return sorted({Path(row.image_file_name).suffix for row in rows})
 
 

@@ -6,11 +6,13 @@ Reads only the Parquet files of a built folder (no image decoding), so it runs i
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from mimic_ils.files import atomic_write_bytes
 from mimic_ils.orchestration.ledger import summarize_ledger
 from mimic_ils.orchestration.writer import METADATA, split_folders
 from mimic_ils.rows import COUNTED_COLUMNS, TALLIED_COLUMNS, LedgerRow, split_counts
@@ -127,19 +129,18 @@ def plot_pairs_per_lesion(stats: dict[str, Any], path: str | Path) -> Path:
     axis.tick_params(axis="x", labelrotation=20)
     axis.set_ylim(0, max(bottom.max() * 1.25, 1))
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
-    return path
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
 
 
 def write_stats(out: str | Path, dest: str | Path | None = None) -> dict[str, Path]:
     """Write ``stats.json``, ``stats.md`` and ``pairs_per_lesion.png`` into ``dest`` (default ``OUT/stats``)."""
     stats = compute_stats(out)
     dest = Path(dest) if dest else Path(out) / "stats"
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    (dest / "stats.md").write_text(tables_markdown(stats))
+    atomic_write_bytes(dest / "stats.json", (json.dumps(stats, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(dest / "stats.md", tables_markdown(stats).encode("utf-8"))
     return {"json": dest / "stats.json", "markdown": dest / "stats.md",
             "figure": plot_pairs_per_lesion(stats, dest / "pairs_per_lesion.png")}

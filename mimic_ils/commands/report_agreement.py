@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
     result = compare(files, rules_backend(), llm_backend(args))
     print(format_result(result, args.max_examples))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        from mimic_ils.files import atomic_write_bytes
+
+        atomic_write_bytes(args.json, (json.dumps(result, indent=2) + "\n").encode("utf-8"))
     return 1 if result["failed"] else 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mimic_ils.files import current_umask
 from mimic_ils.rows import (
     FILE,
     PAIRS,
@@ -111,14 +113,18 @@ def _under_images(name: str) -> str:
 
 
 def place_file(source: Path, destination: Path) -> None:
-    """Hard-link (same bytes, no copy) when the file system allows it, else copy."""
+    """Hard-link (same bytes, no copy) when the file system allows it and the source has the mode a new file gets
+    (0666 less the umask; a link shares its mode, and the output must be as readable as the umask says), else copy."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     if destination.exists():
         return
-    try:
-        os.link(source, destination)
-    except OSError:
-        shutil.copyfile(source, destination)
+    if stat.S_IMODE(source.stat().st_mode) == 0o666 & ~current_umask():
+        try:
+            os.link(source, destination)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, destination)
 
 
 def write_split(folder: Path, pair_rows: Sequence[PairRow]) -> list[str]:

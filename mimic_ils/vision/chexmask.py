@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from skimage.transform import resize
 
+from mimic_ils.files import atomic_write_bytes
 from mimic_ils.schema import BackendError
 from mimic_ils.vision import base
 
@@ -122,8 +123,8 @@ class CheXmaskIndex:
 
     def _write_cache(self, offsets: dict[str, int]) -> None:
         try:
-            self.cache.parent.mkdir(parents=True, exist_ok=True)
-            self.cache.write_text(json.dumps({"csv": str(self.path), "stamp": self._stamp(), "offsets": offsets}))
+            atomic_write_bytes(self.cache, json.dumps({"csv": str(self.path), "stamp": self._stamp(),
+                                                       "offsets": offsets}).encode())
         except OSError as error:
             logger.warning("could not write the CheXmask index cache %s: %s", self.cache, error)
 

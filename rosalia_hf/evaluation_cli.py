@@ -77,22 +77,14 @@ def load_pairs(folder: str | Path, split: str, limit: int | None = None):
 
 
 def load_model(model_path: str, processor_path: str | None, device: str | None, dtype: str):
-    """``(model, processor)`` from local folders, on ``device``, in eval mode."""
-    import torch
+    """``(model, processor)`` from local folders, on ``device``, in eval mode; one :class:`EvaluationError` line
+    for a folder that is not a ROSALIA model or cannot be loaded."""
+    from rosalia_hf.predictor import load_model_and_processor
 
-    from rosalia_hf.modeling_rosalia import RosaliaForSegmentation
-    from rosalia_hf.processing_rosalia import RosaliaProcessor
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    source = model_path
     try:
-        model = RosaliaForSegmentation.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
-        source = processor_path or model_path
-        processor = RosaliaProcessor.from_pretrained(source)
-    except OSError as error:  # a folder without the files, or (downloads allowed) a hub id that cannot be fetched
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise EvaluationError(f"cannot load {source}: {reason}") from None
-    return model, processor
+        return load_model_and_processor(model_path, processor_path, device, dtype)
+    except RosaliaError as error:
+        raise EvaluationError(str(error)) from None
 
 
 def check_inputs(args: argparse.Namespace) -> None:

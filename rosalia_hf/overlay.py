@@ -32,6 +32,11 @@ def as_gray(image: np.ndarray) -> np.ndarray:
     return array
 
 
+def printable(text: str) -> str:
+    """``text`` with control and unprintable characters (an untrained model's answer has them) shown as "?"."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text.replace("\ufffd", "?"))
+
+
 def render_overlay(image: np.ndarray, mask: np.ndarray | None, *, instruction: str = "", answer: str = "",
                    footer: str = "", side_markers: bool = True) -> np.ndarray:
     """The image in grey with ``mask`` (``HxW`` bool, the image's frame; ``None`` or all False for none) in red.
@@ -47,8 +52,8 @@ def render_overlay(image: np.ndarray, mask: np.ndarray | None, *, instruction: s
     height, width = gray.shape
     if mask is not None and np.asarray(mask).shape != gray.shape:
         raise ValueError(f"mask is {np.asarray(mask).shape}, image is {gray.shape}: masks are in the image's frame")
-    title = textwrap.wrap(f"Q: {instruction}", WRAP) if instruction else []
-    title += textwrap.wrap(f"A: {answer}", WRAP) if answer else []
+    title = textwrap.wrap(f"Q: {printable(instruction)}", WRAP) if instruction else []
+    title += textwrap.wrap(f"A: {printable(answer)}", WRAP) if answer else []
     text_inches = 0.17 * len(title) + (0.25 if footer else 0.0) + 0.15
     image_inches = WIDTH_INCHES * height / width
     figure = Figure(figsize=(WIDTH_INCHES, image_inches + text_inches), dpi=DPI)
@@ -72,11 +77,11 @@ def render_overlay(image: np.ndarray, mask: np.ndarray | None, *, instruction: s
         figure.text(0.015, 1.0 - 0.06 / (image_inches + text_inches), "\n".join(title), ha="left", va="top",
                     fontsize=8.5, family="DejaVu Sans")
     if footer:
-        figure.text(0.015, 0.08 / (image_inches + text_inches), footer, ha="left", va="bottom", fontsize=7,
+        figure.text(0.015, 0.08 / (image_inches + text_inches), printable(footer), ha="left", va="bottom", fontsize=7,
                     color="#444444")
     figure.canvas.draw()
     rgba = np.asarray(figure.canvas.buffer_rgba())
     return np.ascontiguousarray(rgba[..., :3])
 
 
-__all__ = ["render_overlay", "as_gray"]
+__all__ = ["render_overlay", "as_gray", "printable"]

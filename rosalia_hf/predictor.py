@@ -14,11 +14,16 @@ ordinary trained tokens in LISA checkpoints and are not suppressed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+from rosalia_hf.errors import NotAModelError, RosaliaError
+from rosalia_hf.images import as_image_array
 
 if TYPE_CHECKING:  # annotations only: the predictor works with any model and processor of this interface
     from PIL import Image
@@ -39,6 +44,7 @@ def run_predict(model: RosaliaForSegmentation, processor: RosaliaProcessor, imag
         raise ValueError(f"{len(instructions)} instructions for {len(images)} images: pass image_index")
     if dtype is not None:
         model = model.to(dtype)
+    images = [as_image_array(image) for image in images]
     answers = [processor.seg_token] * len(instructions) if segment_only else None
     batch = processor(images, instructions, answers=answers, image_index=image_index, add_eos=False,
                       padding_side="left")
@@ -125,12 +131,76 @@ def _collect(batch, out, answers: list[list[int]], texts: list[str]) -> list[dic
     return results
 
 
+def check_model_folder(path: str | Path) -> None:
+    """One :class:`NotAModelError` line unless ``path`` is a folder holding a saved ROSALIA model (its
+    ``config.json`` says ``"model_type": "rosalia"`` and a weight file is beside it)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise NotAModelError(f"{folder}: no such folder")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise NotAModelError(f"{folder}: not a ROSALIA model folder (no config.json)")
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        raise NotAModelError(f"{config}: not a JSON model config") from None
+    if model_type != "rosalia":
+        hint = " (a LISA/ROSALIA training checkpoint converts with python -m rosalia_hf.convert_lisa)" \
+            if model_type in ("llava", "llama", "LISA") else ""
+        raise NotAModelError(f"{folder}: a {model_type or 'untyped'} model, not ROSALIA{hint}")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise NotAModelError(f"{folder}: ROSALIA config but no weights (*.safetensors)")
+
+
+def load_model_and_processor(model_path: str | Path, processor_path: str | Path | None = None,
+                             device: str | None = None, dtype: str | torch.dtype = "float32"):
+    """``(model, processor)`` from local folders, on ``device`` (default cuda when there is one), in eval mode.
+    A folder that is not a ROSALIA model, or that cannot be loaded, is one :class:`RosaliaError` line."""
+    from rosalia_hf.modeling_rosalia import RosaliaForSegmentation
+    from rosalia_hf.processing_rosalia import RosaliaProcessor
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if Path(model_path).exists():
+        check_model_folder(model_path)
+    source = model_path
+    try:
+        model = RosaliaForSegmentation.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        source = processor_path or model_path
+        processor = RosaliaProcessor.from_pretrained(source)
+    except OSError as error:  # a folder without the files, or (downloads allowed) a hub id that cannot be fetched
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RosaliaError(f"cannot load {source}: {reason}") from None
+    return model, processor
+
+
 class RosaliaPredictor:
     """``predict`` over a ``RosaliaForSegmentation`` and its ``RosaliaProcessor``; holds references, no weights."""
 
     def __init__(self, model: RosaliaForSegmentation, processor: RosaliaProcessor) -> None:
         self.model = model
         self.processor = processor
+
+    @classmethod
+    def from_pretrained(cls, model_path: str | Path, processor_path: str | Path | None = None, *,
+                        device: str | None = None, dtype: str | torch.dtype = "float32") -> RosaliaPredictor:
+        """A predictor over :func:`load_model_and_processor` (local folders; ``device`` default cuda if any)."""
+        return cls(*load_model_and_processor(model_path, processor_path, device, dtype))
+
+    def instruction_problem(self, instruction: str, segment_only: bool = False) -> str | None:
+        """Why ``instruction`` cannot be run (empty, or too long for the model's context with the image and an
+        answer), as one line; None when it can."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            return "empty instruction"
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        if not limit:
+            return None
+        answer = self.processor.seg_token if segment_only else None
+        length = len(self.processor.encode_conversation(instruction, answer, add_eos=False)[0])
+        if length > limit - (0 if segment_only else 1):  # with segment_only the [SEG] answer is in it
+            return (f"instruction of {len(instruction)} characters is {length} tokens with the image; the model "
+                    f"takes at most {limit}: shorten it")
+        return None
 
     @torch.no_grad()
     def predict(self, images: Sequence[np.ndarray | Image.Image], instructions: Sequence[str], *,
@@ -139,7 +209,9 @@ class RosaliaPredictor:
                 dtype: torch.dtype | None = None, generate_kwargs: dict | None = None) -> list[dict]:
         """Segments ``images[image_index[i]]`` according to ``instructions[i]``.
 
-        ``images``: ``HxW`` or ``HxWx3`` uint8 arrays (or PIL images); one per instruction, or unique images with
+        ``images``: ``HxW`` or ``HxWx3`` arrays of any integer or float dtype (wide ones min-max scaled), PIL images
+        of any mode, or file paths (DICOM, PNG/JPEG/TIFF: :func:`rosalia_hf.images.read_image`); one per
+        instruction, or unique images with
         ``image_index`` naming each instruction's image (the image towers then run once per image). Returns, per
         instruction, ``{"mask": HxW bool, "masks": [HxW bool, ...], "mask_logits": [HxW float, ...], "text": str,
         "answer_ids": [int, ...], "empty": bool}``, masks in the original frame. ``masks`` holds one mask per
@@ -154,4 +226,5 @@ class RosaliaPredictor:
                            generate_kwargs=generate_kwargs)
 
 
-__all__ = ["RosaliaPredictor", "run_predict", "predict_batch", "DEFAULT_MAX_NEW_TOKENS"]
+__all__ = ["RosaliaPredictor", "run_predict", "predict_batch", "load_model_and_processor", "check_model_folder",
+           "DEFAULT_MAX_NEW_TOKENS"]

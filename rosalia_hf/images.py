@@ -46,10 +46,10 @@ def pil_to_array(image) -> np.ndarray:
     if image.mode in WIDE_MODES:
         return to_uint8(np.asarray(image))
     if image.mode in ("L", "RGB"):
-        return np.asarray(image)
+        return np.array(image)  # a writable copy (torch warns on read-only arrays)
     if image.mode in ("1", "LA", "La"):
-        return np.asarray(image.convert("L"))
-    return np.asarray(image.convert("RGB"))  # P, RGBA, CMYK, YCbCr, ...
+        return np.array(image.convert("L"))
+    return np.array(image.convert("RGB"))  # P, RGBA, CMYK, YCbCr, ...
 
 
 def is_dicom(path: Path) -> bool:

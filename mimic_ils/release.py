@@ -37,6 +37,7 @@ from mimic_ils.orchestration.folder import DatasetFolder
 from mimic_ils.orchestration.output import check_out_folder, hold_lock, out_lock_path
 from mimic_ils.orchestration.templates import parse_pair
 from mimic_ils.orchestration.workdir import mask_digest
+from mimic_ils.progress import progress
 from mimic_ils.rows import LedgerRow, PairRow
 from mimic_ils.schema import LESION_TYPES, SPLIT_ALIASES, SPLITS, MimicIlsError, canonical_split
 
@@ -118,27 +119,34 @@ def check_image(path: Path, image_path: str) -> None:
         raise MimicIlsError(f"image {image_path} does not decode as an image ({error}); refused") from None
 
 
-def import_release(release: str | Path, images: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write the release as a built folder at ``out`` (same features as ``mimic-ils build``); returns build info."""
+def import_release(release: str | Path, images: str | Path, out: str | Path, *,
+                   show_progress: bool = False) -> dict[str, Any]:
+    """Write the release as a built folder at ``out`` (same features as ``mimic-ils build``); returns build info.
+    ``show_progress``: progress of the items read and the files placed (:mod:`mimic_ils.progress`)."""
     release, images, out = Path(release), Path(images), Path(out)
     trusted = check_out_folder(out)
     with contextlib.ExitStack() as locks:
         locks.enter_context(hold_lock(out_lock_path(out), f"--out {out}"))
-        return _import(release, images, out, trusted)
+        return _import(release, images, out, trusted, show_progress)
 
 
-def _import(release: Path, images: Path, out: Path, trusted: set) -> dict[str, Any]:
+def _import(release: Path, images: Path, out: Path, trusted: set, show_progress: bool = False) -> dict[str, Any]:
     splits = load_release(release)
-    folder = DatasetFolder.begin(out, trusted)
+    folder = DatasetFolder.begin(out, trusted, show_progress=show_progress, name="import-release")
     ledger: list[LedgerRow] = []
-    for split in SPLITS:
-        rows, sources = [], {}
-        for item in splits.get(split, []):
-            item_rows, item_ledger, source = _import_item(item, split, release, images, folder)
-            rows += item_rows
-            ledger += item_ledger
-            if item_rows:
-                sources.setdefault(item_rows[0].image_file_name, source)  # the first item of an image wins
+    split_rows: dict[str, tuple[list[PairRow], dict[str, Path]]] = {}
+    total = sum(len(splits.get(split, [])) for split in SPLITS)
+    with progress("import-release", total, "items", enabled=show_progress) as bar:
+        for split in SPLITS:
+            rows, sources = split_rows.setdefault(split, ([], {}))
+            for item in splits.get(split, []):
+                item_rows, item_ledger, source = _import_item(item, split, release, images, folder)
+                rows += item_rows
+                ledger += item_ledger
+                if item_rows:
+                    sources.setdefault(item_rows[0].image_file_name, source)  # the first item of an image wins
+                bar.update()
+    for split, (rows, sources) in split_rows.items():
         if rows:
             folder.add_split(split, rows, files=sources)
     if not folder.counts:

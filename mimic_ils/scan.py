@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mimic_ils.dicom import check_dicom
 from mimic_ils.ingest import load_index, read_report
+from mimic_ils.progress import progress
 from mimic_ils.schema import SPLITS, DicomReadError, ReportError, Study
 
 
@@ -104,19 +105,22 @@ def _orphans(root: Path, known_images: set[str], known_reports: set[str]) -> lis
     return sorted(problems, key=lambda problem: problem.path)
 
 
-def scan_cohort(root: str | Path) -> ScanSummary:
-    """Scan a MIMIC-CXR root (raises :class:`~mimic_ils.schema.CohortError` when it is not one)."""
+def scan_cohort(root: str | Path, *, show_progress: bool = False) -> ScanSummary:
+    """Scan a MIMIC-CXR root (raises :class:`~mimic_ils.schema.CohortError` when it is not one); ``show_progress``:
+    progress of the studies scanned (:mod:`mimic_ils.progress`)."""
     index = load_index(root)
     base = index.cohort.root
     summary = ScanSummary(root=str(root), splits={split: 0 for split in SPLITS})
     summary.problems += [Problem(problem.path, problem.reason) for problem in index.problems]
-    for study in index.studies:
-        summary.studies += 1
-        summary.images += len(study.images)
-        summary.frontal_images += len(study.frontal_images)
-        if study.split in summary.splits:
-            summary.splits[study.split] += 1
-        _scan_study(base, study, summary)
+    with progress("scan", len(index.studies), "studies", enabled=show_progress) as bar:
+        for study in index.studies:
+            summary.studies += 1
+            summary.images += len(study.images)
+            summary.frontal_images += len(study.frontal_images)
+            if study.split in summary.splits:
+                summary.splits[study.split] += 1
+            _scan_study(base, study, summary)
+            bar.update()
     known_images = {image.path for study in index.studies for image in study.images}
     known_reports = {study.report_path for study in index.studies}
     summary.problems += _orphans(base, known_images, known_reports)

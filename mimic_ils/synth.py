@@ -40,6 +40,7 @@ import multiprocessing
 import os
 import textwrap
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from mimic_ils import phantom_render
+from mimic_ils.progress import progress
 from mimic_ils.schema import LESION_TYPES, CohortError
 from mimic_ils.synth_phrases import (
     COMPARISON_OPENERS,
@@ -462,19 +464,21 @@ def _write_csv_gz(path: Path, columns: tuple[str, ...], rows: list[tuple]) -> No
 # -------------------------------------------------------------------------------------------------- generation
 
 
-def generate_cohort(out: str | Path, n_studies: int, seed: int, *, workers: int | None = None) -> Path:
+def generate_cohort(out: str | Path, n_studies: int, seed: int, *, workers: int | None = None,
+                    show_progress: bool = False) -> Path:
     """Write a synthetic MIMIC-CXR-shaped cohort of ``n_studies`` studies under ``out`` and return its path.
 
     ``out`` must be missing or empty (a fresh cohort, so the files are exactly a function of ``seed``).
     ``workers`` processes render the studies (default: up to 2 CPUs for 16 studies or more); the bytes written do
-    not depend on it.
+    not depend on it. ``show_progress``: progress of the studies written (:mod:`mimic_ils.progress`).
     """
     root = Path(out)
     if root.exists() and any(root.iterdir()):
         raise CohortError(f"{root} is not empty; synth writes a fresh cohort into a new or empty folder")
     (root / SIDECAR_DIR).mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(n_studies, seed)
-    _write_studies(root, plans, seed, workers)
+    with progress("synth", len(plans), "studies", enabled=show_progress) as bar:
+        _write_studies(root, plans, seed, workers, bar.update)
     truth_lines, metadata, split_rows = [], [], []
     for plan in plans:
         truth_lines.append(json.dumps(_truth_record(plan)))
@@ -489,16 +493,20 @@ def generate_cohort(out: str | Path, n_studies: int, seed: int, *, workers: int 
     return root
 
 
-def _write_studies(root: Path, plans: list[StudyPlan], seed: int, workers: int | None) -> None:
+def _write_studies(root: Path, plans: list[StudyPlan], seed: int, workers: int | None,
+                   done: Callable[[], None]) -> None:
+    """Write every study (``done()`` after each, in order)."""
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if len(plans) >= 16 else 1
     if workers <= 1:
         for plan in plans:
             _write_study(root, plan, seed)
+            done()
         return
     context = multiprocessing.get_context("spawn")  # no fork: the caller may hold threads (torch, pytest plugins)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        list(pool.map(_write_study, [root] * len(plans), plans, [seed] * len(plans), chunksize=4))
+        for _ in pool.map(_write_study, [root] * len(plans), plans, [seed] * len(plans), chunksize=4):
+            done()
 
 
 def _write_study(root: Path, plan: StudyPlan, seed: int) -> None:

@@ -20,7 +20,7 @@ PACKAGES = ("mimic_ils", "rosalia_hf")
 MIMIC_LAYERS = (
     ("model half", ("rosalia_hf.*",)),
     ("vocabulary and files", ("mimic_ils", "mimic_ils.schema", "mimic_ils.files", "mimic_ils.rows",
-                              "mimic_ils.features", "mimic_ils.synth_phrases")),
+                              "mimic_ils.features", "mimic_ils.synth_phrases", "mimic_ils.progress")),
     ("inputs", ("mimic_ils.dicom", "mimic_ils.ingest", "mimic_ils.scan", "mimic_ils.phantom_render",
                 "mimic_ils.synth")),
     ("report stage", ("mimic_ils.report.*",)),

@@ -32,11 +32,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mimic_ils.orchestration import BuildConfig, build
+    from mimic_ils.commands import require_path
     from mimic_ils.schema import MimicIlsError
 
+    require_path(args.mimic_root, "--mimic-root")
+    require_path(args.config, "--config", "file")
+    if args.backends not in (None, "phantom", "real"):
+        require_path(args.backends, "--backends", "file")
     if args.limit is not None and args.limit < 1:
         raise MimicIlsError("--limit must be at least 1")
+    from mimic_ils.orchestration import BuildConfig, build
+
     config = BuildConfig.from_yaml(args.config) if args.config else BuildConfig()
     config = config.with_backends(args.backends)
     merge_only = args.merge and not args.shard

@@ -61,15 +61,20 @@ def frontal_images(root: str, limit: int | None) -> list:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mimic_ils.commands import require_path
     from mimic_ils.schema import MimicIlsError
     from mimic_ils.vision import runner
 
+    require_path(args.mimic_root, "--mimic-root")
+    if args.backends not in ("phantom", "real"):
+        require_path(args.backends, "--backends", "file")
+    require_path(args.weights_dir, "--weights-dir")
     if args.limit is not None and args.limit < 1:
         raise MimicIlsError("--limit must be at least 1")
     config = vision_config(args.backends, args.weights_dir, args.device, args.batch_size)
     images = frontal_images(args.mimic_root, args.limit)
     out = Path(args.out)
-    statuses = runner.run_cues(args.mimic_root, images, out, config)
+    statuses = runner.run_cues(args.mimic_root, images, out, config, show_progress=True)
     failed = 0
     for dicom_id, status in statuses:
         if status in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS):

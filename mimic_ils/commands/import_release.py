@@ -19,9 +19,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mimic_ils.commands import require_path
     from mimic_ils.release import import_release
 
-    info = import_release(args.release, args.images, args.out)
+    require_path(args.release, "--release")
+    require_path(args.images, "--images")
+
+    info = import_release(args.release, args.images, args.out, show_progress=True)
     for split, counts in info["counts"].items():
         print(f"{split}: {counts['pairs']} pairs, {counts['images']} images, {counts['masks']} unique masks")
     for reason, count in info["ledger"]["reasons"].items():

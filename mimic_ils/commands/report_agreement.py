@@ -61,8 +61,15 @@ def _sentence(sentences: list[str], index: int) -> str:
     return sentences[index - 1] if 1 <= index <= len(sentences) else ""
 
 
-def compare(files: list[Path], rules: Any, llm: Any) -> dict[str, Any]:
+def compare(files: list[Path], rules: Any, llm: Any, *, show_progress: bool = False) -> dict[str, Any]:
     """Structure every file with both backends and sum up their agreement (the JSON result of the command)."""
+    from mimic_ils.progress import progress
+
+    with progress("report-agreement", len(files), "reports", enabled=show_progress) as bar:
+        return _compare(files, rules, llm, bar.update)
+
+
+def _compare(files: list[Path], rules: Any, llm: Any, done: Any) -> dict[str, Any]:
     from mimic_ils.report import choose_section, read_report_file, split_sentences
     from mimic_ils.report.agreement import Agreement, disagreements, match_findings
     from mimic_ils.schema import ReportError
@@ -80,6 +87,7 @@ def compare(files: list[Path], rules: Any, llm: Any) -> dict[str, Any]:
             by_llm = llm.structure(section)
         except ReportError as error:
             failures.append({"file": name, "backend": stage, "error": str(error)})
+            done()
             continue
         matching = match_findings(by_rules, by_llm)
         total.add(matching)
@@ -91,6 +99,7 @@ def compare(files: list[Path], rules: Any, llm: Any) -> dict[str, Any]:
         reports.append({"file": name, "study_id": study_id, "section": {"name": section.name, "text": section.text},
                         "rules": [finding_json(f) for f in by_rules], "llm": [finding_json(f) for f in by_llm],
                         "matched": len(matching.pairs)})
+        done()
     return {"files": len(files), "compared": len(reports), "failed": len(failures), "matched": total.matched,
             "only_rules": total.only_a, "only_llm": total.only_b, "agreement": total.as_json(),
             "disagreements": differing, "failures": failures, "reports": reports}
@@ -133,8 +142,13 @@ def rules_backend() -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mimic_ils.commands import require_path
+
+    if len(args.inputs) == 1:
+        require_path(args.inputs[0], "PATH", "path")  # among several, a missing file is a failed report
+    require_path(args.llm_model, "--llm-model")
     files = report_files(args.inputs)
-    result = compare(files, rules_backend(), llm_backend(args))
+    result = compare(files, rules_backend(), llm_backend(args), show_progress=True)
     print(format_result(result, args.max_examples))
     if args.json:
         from mimic_ils.files import atomic_write_bytes

@@ -19,8 +19,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mimic_ils.commands import require_path
     from mimic_ils.scan import scan_cohort
 
-    summary = scan_cohort(args.root)
+    require_path(args.root, "ROOT")
+
+    summary = scan_cohort(args.root, show_progress=True)
     print(json.dumps(summary.to_json()) if args.json else summary.format())
     return 0

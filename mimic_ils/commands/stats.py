@@ -14,7 +14,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mimic_ils.commands import require_path
     from mimic_ils.stats import write_stats
+
+    require_path(args.out, "OUT")
 
     paths = write_stats(args.out, args.dest)
     print(paths["markdown"].read_text(), end="")

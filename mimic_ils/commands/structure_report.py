@@ -59,15 +59,18 @@ def llm_backend(args: argparse.Namespace) -> Any:
                        mapping=args.llm_mapping)
 
 
-def _backend(args: argparse.Namespace) -> Any:
-    from mimic_ils.report import get_backend
+def _check_options(args: argparse.Namespace) -> None:
     from mimic_ils.schema import BackendError
 
-    if args.backend == "rules":
-        if args.llm_model or args.llm_url:
-            raise BackendError("--llm-model / --llm-url need --backend llm")
-        return get_backend("rules")
-    return llm_backend(args)
+    if args.backend == "rules" and (args.llm_model or args.llm_url):
+        raise BackendError("--llm-model / --llm-url need --backend llm")
+
+
+def _backend(args: argparse.Namespace) -> Any:
+    from mimic_ils.report import get_backend
+
+    _check_options(args)
+    return get_backend("rules") if args.backend == "rules" else llm_backend(args)
 
 
 def study_id_of(name: str, given: str | None = None) -> str | None:
@@ -108,18 +111,27 @@ def structure_one(name: str, backend: Any, study_id: str | None = None) -> dict[
 
 
 def run(args: argparse.Namespace) -> int:
+    from mimic_ils.commands import require_path
     from mimic_ils.schema import ReportError
 
+    _check_options(args)
+    if len(args.files) == 1 and args.files[0] != "-":
+        require_path(args.files[0], "FILE", "file")  # in a batch, a missing file is its error line
+    require_path(args.llm_model, "--llm-model")
     backend = _backend(args)
     if len(args.files) == 1:
         print(json.dumps(structure_one(args.files[0], backend, args.study_id), indent=2))
         return 0
+    from mimic_ils.progress import progress
+
     failed = 0
-    for name in args.files:
-        try:
-            record = {"file": name, **structure_one(name, backend)}
-        except ReportError as error:
-            record, failed = {"file": name, "error": str(error)}, failed + 1
-        print(json.dumps(record), flush=False)
+    with progress("structure-report", len(args.files), "reports") as bar:
+        for name in args.files:
+            try:
+                record = {"file": name, **structure_one(name, backend)}
+            except ReportError as error:
+                record, failed = {"file": name, "error": str(error)}, failed + 1
+            print(json.dumps(record), flush=False)
+            bar.update()
     sys.stdout.flush()
     return 1 if failed else 0

@@ -24,6 +24,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.studies < 1:
         raise SystemExit("mimic-ils synth: --studies must be at least 1")
-    root = generate_cohort(args.out, args.studies, args.seed, workers=args.workers)
+    root = generate_cohort(args.out, args.studies, args.seed, workers=args.workers, show_progress=True)
     print(f"wrote {args.studies} synthetic studies (seed {args.seed}) to {root}")
     return 0

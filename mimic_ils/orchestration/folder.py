@@ -36,6 +36,7 @@ from mimic_ils.orchestration.writer import (
     write_parquet,
     write_split,
 )
+from mimic_ils.progress import progress
 from mimic_ils.rows import COUNTED_COLUMNS, LedgerRow, PairRow, column_values, split_counts
 from mimic_ils.schema import MimicIlsError
 
@@ -45,20 +46,25 @@ __all__ = ["BUILD_INFO", "CARD", "LEDGER", "DatasetFolder"]
 class DatasetFolder:
     """An output folder being written: ``begin`` → ``add_split``… → ``add_ledger`` → ``finish``."""
 
-    def __init__(self, out: Path, partial: Path, trusted: set[tuple[int, int]]) -> None:
+    def __init__(self, out: Path, partial: Path, trusted: set[tuple[int, int]], *, show_progress: bool = False,
+                 name: str = "write") -> None:
         self.out = out
         self.partial = partial
         self.trusted = trusted
+        self.show_progress = show_progress
+        self.name = name
         self.image_suffixes: dict[str, list[str]] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.ledger: list[LedgerRow] | None = None
 
     @classmethod
-    def begin(cls, out: str | Path, trusted: set[tuple[int, int]] | None = None) -> DatasetFolder:
+    def begin(cls, out: str | Path, trusted: set[tuple[int, int]] | None = None, *, show_progress: bool = False,
+              name: str = "write") -> DatasetFolder:
         """Start writing ``out`` in an empty partial folder beside it. ``trusted``: the files
-        :func:`~mimic_ils.orchestration.output.check_out_folder` accepted when the caller checked ``out``."""
+        :func:`~mimic_ils.orchestration.output.check_out_folder` accepted when the caller checked ``out``.
+        ``show_progress``: progress of the files placed, as ``<name> <split>``."""
         out = Path(out)
-        return cls(out, new_partial(out), set(trusted or ()))
+        return cls(out, new_partial(out), set(trusted or ()), show_progress=show_progress, name=name)
 
     def write_png(self, split: str, name: str, pixels: np.ndarray) -> None:
         """Store the PNG of ``pixels`` as the work-folder-named file ``name`` of ``split``, unless it is there."""
@@ -72,8 +78,11 @@ class DatasetFolder:
         if not rows:
             raise MimicIlsError(f"split {split} has no pair to write")
         folder = self.partial / split
-        for name, source in sorted((files or {}).items()):
-            place_file(source, folder / split_relative(name))
+        files = files or {}
+        with progress(f"{self.name} {split}", len(files), "files", enabled=self.show_progress) as bar:
+            for name, source in sorted(files.items()):
+                place_file(source, folder / split_relative(name))
+                bar.update()
         self.image_suffixes[split] = write_split(folder, rows)
         self.counts[split] = split_counts(column_values(rows, COUNTED_COLUMNS))
 

@@ -111,14 +111,16 @@ def _process_and_merge(stages, workdir, studies, out, config, current, shard, li
             _wait_for_shards(workdir, current.count, shard_wait_s)
         try:
             info = merge(workdir, studies, out, build_info(config, stages, limit),
-                         negative_global_share=config.pair_config().negative_global_share, trusted=trusted)
+                         negative_global_share=config.pair_config().negative_global_share, trusted=trusted,
+                         show_progress=progress)
         except MissingResults:
             if not process or current.count > 1:
                 raise
             # The merge's full check found a file that is intact in size but not in content: recompute, once.
             run_shard(stages, workdir, studies, chunk_size=max(4, config.batch_size), progress=progress)
             info = merge(workdir, studies, out, build_info(config, stages, limit),
-                         negative_global_share=config.pair_config().negative_global_share, trusted=trusted)
+                         negative_global_share=config.pair_config().negative_global_share, trusted=trusted,
+                         show_progress=progress)
     return {"processed": processed, "info": info}
 
 

@@ -28,6 +28,7 @@ from mimic_ils.orchestration.shard import Shard
 from mimic_ils.orchestration.stages import Stages
 from mimic_ils.orchestration.study import NO_CUES, ImageOutcome, decide_study, load_study_result, persist
 from mimic_ils.orchestration.workdir import WorkDir, read_checked_json, write_checked_json
+from mimic_ils.progress import progress
 from mimic_ils.rows import DroppedFinding, Failure, StudyResult
 from mimic_ils.schema import SPLITS, Finding, MimicIlsError, Section, StructuredReport, Study, TransientError
 
@@ -197,19 +198,17 @@ def report_from_dict(data: dict[str, Any]) -> StructuredReport:
 
 
 class _Bars:
-    """One tqdm bar per stage (report: studies; vision and grounding: images) with rates and ETA."""
+    """One progress per stage (report: studies; vision and grounding: images): bars on a terminal, lines in a log."""
 
     def __init__(self, enabled: bool, *, total_studies: int, total_images: int) -> None:
         self.bars = {}
-        if not enabled:
+        if not enabled or not total_studies:
             return
-        from tqdm.auto import tqdm
-
         for position, (name, total, unit) in enumerate(
-            (("report", total_studies, "study"), ("vision", total_images, "img"), ("grounding", total_images, "img"))
+            (("report", total_studies, "studies"), ("vision", total_images, "images"),
+             ("grounding", total_images, "images"))
         ):
-            self.bars[name] = tqdm(total=total, desc=f"{name:>9}", unit=unit, position=position, leave=True,
-                                   dynamic_ncols=True)
+            self.bars[name] = progress(f"build {name}", total, unit, position=position)
 
     def update(self, name: str, count: int) -> None:
         if name in self.bars:

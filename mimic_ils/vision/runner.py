@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from mimic_ils.files import FileRecord, current_umask, encode_png
+from mimic_ils.progress import progress
 from mimic_ils.schema import HEART_LABEL, LUNG_LABELS, BackendError, Box, ImageRecord, MimicIlsError, VisionCues
 from mimic_ils.vision import base
 
@@ -189,13 +190,15 @@ def label_filename(label: str) -> str:
 
 
 def run_cues(
-    root: str | Path, image_records: Sequence[ImageRecord], out_dir: str | Path, config: VisionConfig
+    root: str | Path, image_records: Sequence[ImageRecord], out_dir: str | Path, config: VisionConfig, *,
+    show_progress: bool = False,
 ) -> list[tuple[str, str]]:
     """Run the configured backends on ``image_records`` (frontal images of the cohort at ``root``).
 
     Returns ``(dicom_id, status)`` per record in input order: ``"written"``, ``"exists"`` (complete artifacts were
     already there) or a one-line reason why the image has no cues. Whole-backend problems (missing weights) raise
-    ``BackendError`` before any image is processed.
+    ``BackendError`` before any image is processed. ``show_progress``: progress of the images
+    (:mod:`mimic_ils.progress`).
     """
     root, out_dir = Path(root), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,9 +214,11 @@ def run_cues(
     if todo:
         backends = create_backends(config, root)
         names = {step: spec.name for step, spec in config.steps.items()}
-        for start in range(0, len(todo), max(1, config.batch_size)):
-            batch = todo[start : start + max(1, config.batch_size)]
-            statuses.update(_run_batch(root, batch, out_dir, backends, names))
+        with progress("cues", len(todo), "images", enabled=show_progress) as bar:
+            for start in range(0, len(todo), max(1, config.batch_size)):
+                batch = todo[start : start + max(1, config.batch_size)]
+                statuses.update(_run_batch(root, batch, out_dir, backends, names))
+                bar.update(len(batch))
     return [(record.dicom_id, statuses[record.dicom_id]) for record in image_records]
 
 

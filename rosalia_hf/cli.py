@@ -207,16 +207,10 @@ def png_bytes(array) -> bytes:
     return buffer.getvalue()
 
 
-def describe(result: dict) -> str:
-    pixels = int(result["mask"].sum())
-    share = 100.0 * pixels / result["mask"].size
-    return "empty target (no mask)" if result["empty"] else f"mask: {pixels} px ({share:.1f}% of the image)"
-
-
 def run_predict_command(args: argparse.Namespace) -> int:
     """Every instruction on every image; JSON lines on stdout, problems on stderr. 0, or 1 if any input failed."""
     from rosalia_hf.images import find_images, read_image
-    from rosalia_hf.overlay import render_overlay
+    from rosalia_hf.overlay import describe_mask, render_overlay
     from rosalia_hf.predictor import RosaliaPredictor
     from rosalia_hf.progress import Progress
 
@@ -281,8 +275,9 @@ def run_predict_command(args: argparse.Namespace) -> int:
             masks = result["masks"] or [result["mask"]]
             for path, mask in zip(mask_paths, masks, strict=True):
                 write_file(path, png_bytes(mask.astype("uint8") * 255))
+            footer = f"{name} · {job.image.name} · {describe_mask(result['mask'])}"
             picture = render_overlay(images[job.image_number], result["mask"], instruction=job.instruction,
-                                     answer=result["text"], footer=f"{name} · {job.image.name} · {describe(result)}")
+                                     answer=result["text"], footer=footer)
             write_file(overlay_path, png_bytes(picture))
             record = {"image": str(job.image), "instruction": job.instruction, "text": result["text"],
                       "empty": bool(result["empty"]), "masks": [str(p) for p in mask_paths[:len(result["masks"])]],

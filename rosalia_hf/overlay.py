@@ -32,6 +32,15 @@ def as_gray(image: np.ndarray) -> np.ndarray:
     return array
 
 
+def describe_mask(mask: np.ndarray) -> str:
+    """The footer's verdict on a predicted mask: "empty target (no mask)" (the paper's N-Acc criterion: no
+    positive pixel), else its size."""
+    pixels = int(np.count_nonzero(mask))
+    if not pixels:
+        return "empty target (no mask)"
+    return f"mask: {pixels} px ({100.0 * pixels / mask.size:.1f}% of the image)"
+
+
 def printable(text: str) -> str:
     """``text`` with control and unprintable characters (an untrained model's answer has them) shown as "?"."""
     return "".join(ch if ch.isprintable() else "?" for ch in text.replace("\ufffd", "?"))
@@ -84,4 +93,4 @@ def render_overlay(image: np.ndarray, mask: np.ndarray | None, *, instruction: s
     return np.ascontiguousarray(rgba[..., :3])
 
 
-__all__ = ["render_overlay", "as_gray", "printable"]
+__all__ = ["render_overlay", "as_gray", "printable", "describe_mask"]

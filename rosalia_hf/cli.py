@@ -197,19 +197,9 @@ def write_file(path: Path, data: bytes) -> None:
         raise
 
 
-def png_bytes(array) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-
-
 def run_predict_command(args: argparse.Namespace) -> int:
     """Every instruction on every image; JSON lines on stdout, problems on stderr. 0, or 1 if any input failed."""
-    from rosalia_hf.images import find_images, read_image
+    from rosalia_hf.images import find_images, png_bytes, read_image
     from rosalia_hf.overlay import describe_mask, render_overlay
     from rosalia_hf.predictor import RosaliaPredictor
     from rosalia_hf.progress import Progress

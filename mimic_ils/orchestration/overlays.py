@@ -1,8 +1,7 @@
-"""Pictures a person can look at: an X-ray with the pair's mask in red, its instruction and answer."""
+"""Pictures a person can look at: an X-ray with the pair's mask in red, its instruction and answer, R/L markers."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -32,32 +31,36 @@ def pick_pairs(rows: list[FolderRow], n: int) -> list[FolderRow]:
     return (picked + leftovers)[:n]
 
 
-def render_overlay(item: FolderRow, path: Path) -> Path:
-    """One PNG: the image in grey, the mask in translucent red (none for negatives), the text as the title."""
-    import matplotlib
+def footer_of(row: PairRow) -> str:
+    """The overlay's footer: question type, polarity, the target as the instruction words it (and the lesion
+    label where that differs: "opacity" of a lesion-inference question is the label's pneumonia, say), the image."""
+    from rosalia_hf.table2 import parse_instruction
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    parsed = parse_instruction(row.instruction)
+    label = row.lesion.replace("_", " ")
+    target = parsed.target if parsed else label
+    named = f"target: {target}" + (f" (lesion label: {label})" if target != label else "")
+    return f"{row.question_type} · {row.polarity} · {named} · {row.dicom_id}"
+
+
+def render_pair_overlay(item: FolderRow, path: Path) -> Path:
+    """One PNG (:func:`rosalia_hf.overlay.render_overlay`): the image in grey, the pair's mask in translucent red
+    (none for negatives), the instruction and answer above, R/L side markers, :func:`footer_of` below."""
     from PIL import Image
 
+    from mimic_ils.files import atomic_write_bytes
+    from rosalia_hf.images import png_bytes
+    from rosalia_hf.overlay import render_overlay
+
     folder, row = item
-    image = np.asarray(Image.open(folder / row.image_file_name).convert("L"))
-    figure, axis = plt.subplots(figsize=(5, 5.8), dpi=100)
-    axis.imshow(image, cmap="gray", vmin=0, vmax=255)
+    with Image.open(folder / row.image_file_name) as picture:
+        image = np.asarray(picture.convert("L"))
+    mask = None
     if row.mask_file_name:
-        mask = np.asarray(Image.open(folder / row.mask_file_name).convert("L")) > 0
-        tint = np.zeros((*mask.shape, 4), np.float32)
-        tint[mask] = (1.0, 0.1, 0.1, 0.4)
-        axis.imshow(tint)
-        axis.contour(mask, levels=[0.5], colors="red", linewidths=0.8)
-    axis.set_axis_off()
-    title = "\n".join(textwrap.wrap(f"Q: {row.instruction}", 60) + textwrap.wrap(f"A: {row.answer}", 60))
-    axis.set_title(title, fontsize=8, loc="left")
-    figure.text(0.01, 0.01, f"{row.question_type} · {row.polarity} · {row.lesion} · {row.dicom_id}", fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
+        with Image.open(folder / row.mask_file_name) as picture:
+            mask = np.asarray(picture.convert("L")) > 0
+    drawn = render_overlay(image, mask, instruction=row.instruction, answer=row.answer, footer=footer_of(row))
+    atomic_write_bytes(path, png_bytes(drawn))
     return path
 
 
@@ -65,5 +68,5 @@ def demo_overlays(out_folder: str | Path, dest_dir: str | Path, n: int = 6) -> l
     """Write ``n`` overlay PNGs of pairs from a built folder into ``dest_dir``; returns their paths."""
     rows = pick_pairs(read_pair_rows(out_folder), n)
     dest_dir = Path(dest_dir)
-    return [render_overlay((folder, row), dest_dir / f"overlay_{index:02d}_{row.id}.png")
+    return [render_pair_overlay((folder, row), dest_dir / f"overlay_{index:02d}_{row.id}.png")
             for index, (folder, row) in enumerate(rows)]

@@ -14,9 +14,12 @@ writes the loss curve PNG, the LoRA adapters, the merged model and its model car
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,31 +37,94 @@ class ScriptArguments:
                                         "checkpoint); None trains rosalia_hf.testing.tiny_rosalia()."})
     train_config: str = field(default="images", metadata={"help": "Dataset configuration to train on: images|pairs."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str = field(default="validate",
-                            metadata={"help": "Split of the `pairs` configuration to validate on."})
+    eval_split: str = field(default="validation", metadata={
+        "help": "Split of the `pairs` configuration to validate on; `validation` and `validate` name the same split, "
+                "whichever of the two the folder has."})
     save_merged: bool = field(default=True, metadata={"help": "Also save the model with LoRA merged."})
     tiny_seed: int = field(default=0, metadata={"help": "Seed of tiny_rosalia() when no model is given."})
+    tiny_sam_image_size: int | None = field(default=None, metadata={
+        "help": "SAM input side of tiny_rosalia() when no model is given (None: its default, 64)."})
+    tiny_sam_patch_size: int | None = field(default=None, metadata={
+        "help": "SAM patch side of tiny_rosalia(); the image embedding is (side / patch) squared (None: 16)."})
+    tiny_train_sam_image_encoder: bool = field(default=False, metadata={
+        "help": "Train tiny_rosalia()'s (random) SAM image encoder fully instead of freezing it: a random frozen "
+                "encoder gives the decoder little to segment from. Real checkpoints keep SAM's encoder frozen."})
+
+
+CONFIG_HELP = ("YAML file of ScriptArguments / RosaliaTrainingArguments fields (dicts and lists allowed); the flags "
+               "given on the command line override its values.")
+
+
+def argument_parser() -> HfArgumentParser:
+    """``HfArgumentParser`` over both dataclasses, with ``--config`` (shown in ``--help``)."""
+    parser = HfArgumentParser((ScriptArguments, RosaliaTrainingArguments), description=__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="FILE.yaml", help=CONFIG_HELP)
+    return parser
 
 
 def parse_arguments(argv: list[str]) -> tuple[ScriptArguments, RosaliaTrainingArguments]:
-    """``--config FILE.yaml`` gives defaults; every other flag overrides them."""
-    config_argv: list[str] = []
-    if "--config" in argv:
-        at = argv.index("--config")
-        config = yaml.safe_load(Path(argv[at + 1]).read_text()) or {}
-        argv = argv[:at] + argv[at + 2:]
-        for key, value in config.items():
-            values = value if isinstance(value, list) else [value]
-            config_argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
-    parser = HfArgumentParser((ScriptArguments, RosaliaTrainingArguments))
-    return parser.parse_args_into_dataclasses(config_argv + argv)
+    """``--config FILE.yaml`` gives the defaults, every other flag overrides them, and ``HfArgumentParser`` builds
+    both dataclasses once from the merge.
+
+    The YAML's values become the parser's defaults (keys checked against the dataclass fields, as
+    ``HfArgumentParser.parse_yaml_file`` checks them): a string is then parsed like the flag's value, anything else
+    (a dict such as ``lr_scheduler_kwargs`` or ``deepspeed``, a list, a bool, a number) is taken as it is. Only the
+    keys the file names are set, so that fields derived from others (``logging_dir`` from ``output_dir``, the
+    accumulation steps from ``global_train_batch_size``) follow the command line."""
+    parser = argument_parser()
+    config = _config_path(argv)
+    if config is not None:
+        values = _read_config(parser, config)
+        parser.set_defaults(**values)
+        for action in parser._actions:  # a field the file gives is no longer required on the command line
+            if action.dest in values:
+                action.required = False
+    script, args, _ = parser.parse_args_into_dataclasses(argv)
+    return script, args
+
+
+def _config_path(argv: list[str]) -> Path | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    config = pre.parse_known_args(argv)[0].config
+    return Path(config) if config else None
+
+
+def _read_config(parser: HfArgumentParser, path: Path) -> dict:
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        parser.error(f"--config {path}: {str(error).splitlines()[0]}")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a mapping of field names to values, got {type(values).__name__}")
+    known = {f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        parser.error(f"--config {path}: unknown fields {', '.join(unknown)}")
+    return values
+
+
+def load_splits(script: ScriptArguments):
+    """``(train, validation)``: the training split of ``script.train_config`` and the evaluation split of ``pairs``,
+    the latter named as the folder names it (``script.eval_split`` is updated to that name)."""
+    import datasets
+
+    from rosalia_hf.evaluation_cli import resolve_split
+
+    script.eval_split = resolve_split(script.dataset, script.eval_split)
+    train = datasets.load_dataset(script.dataset, script.train_config, split=script.train_split)
+    validation = datasets.load_dataset(script.dataset, "pairs", split=script.eval_split)
+    return train, validation
 
 
 def load_model(script: ScriptArguments):
     if script.model_name_or_path is None:
         from rosalia_hf.testing import tiny_rosalia
 
-        model, processor = tiny_rosalia(seed=script.tiny_seed)
+        shape = {key: value for key, value in (("sam_image_size", script.tiny_sam_image_size),
+                                               ("sam_patch_size", script.tiny_sam_patch_size)) if value is not None}
+        model, processor = tiny_rosalia(seed=script.tiny_seed, freeze_sam_image_encoder=not
+                                        script.tiny_train_sam_image_encoder, **shape)
         return model.train(), processor
     from rosalia_hf import RosaliaForSegmentation, RosaliaProcessor
 
@@ -67,21 +133,26 @@ def load_model(script: ScriptArguments):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import datasets
-
+    """Trains as the arguments say; returns ``{"before", "after", "train_seconds"}`` (validation figures before and
+    after training, wall seconds of ``trainer.train``)."""
+    from rosalia_hf.errors import RosaliaError
     from rosalia_hf.trainer import RosaliaTrainer
     from rosalia_hf.training_report import plot_loss_curve, render_model_card
 
     script, args = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
-    train = datasets.load_dataset(script.dataset, script.train_config, split=script.train_split)
-    validate = datasets.load_dataset(script.dataset, "pairs", split=script.eval_split)
+    try:
+        train, validate = load_splits(script)
+    except RosaliaError as error:  # e.g. an --eval_split the folder does not have: one line, no traceback
+        sys.exit(f"train_rosalia.py: {error}")
     model, processor = load_model(script)
     trainer = RosaliaTrainer(model, args, processor, train_dataset=train, eval_dataset=validate)
 
     before = {"step": 0, **_short(trainer.evaluate())}
     _emit(trainer, before)
+    started = time.perf_counter()
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    train_seconds = time.perf_counter() - started
     after = {"step": trainer.state.global_step, **_short(trainer.evaluate())}
     _emit(trainer, after)
 
@@ -94,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
             render_model_card(merged / "README.md", args=args, model_config=model.config, script=vars(script),
                               before=before, after=after, num_train_pairs=len(trainer.train_dataset),
                               num_eval_pairs=len(validate))
-    return {"before": before, "after": after}
+    return {"before": before, "after": after, "train_seconds": round(train_seconds, 1)}
 
 
 def _short(metrics: dict) -> dict:

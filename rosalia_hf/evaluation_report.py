@@ -90,14 +90,42 @@ def _overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[float, float, fl
     return rgb
 
 
-def plot_cases(cases: dict, path: Path) -> Path | None:
-    """PNG grid: one row per kept case (lesion, best/worst; a worst case already shown as best is skipped),
-    columns image (titled with the instruction) | reference overlay (green) | prediction overlay (red)."""
+def case_rows(cases: dict, positives: dict[str, int] | None = None) -> list[tuple[str, str, Any]]:
+    """The rows of the case grid, ``(lesion, label, case)``: per lesion its best cases (labelled ``best``, highest
+    IoU first), then its worst (``worst``, lowest first) that are not already shown as best.
+
+    ``positives`` (``{lesion: number of positive pairs}``, the metric's ``per_lesion[...]["num_positive"]``) says
+    when one row stands for more than one label: a lesion with a single positive pair gets one row labelled
+    ``only case``, and a lesion whose best case is also its worst (every pair at the same IoU) one row labelled
+    ``all N tie``, rather than a row that calls one case both best and worst.
+
+    >>> from types import SimpleNamespace as Case
+    >>> a, b = Case(index=3, iou=0.9), Case(index=5, iou=0.1)
+    >>> [(lesion, label, case.index) for lesion, label, case in case_rows(
+    ...     {"edema": {"best": [a], "worst": [b]}, "effusion": {"best": [b], "worst": [b]}}, {"effusion": 1})]
+    [('edema', 'best', 3), ('edema', 'worst', 5), ('effusion', 'only case', 5)]
+    """
+    positives = positives or {}
     rows = []
     for lesion, kinds in cases.items():
-        shown = {case.index for case in kinds["best"]}
-        rows += [(lesion, "best", case) for case in kinds["best"]]
-        rows += [(lesion, "worst", case) for case in kinds["worst"] if case.index not in shown]
+        best, worst = list(kinds.get("best", [])), list(kinds.get("worst", []))
+        shown = {case.index for case in best}
+        count = positives.get(lesion, len(shown | {case.index for case in worst}))
+        if count == 1:
+            rows.append((lesion, "only case", (best or worst)[0]))
+        elif best and worst and best[0].index == worst[0].index:  # the top case is the bottom one: max IoU == min
+            rows += [(lesion, f"all {count} tie", case) for case in best]
+        else:
+            rows += [(lesion, "best", case) for case in best]
+            rows += [(lesion, "worst", case) for case in worst if case.index not in shown]
+    return rows
+
+
+def plot_cases(cases: dict, path: Path, positives: dict[str, int] | None = None) -> Path | None:
+    """PNG grid: one row per :func:`case_rows` row (lesion, best / worst / only case), columns image (titled with
+    the lesion, the label, the pair's index and its instruction) | reference overlay (green) | prediction overlay
+    (red, titled with the IoU)."""
+    rows = case_rows(cases, positives)
     if not rows:
         return None
     import matplotlib
@@ -106,16 +134,16 @@ def plot_cases(cases: dict, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3.0 * len(rows)), squeeze=False)
-    for (lesion, kind, case), row_axes in zip(rows, axes, strict=True):
+    for (lesion, label, case), row_axes in zip(rows, axes, strict=True):
         panels = (
-            (np.repeat(case.image[..., None], 3, axis=2), textwrap.fill(f"{lesion}, {kind} (#{case.index}): "
+            (np.repeat(case.image[..., None], 3, axis=2), textwrap.fill(f"{lesion}, {label} (#{case.index}): "
                                                                         f"{case.instruction}", 42)),
             (_overlay(case.image, case.reference, (0.0, 1.0, 0.0)), "reference"),
             (_overlay(case.image, case.prediction, (1.0, 0.0, 0.0)), f"prediction (IoU {100 * case.iou:.1f})"),
         )
-        for axis, (picture, label) in zip(row_axes, panels, strict=True):
+        for axis, (picture, title) in zip(row_axes, panels, strict=True):
             axis.imshow(picture, cmap="gray")
-            axis.set_title(label, fontsize=8)
+            axis.set_title(title, fontsize=8)
             axis.axis("off")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +158,14 @@ def write_report(evaluation: dict, out_dir: str | Path, *, model_name: str = "RO
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluation["metrics"]
-    grid = plot_cases(evaluation["cases"], out_dir / "cases.png")
-    picture = "![cases](cases.png)\n\nGreen: reference; red: prediction." if grid else "No positive pairs."
+    positives = {lesion: figures["num_positive"] for lesion, figures in metrics.get("per_lesion", {}).items()}
+    rows = case_rows(evaluation["cases"], positives)
+    grid = plot_cases(evaluation["cases"], out_dir / "cases.png", positives)
+    picture = "No positive pairs."
+    if grid:
+        listed = markdown_table(("Lesion", "Case", "Pair", "IoU"), [
+            [lesion.capitalize(), label, f"#{case.index}", percent(case.iou)] for lesion, label, case in rows])
+        picture = f"![cases](cases.png)\n\nGreen: reference; red: prediction.\n\n{listed}"
     run = {
         "samples": evaluation["num_samples"],
         "seconds": f"{evaluation['seconds']:.1f}",
@@ -153,4 +187,5 @@ def write_report(evaluation: dict, out_dir: str | Path, *, model_name: str = "RO
     return path
 
 
-__all__ = ["write_report", "plot_cases", "segmentation_tables", "text_tables", "markdown_table", "percent"]
+__all__ = ["write_report", "plot_cases", "case_rows", "segmentation_tables", "text_tables", "markdown_table",
+           "percent"]

@@ -18,6 +18,7 @@ from rosalia_hf.processing_rosalia import LLAVA_V1_SYSTEM, RosaliaProcessor
 TINY_CLIP_SIZE = 32
 TINY_CLIP_PATCH = 8
 TINY_SAM_SIZE = 64
+TINY_SAM_PATCH = 16
 TINY_HIDDEN = 32
 TINY_BPE_VOCAB = 400
 
@@ -57,9 +58,12 @@ def tiny_processor(sam_image_size: int = TINY_SAM_SIZE) -> RosaliaProcessor:
                             sam_image_size=sam_image_size)
 
 
-def tiny_config(processor: RosaliaProcessor, projector_type: str = "linear",
-                hidden: int = TINY_HIDDEN) -> RosaliaConfig:
-    """Hidden 32, two layers everywhere; token ids read from ``processor``'s tokenizer."""
+def tiny_config(processor: RosaliaProcessor, projector_type: str = "linear", hidden: int = TINY_HIDDEN, *,
+                sam_patch_size: int = TINY_SAM_PATCH, freeze_sam_image_encoder: bool = True) -> RosaliaConfig:
+    """Hidden 32, two layers everywhere; token ids read from ``processor``'s tokenizer. SAM's image embedding is
+    ``(sam_image_size / sam_patch_size)`` squared; ``freeze_sam_image_encoder=False`` lets it be trained."""
+    if processor.sam_image_size % sam_patch_size:
+        raise ValueError(f"sam_patch_size {sam_patch_size} must divide the SAM input side {processor.sam_image_size}")
     sam_width = hidden
     llava = {
         "vision_config": {"model_type": "clip_vision_model", "hidden_size": hidden, "intermediate_size": 2 * hidden,
@@ -78,26 +82,36 @@ def tiny_config(processor: RosaliaProcessor, projector_type: str = "linear",
     }
     sam = {
         "vision_config": {"hidden_size": hidden, "output_channels": sam_width, "num_hidden_layers": 2,
-                          "num_attention_heads": 2, "image_size": processor.sam_image_size, "patch_size": 16,
+                          "num_attention_heads": 2, "image_size": processor.sam_image_size,
+                          "patch_size": sam_patch_size,
                           "window_size": 2, "global_attn_indexes": [1], "num_pos_feats": sam_width // 2,
                           "mlp_dim": 2 * hidden, "initializer_range": 0.02},
-        "prompt_encoder_config": {"hidden_size": sam_width, "image_size": processor.sam_image_size, "patch_size": 16},
+        "prompt_encoder_config": {"hidden_size": sam_width, "image_size": processor.sam_image_size,
+                                  "patch_size": sam_patch_size},
         "mask_decoder_config": {"hidden_size": sam_width, "mlp_dim": 2 * sam_width, "num_attention_heads": 2,
                                 "iou_head_hidden_dim": sam_width},
     }
     return RosaliaConfig(llava_config=llava, sam_config=sam, seg_token=processor.seg_token,
-                         seg_token_index=processor.seg_token_id, out_dim=sam_width, projector_type=projector_type)
+                         seg_token_index=processor.seg_token_id, out_dim=sam_width, projector_type=projector_type,
+                         freeze_sam_image_encoder=freeze_sam_image_encoder)
 
 
-def tiny_rosalia(seed: int = 0, projector_type: str = "linear",
-                 sam_image_size: int = TINY_SAM_SIZE) -> tuple[RosaliaForSegmentation, RosaliaProcessor]:
-    """A tiny random ``(model, processor)`` pair, deterministic for ``seed``; the model is in eval mode."""
+def tiny_rosalia(seed: int = 0, projector_type: str = "linear", sam_image_size: int = TINY_SAM_SIZE, *,
+                 sam_patch_size: int = TINY_SAM_PATCH,
+                 freeze_sam_image_encoder: bool = True) -> tuple[RosaliaForSegmentation, RosaliaProcessor]:
+    """A tiny random ``(model, processor)`` pair, deterministic for ``seed``; the model is in eval mode.
+
+    The defaults are the test model (SAM 64 px, patch 16, frozen encoder). The demo's model that learns on the
+    phantom cohort (``examples/configs/tiny_cpu.yaml``) uses a finer SAM (``sam_image_size=128``,
+    ``sam_patch_size=8``: a 16x16 embedding) whose random image encoder is trained
+    (``freeze_sam_image_encoder=False``): a frozen *random* encoder gives the mask decoder little to segment from."""
     processor = tiny_processor(sam_image_size)
-    config = tiny_config(processor, projector_type)
+    config = tiny_config(processor, projector_type, sam_patch_size=sam_patch_size,
+                         freeze_sam_image_encoder=freeze_sam_image_encoder)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = RosaliaForSegmentation(config)
     return model.eval(), processor
 
 
-__all__ = ["tiny_rosalia", "tiny_processor", "tiny_tokenizer", "tiny_config"]
+__all__ = ["tiny_rosalia", "tiny_processor", "tiny_tokenizer", "tiny_config", "TINY_SAM_SIZE", "TINY_SAM_PATCH"]

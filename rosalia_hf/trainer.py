@@ -3,7 +3,9 @@
 Trainable set (paper Sec. 5): LoRA adapters on the language model's linear layers, the SAM mask decoder,
 ``text_hidden_fcs``, and the embedding and output rows of the added tokens (``[SEG]``, image tokens) through
 ``peft``'s ``trainable_token_indices``. CLIP, the projector, the SAM image and prompt encoders and every other
-language-model weight stay frozen.
+language-model weight stay frozen, unless the model's config unfreezes an image tower
+(``freeze_sam_image_encoder=False`` / ``freeze_vision_tower=False``, as the demo's tiny random model does): that
+tower is then trained fully too, rather than silently frozen by ``peft``.
 """
 
 from __future__ import annotations
@@ -27,15 +29,29 @@ logger = logging.getLogger(__name__)
 
 LOSS_PARTS = ("ce_loss", "mask_bce_loss", "mask_dice_loss")
 FULLY_TRAINED_MODULES = ["mask_decoder", "text_hidden_fcs"]
+# image towers a config may unfreeze: (config flag, module name as peft's modules_to_save matches it)
+UNFREEZABLE_TOWERS = (("freeze_sam_image_encoder", "sam.vision_encoder"), ("freeze_vision_tower", "vision_tower"))
 
 
-def lora_config(args: RosaliaTrainingArguments, processor) -> LoraConfig:
-    """LoRA on the language model (``args.lora_*``), mask decoder and ``text_hidden_fcs`` fully trained, and the
-    rows of the tokens the processor added (``[SEG]`` and the image tokens) trainable in the embeddings."""
+def fully_trained_modules(model_config=None) -> list[str]:
+    """The mask decoder and ``text_hidden_fcs``, plus each image tower that ``model_config`` does not freeze.
+
+    >>> from types import SimpleNamespace
+    >>> fully_trained_modules(SimpleNamespace(freeze_sam_image_encoder=False, freeze_vision_tower=True))
+    ['mask_decoder', 'text_hidden_fcs', 'sam.vision_encoder']
+    """
+    unfrozen = [name for flag, name in UNFREEZABLE_TOWERS if not getattr(model_config, flag, True)]
+    return [*FULLY_TRAINED_MODULES, *unfrozen]
+
+
+def lora_config(args: RosaliaTrainingArguments, processor, model_config=None) -> LoraConfig:
+    """LoRA on the language model (``args.lora_*``), mask decoder and ``text_hidden_fcs`` fully trained (and any
+    image tower ``model_config`` unfreezes), and the rows of the tokens the processor added (``[SEG]`` and the
+    image tokens) trainable in the embeddings."""
     added = sorted(set(processor.tokenizer.get_added_vocab().values()))
     return LoraConfig(
         r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        target_modules=args.lora_target_regex, modules_to_save=list(FULLY_TRAINED_MODULES),
+        target_modules=args.lora_target_regex, modules_to_save=fully_trained_modules(model_config),
         trainable_token_indices={"embed_tokens": added, "lm_head": added}, bias="none",
     )
 
@@ -44,7 +60,7 @@ def prepare_model_for_training(model, args: RosaliaTrainingArguments, processor)
     """Wraps ``model`` with LoRA as configured; logs the trainable parameters per top-level part."""
     if isinstance(model, PeftModel):
         return model
-    peft_model = get_peft_model(model, lora_config(args, processor))
+    peft_model = get_peft_model(model, lora_config(args, processor, model.config))
     for line in describe_trainable(peft_model):
         logger.info(line)
     return peft_model

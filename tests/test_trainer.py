@@ -93,3 +93,28 @@ def test_evaluate_reports_ils_figures_and_saves_load_back(tmp_path):
     mask = RosaliaPredictor(merged, processor).predict(
         [image], [eval_pairs[0]["instruction"]], segment_only=True)[0]["mask"]
     assert mask.shape == image.shape and np.array_equal(mask, expected)
+
+
+def test_an_image_encoder_the_config_unfreezes_is_trained_fully(tmp_path):
+    """The demo's tiny model trains its random SAM encoder: peft must not freeze it silently; CLIP stays frozen."""
+    model, processor = tiny_rosalia(seed=0, sam_image_size=32, sam_patch_size=8, freeze_sam_image_encoder=False)
+    assert model.config.sam_config.prompt_encoder_config.image_embedding_size == 4
+    trainer = RosaliaTrainer(model, _args(tmp_path), processor, train_dataset=tiny_pairs_dataset(12, seed=1))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert any("vision_encoder" in n and "modules_to_save" in n for n in changed)
+    assert not any("vision_tower" in n for n in changed)
+    assert any(line.startswith("sam image encoder") and " trainable            0 " not in line
+               for line in describe_trainable(trainer.model))
+    key = next(n for n in changed if "vision_encoder" in n)
+    trained = dict(trainer.model.named_parameters())[key].detach().clone()
+    merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()  # what save_merged writes
+    plain = key.replace("base_model.model.", "").replace(".modules_to_save.default", "")
+    assert torch.equal(dict(merged.named_parameters())[plain], trained)
+
+
+def test_the_test_models_sam_encoder_stays_frozen(tmp_path):
+    model, processor = tiny_rosalia(seed=0)
+    names = _trainable_names(prepare_model_for_training(model, _args(tmp_path), processor))
+    assert not [n for n in names if "vision_encoder" in n]

@@ -1,11 +1,43 @@
-"""What a training run leaves for people: the loss curve PNG and the model card (``model_cards/rosalia.md``)."""
+"""What a training run leaves for people: the loss curve PNG, the merged model's card and the adapters' card.
+
+The cards are filled from code (``rosalia_hf/cards/*.md``, shipped with the package): the model started from
+(``base_model`` when it has a Hub id), intended and out-of-scope use, the MIMIC-CXR data use agreement, and the
+validation figures. No ``pipeline_tag``: there is no ``transformers.pipeline`` task behind this model, and the
+Hub would offer a widget that cannot run it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "rosalia.md"
+CARDS = Path(__file__).resolve().parent / "cards"
+TEMPLATE = CARDS / "rosalia.md"
+ADAPTER_TEMPLATE = CARDS / "adapters.md"
+LICENSE = {"license": "other", "license_name": "physionet-credentialed-health-data-license-1.5.0",
+           "license_link": "https://physionet.org/content/mimic-cxr/view-license/2.1.0/"}
+TAGS = ["medical", "chest-x-ray", "rosalia", "lisa", "instruction-guided-segmentation", "image-segmentation"]
+
+
+def starting_point(model_name_or_path: str | None) -> tuple[str | None, str]:
+    """``(base_model, description)`` of the model a run started from: a Hub id is its own ``base_model``; a local
+    folder passes on the ``base_model`` of its own card, if it has one; None is the tiny random test model."""
+    if model_name_or_path is None:
+        return None, "a tiny random ROSALIA (`rosalia_hf.testing.tiny_rosalia`): a smoke-test model, not a model"
+    folder = Path(model_name_or_path)
+    if not folder.exists():
+        return str(model_name_or_path), f"`{model_name_or_path}`"
+    inherited = None
+    if (folder / "README.md").is_file():
+        from huggingface_hub import ModelCard
+
+        try:
+            inherited = ModelCard.load(folder / "README.md").data.base_model
+        except (ValueError, OSError):
+            inherited = None
+    if isinstance(inherited, list):
+        inherited = inherited[0] if inherited else None
+    return inherited, f"the local model `{folder}`" + (f" (itself from `{inherited}`)" if inherited else "")
 
 
 def plot_loss_curve(log_history: list[dict[str, Any]], path: str | Path) -> Path:
@@ -47,14 +79,15 @@ def render_model_card(path: str | Path, *, args, model_config, script: dict[str,
 
     path = Path(path)
     name = f"ROSALIA ({Path(script['model_name_or_path'] or 'tiny-random').name})"
+    base_model, base_description = starting_point(script.get("model_name_or_path"))
     results = [EvalResult(task_type="image-segmentation", dataset_type="mimic-ils", dataset_name="MIMIC-ILS",
                           dataset_split=script["eval_split"], metric_type=key, metric_value=after[key])
-               for key in ("giou", "ciou", "n_acc") if key in after]
-    data = ModelCardData(library_name="transformers", license="other", tags=["medical", "chest-x-ray", "rosalia",
-                         "instruction-guided-segmentation", "lora"], datasets=["mimic-ils"], model_name=name,
-                         eval_results=results or None, pipeline_tag="image-segmentation")
+               for key in ("giou", "ciou", "n_acc") if isinstance(after.get(key), (int, float))]
+    data = ModelCardData(library_name="transformers", tags=[*TAGS, "lora"], datasets=["mimic-ils"], model_name=name,
+                         eval_results=results or None, base_model=base_model, **LICENSE)
     card = ModelCard.from_template(
         data, template_path=str(TEMPLATE), model_name=name, model_path=str(path.parent), dataset=script["dataset"],
+        base_description=base_description,
         num_train_pairs=num_train_pairs, num_eval_pairs=num_eval_pairs, before=before, after=after,
         ce_weight=model_config.ce_loss_weight, bce_weight=model_config.bce_loss_weight,
         dice_weight=model_config.dice_loss_weight, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
@@ -64,5 +97,28 @@ def render_model_card(path: str | Path, *, args, model_config, script: dict[str,
         max_grad_norm=args.max_grad_norm, steps=after.get("step"), per_device_batch=args.per_device_train_batch_size,
         accumulation=args.gradient_accumulation_steps,
     )
+    card.save(str(path))
+    return path
+
+
+def render_adapter_card(path: str | Path, *, args, script: dict[str, Any], after: dict, merged_path: str | Path,
+                        lora_config=None) -> Path:
+    """The adapters folder's card (in place of peft's empty template): what the adapters apply to, how to load
+    them, the validation figures, the DUA."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    path = Path(path)
+    name = f"ROSALIA ({Path(script['model_name_or_path'] or 'tiny-random').name})"
+    base_model, base_description = starting_point(script.get("model_name_or_path"))
+    targets = sorted(getattr(lora_config, "target_modules", None) or []) or ["attention and MLP projections"]
+    saved = sorted(getattr(lora_config, "modules_to_save", None) or []) or ["none"]
+    data = ModelCardData(library_name="peft", tags=[*TAGS, "lora"], datasets=["mimic-ils"], model_name=name,
+                         base_model=base_model, **LICENSE)
+    card = ModelCard.from_template(
+        data, template_path=str(ADAPTER_TEMPLATE), model_name=name, lora_r=args.lora_r, lora_alpha=args.lora_alpha,
+        target_modules=", ".join(f"`{m}`" for m in targets) if isinstance(targets, list) else f"`{targets}`",
+        modules_to_save=", ".join(f"`{m}`" for m in saved), base_description=base_description,
+        base_path=script.get("model_name_or_path") or "<the tiny model's folder>", adapters_path=str(path.parent),
+        merged_path=str(merged_path), after=after, dataset=script["dataset"])
     card.save(str(path))
     return path

@@ -3,9 +3,11 @@
     rosalia serve --model DIR                  # http://127.0.0.1:7860, this machine only
 
 One image, one or more instructions (one per line; the Table 2 forms are the examples): every instruction runs on
-the image in one batch, so the image encoders (CLIP and SAM) run once for all of them. Out come an overlay per
-instruction (the mask over the image, the instruction, the answer, R/L markers), a table of the answers with the
-empty-target verdict (the paper's N-Acc criterion: no positive pixel), and one line per input that could not run.
+the image in one batch, so SAM's image encoder (ViT-H, the costly one) encodes the image once for all of them
+(CLIP too with "segment only"; text generation still runs CLIP in each row's prefill, as LLaVA's ``generate``).
+Out come an overlay per instruction (the mask over the image, the instruction, the answer, R/L markers), a table
+of the answers with the empty-target verdict (the paper's N-Acc criterion: no positive pixel), and one line per
+input that could not run.
 
 Private by default, as MIMIC images must be: it binds to 127.0.0.1, sends no analytics, loads no web fonts, and
 keeps uploads in a temporary folder of its own (mode 0700) that is removed when the server stops.

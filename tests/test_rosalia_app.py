@@ -53,6 +53,17 @@ def test_handler_runs_every_instruction_on_the_image(predictor, xray):
     assert status.startswith("2 instruction(s) on a 128x160 image")
 
 
+def test_instructions_on_one_image_share_its_sam_encoding(predictor, xray):
+    calls = []
+    hook = predictor.model.sam.vision_encoder.register_forward_hook(
+        lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    try:
+        gallery, rows, _ = Segmenter(predictor, max_new_tokens=2)(str(xray), "\n".join(EXAMPLES[:4]), True)
+    finally:
+        hook.remove()
+    assert len(rows) == 4 and calls == [1]  # one SAM image encoding for four instructions
+
+
 def test_handler_reports_bad_inputs_in_one_line_each(predictor, xray, tmp_path):
     segmenter = Segmenter(predictor, max_new_tokens=2)
     assert segmenter(None, EXAMPLES[0]) == ([], [], "Upload a DICOM or an image first.")

@@ -83,7 +83,7 @@ def read_image(path: str | Path) -> np.ndarray:
             image.load()
             image = ImageOps.exif_transpose(image)
             return pil_to_array(image)
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):  # ImportError: ultralytics' Image.open patch wants pi_heif
         raise ImageReadError(f"{path}: not an image Pillow can decode (PNG, JPEG, TIFF, BMP or DICOM)") from None
     except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt files
         reason = " ".join(str(error).split())[:200] or type(error).__name__

@@ -42,6 +42,15 @@ def test_every_pil_mode_gives_uint8(tmp_path, mode):
     assert int(pixels.max()) > int(pixels.min())  # contrast kept, not a flat image
 
 
+def test_bad_images_stay_one_line_when_ultralytics_patched_pillow(tmp_path):
+    import ultralytics  # noqa: F401  (its import wraps Image.open with a HEIF fallback that needs pi_heif)
+
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(ImageReadError, match="notes.jpg: not an image Pillow can decode"):
+        read_image(text)
+
+
 def test_jpeg_and_arrays_of_any_dtype():
     for array in (_ramp(np.uint16, 60000), _ramp(np.float32, 1.0), _ramp(np.int32, 70000), _ramp(np.float64, -3)):
         out = as_image_array(array)

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# The splits of a built dataset, by their Hugging Face names.
-SPLITS = ("train", "validation", "test")
-# Other names of a split, accepted wherever one is read or named: MIMIC-CXR's split CSV and folders built before the
-# rename say "validate", the authors' release says "val".
-SPLIT_ALIASES = {"validate": "validation", "val": "validation"}
+# The splits of a built dataset (train, validation, test) and their other names: rosalia_hf.splits, shared with
+# the model half (evaluation and training name splits the same way).
+from rosalia_hf.splits import SPLIT_ALIASES, SPLITS, canonical_split, split_names  # noqa: F401
+
 FRONTAL_VIEWS = ("PA", "AP")
 
 # The seven lesion types of MIMIC-ILS, in the paper's order (Table 1).
@@ -58,17 +57,6 @@ CERTAINTY = ("definitive", "tentative")
 LOCATION_SOURCES = ("report", "context", "entity")
 QUESTION_TYPES = ("basic", "global", "lesion_inference")
 POLARITY = ("positive", "negative")
-
-
-def canonical_split(name: str) -> str:
-    """The dataset's name of a split: ``validate`` and ``val`` are ``validation``; any other name is unchanged."""
-    return SPLIT_ALIASES.get(name, name)
-
-
-def split_names(split: str) -> tuple[str, ...]:
-    """Every name a split may be stored under, its dataset name first (``validation``, ``validate``, ``val``)."""
-    split = canonical_split(split)
-    return (split, *(alias for alias, name in SPLIT_ALIASES.items() if name == split))
 
 
 class MimicIlsError(Exception):

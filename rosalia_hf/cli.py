@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rosalia_hf.console import add_verbosity_flags, output_settings, stderr_is_tty
 from rosalia_hf.errors import RosaliaError
 from rosalia_hf.offline import add_download_flag, downloads_allowed, go_offline, require_local
 
@@ -41,32 +42,12 @@ def _version() -> str:
         return "unknown"
 
 
-def add_verbosity(parser: argparse.ArgumentParser, *, suppress_default: bool = False) -> argparse.ArgumentParser:
-    """``-v/--verbose`` (debug logging) and ``-q/--quiet`` (warnings only, no progress), before or after the
-    command name."""
-    extra = {"default": argparse.SUPPRESS} if suppress_default else {"default": 0}
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="count", dest="verbose", help="more log lines (debug)", **extra)
-    group.add_argument("-q", "--quiet", action="store_true", dest="quiet",
-                       help="only warnings and errors; no progress", **({"default": argparse.SUPPRESS}
-                                                                        if suppress_default else {"default": False}))
-    return parser
+def quiet_transformers_bars(verbosity: int) -> None:
+    """transformers' own bars ("Loading weights") off when quiet or not on a terminal, as the hub's."""
+    if verbosity < 0 or not stderr_is_tty():
+        from transformers.utils import logging as hf_logging
 
-
-def configure_logging(verbose: int = 0, quiet: bool = False) -> None:
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    for noisy in ("httpx", "urllib3", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    if quiet or not sys.stderr.isatty():  # no tqdm bars of the hub libraries in a log file
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        try:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-        except ImportError:
-            pass
+        hf_logging.disable_progress_bar()
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -118,12 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     add_download_flag(parser)
-    add_verbosity(parser)
+    add_verbosity_flags(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (add_predict_parser, add_serve_parser, add_evaluate_parser):
         sub = add(subparsers)
         add_download_flag(sub, suppress_default=True)
-        add_verbosity(sub, suppress_default=True)
+        add_verbosity_flags(sub, suppress_default=True)
     return parser
 
 
@@ -134,15 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     go_offline(args.allow_downloads)  # before anything imports the hub libraries
-    configure_logging(args.verbose, args.quiet)
-    try:
-        return int(args.func(args) or 0)
-    except RosaliaError as error:
-        print(f"{PROG} {args.command}: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with output_settings(args.verbosity):
+        try:
+            return int(args.func(args) or 0)
+        except RosaliaError as error:
+            print(f"{PROG} {args.command}: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 # --------------------------------------------------------------------------------------------------- predict
@@ -207,6 +188,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
     downloads = downloads_allowed(args.allow_downloads)
     require_local(args.model, "--model", downloads=downloads)
     require_local(args.processor, "--processor", downloads=downloads)
+    quiet_transformers_bars(args.verbosity)
     if args.batch_size < 1:
         raise RosaliaError(f"--batch-size {args.batch_size}: must be at least 1")
     problems = 0
@@ -279,7 +261,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
         progress.update(len(batch))
         batch.clear()
 
-    with Progress(total, "predict", "pairs", enabled=not args.quiet) as progress:
+    with Progress("predict", total, "pairs", enabled=args.verbosity >= 0) as progress:
         for number, (path, stem) in enumerate(zip(files, stems, strict=True)):
             tick = time.perf_counter()
             try:
@@ -310,6 +292,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
     downloads = downloads_allowed(args.allow_downloads)
     require_local(args.model, "--model", downloads=downloads)
     require_local(args.processor, "--processor", downloads=downloads)
+    quiet_transformers_bars(args.verbosity)
     serve(args.model, processor=args.processor, host=args.host, port=args.port, device=args.device,
           dtype=args.dtype, max_new_tokens=args.max_new_tokens)
     return 0
@@ -318,7 +301,7 @@ def run_serve_command(args: argparse.Namespace) -> int:
 def run_evaluate_command(args: argparse.Namespace) -> int:
     from rosalia_hf.evaluation_cli import run
 
-    if args.quiet:
+    if args.verbosity < 0:
         args.no_progress = True
     report = run(args)
     print(report.read_text(encoding="utf-8"))
@@ -326,5 +309,4 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["main", "build_parser", "run_predict_command", "default_instructions", "add_verbosity",
-           "configure_logging"]
+__all__ = ["main", "build_parser", "run_predict_command", "default_instructions"]

@@ -166,12 +166,12 @@ def evaluate_model(
     ``segment_only``. Returns ``{"metrics": <ILS figures>, "cases": {lesion: {"best", "worst"}},
     "num_samples", "seconds", "samples_per_second", "segment_only"}``.
     """
-    from tqdm.auto import tqdm
+    from rosalia_hf.progress import Progress
 
     metric = metric if metric is not None else load_ils_metric()
     keeper = CaseKeeper(k=num_cases)
     started = time.perf_counter()
-    with tqdm(total=len(dataset), unit="sample", desc="evaluate", disable=not progress) as bar:
+    with Progress("evaluate", len(dataset), "pairs", enabled=progress) as bar:  # plain lines off a terminal
         for start, batch in _batches(dataset, batch_size):
             outputs = _predict(predictor, batch, segment_only, max_new_tokens)
             references = [ils_scores.to_mask(mask) for mask in batch["mask"]]

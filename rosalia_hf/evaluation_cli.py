@@ -18,6 +18,7 @@ from typing import Any
 
 from rosalia_hf.errors import EvaluationError, RosaliaError
 from rosalia_hf.offline import add_download_flag, downloads_allowed, go_offline, require_local
+from rosalia_hf.splits import split_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -40,10 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-# the validation split's two names: ``validation`` (the Hub's convention) and ``validate`` (MIMIC-CXR's split CSV)
-SPLIT_ALIASES = {"validation": "validate", "validate": "validation", "val": "validate", "dev": "validate"}
-
-
 def resolve_split(folder: str | Path, split: str) -> str:
     """The name ``folder`` gives ``split``: ``validation`` and ``validate`` name the same split, whichever of the
     two the folder has. A split the folder does not have is one :class:`EvaluationError` line listing those it has;
@@ -56,7 +53,7 @@ def resolve_split(folder: str | Path, split: str) -> str:
     except (OSError, ValueError):
         return split
     available = list(builder.config.data_files or {})
-    chosen = split if split in available or not available else SPLIT_ALIASES.get(split)
+    chosen = next((name for name in split_names(split) if name in available), split if not available else None)
     if available and chosen not in available:
         raise EvaluationError(f"--split {split}: {folder} has no such split (it has {', '.join(available)})")
     return chosen

@@ -1,80 +1,114 @@
-"""Progress that reads well in a terminal and in a log file.
+"""Progress of a long loop, the one helper of both console scripts (``rosalia predict``, ``mimic-ils build``, merge,
+synth, scan, cues, ...; ``mimic_ils.progress`` binds it to the ``mimic_ils.progress`` logger).
 
-On a terminal (the stream is a TTY) a tqdm bar; elsewhere (a batch job's log, a pipe, CI) plain lines without
-carriage returns or cursor escapes: one when another tenth is done (at most one a second), one when ``every``
-seconds passed without a line, and one at the end::
+On a terminal (stderr a TTY) it is a tqdm bar. Anywhere else (a log file, a pipe, a batch job) tqdm's carriage
+returns and cursor escapes would garble the log, so it is plain lines through a logger (``rosalia_hf.progress``
+unless one is given)::
 
-    predict: 40/120 pairs (33%), 12.3 s, 3.3 pairs/s
+    build report: 40/120 studies (33%), 12.3 s
 
-``enabled=False`` (``-q``) prints nothing.
+one when another tenth of the total is done but at most one per ``MIN_INTERVAL_S`` seconds, one at least every
+``MAX_INTERVAL_S`` seconds while the loop advances, and always the last one. Both show only when logging at INFO is on
+for the logger: the console scripts turn it on (:func:`rosalia_hf.console.output_settings`; ``-q`` turns it off); a
+library caller configures ``logging``.
+
+    with progress("synth", total=len(plans), unit="studies") as bar:
+        for plan in plans:
+            ...
+            bar.update()
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from typing import IO, Any
+
+LOGGER = logging.getLogger(__name__)
+
+MIN_INTERVAL_S = 5.0
+MAX_INTERVAL_S = 60.0
+STEPS = 10  # a line per tenth of the total
 
 
 class Progress:
-    """``update(n)`` as tqdm's; a context manager that prints the last line (or closes the bar) on exit."""
+    """Progress of ``total`` items of ``unit`` under ``name``; ``update(count)`` as they finish, ``close()`` at the
+    end (or use it as a context manager). ``enabled=False``: nothing at all."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", *, enabled: bool = True,
-                 stream: TextIO | None = None, every: float = 5.0) -> None:
-        self.total, self.desc, self.unit, self.every = total, desc, unit, every
-        self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled
+    def __init__(self, name: str, total: int, unit: str, *, enabled: bool = True, position: int = 0,
+                 stream: IO[str] | None = None, clock: Callable[[], float] = time.monotonic,
+                 logger: logging.Logger | None = None) -> None:
+        self.name, self.total, self.unit = name, max(0, int(total)), unit
+        self.logger = logger or LOGGER
         self.done = 0
-        self.started = time.perf_counter()
-        self._last_line = self.started
-        self._last_tenth = 0
-        self._closed = False
-        tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._bar = None
-        if enabled and tty:
+        self.clock = clock
+        self.started = clock()
+        self._last_done, self._last_time = 0, self.started
+        self._bar: Any = None
+        self._lines = enabled and self.logger.isEnabledFor(logging.INFO)
+        stream = sys.stderr if stream is None else stream
+        if self._lines and _is_tty(stream):
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(total=self.total, desc=name, unit=unit, position=position, leave=True,
+                             dynamic_ncols=True, file=stream)
+            self._lines = False
+        self._closed = False
 
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
+    def update(self, count: int = 1) -> None:
+        self.done += count
         if self._bar is not None:
-            self._bar.update(n)
-            return
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        tenth = int(10 * self.done / self.total) if self.total else 0
-        since = now - self._last_line
-        if (tenth > self._last_tenth and since >= 1.0) or since >= self.every:
-            self._last_tenth = tenth
-            self._print(now)
-
-    def line(self, now: float | None = None) -> str:
-        elapsed = (now or time.perf_counter()) - self.started
-        of = f"/{self.total}" if self.total is not None else ""
-        share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        rate = f", {self.done / elapsed:.1f} {self.unit}/s" if elapsed > 0 and self.done else ""
-        return f"{self.desc}: {self.done}{of} {self.unit}{share}, {elapsed:.1f} s{rate}"
-
-    def _print(self, now: float) -> None:
-        self._last_line = now
-        print(self.line(now), file=self.stream, flush=True)
+            self._bar.update(count)
+        elif self._lines and self._due(self.clock()):
+            self._emit()
 
     def close(self) -> None:
+        """The last line (or the bar's end); once."""
         if self._closed:
             return
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled:
-            self._print(time.perf_counter())
+        elif self._lines and self.done != self._last_done:
+            self._emit()
+
+    def line(self) -> str:
+        """The plain progress line of now: ``name: done/total unit (pct%), seconds s``."""
+        elapsed = self.clock() - self.started
+        percent = f" ({100 * self.done // self.total}%)" if self.total else ""
+        return f"{self.name}: {self.done}/{self.total} {self.unit}{percent}, {elapsed:.1f} s"
+
+    def _due(self, now: float) -> bool:
+        if self.done <= self._last_done:
+            return False
+        since = now - self._last_time
+        step = max(1, -(-self.total // STEPS))
+        return (self.done >= self._last_done + step and since >= MIN_INTERVAL_S) or since >= MAX_INTERVAL_S
+
+    def _emit(self) -> None:
+        self.logger.info(self.line())
+        self._last_done, self._last_time = self.done, self.clock()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
-__all__ = ["Progress"]
+def progress(name: str, total: int, unit: str, *, enabled: bool = True, position: int = 0,
+             logger: logging.Logger | None = None) -> Progress:
+    """A :class:`Progress` on stderr: a tqdm bar on a terminal, plain lines elsewhere, nothing when disabled."""
+    return Progress(name, total, unit, enabled=enabled, position=position, logger=logger)
+
+
+def _is_tty(stream: IO[str]) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+__all__ = ["Progress", "progress", "MIN_INTERVAL_S", "MAX_INTERVAL_S", "STEPS"]

@@ -65,7 +65,8 @@ def plot_loss_curve(log_history: list[dict[str, Any]], path: str | Path) -> Path
     axis.set_xlabel("optimiser step")
     axis.set_ylabel("weighted loss")
     axis.set_title("ROSALIA training loss")
-    axis.legend(loc="upper right")
+    if axis.get_legend_handles_labels()[0]:  # a run too short to log a loss has nothing to label
+        axis.legend(loc="upper right")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

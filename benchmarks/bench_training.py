@@ -1,7 +1,9 @@
 """Training-step throughput of ``RosaliaTrainer`` on ``tiny_rosalia`` (CPU): with vs without once-per-image encoders.
 
-    .venv/bin/python benchmarks/bench_training.py [--sam-size 256] [--image-size 512] [--pairs-per-image 4]
-        [--batch 8] [--steps 12] [--threads 2] [--rounds 2]
+    .venv/bin/python benchmarks/bench_training.py [--sam-size 256] [--sam-patch 16] [--train-sam-encoder]
+        [--image-size 512] [--pairs-per-image 4] [--batch 8] [--steps 12] [--threads 2] [--rounds 2]
+
+``--sam-size 128 --sam-patch 8 --train-sam-encoder`` times the demo's model (``examples/configs/tiny_cpu.yaml``).
 
 *With reuse*: the sampler keeps the pairs of an image together and ``RosaliaCollator(group_by_image=True)`` hands
 each unique image to CLIP and SAM once (``image_index``). *Without*: ``group_by_image=False`` in both, so every
@@ -79,7 +81,8 @@ def make_pairs(num_images: int, size: int, pairs_per_image: int, seed: int = 0) 
 
 def step_times(dataset: datasets.Dataset, group: bool, args: argparse.Namespace) -> tuple[list[float], float]:
     """Seconds of ``args.steps`` training steps after warm-up, and the mean number of encoded images per batch."""
-    model, processor = tiny_rosalia(seed=0, sam_image_size=args.sam_size)
+    model, processor = tiny_rosalia(seed=0, sam_image_size=args.sam_size, sam_patch_size=args.sam_patch,
+                                    freeze_sam_image_encoder=not args.train_sam_encoder)
     with tempfile.TemporaryDirectory() as output:
         training = RosaliaTrainingArguments(
             output_dir=output, per_device_train_batch_size=args.batch, global_train_batch_size=None,
@@ -104,7 +107,9 @@ def step_times(dataset: datasets.Dataset, group: bool, args: argparse.Namespace)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sam-size", type=int, default=256, help="SAM input side (tiny SAM, patch 16)")
+    parser.add_argument("--sam-size", type=int, default=256, help="SAM input side of the tiny SAM")
+    parser.add_argument("--sam-patch", type=int, default=16, help="SAM patch side")
+    parser.add_argument("--train-sam-encoder", action="store_true", help="train the SAM image encoder (the demo's)")
     parser.add_argument("--image-size", type=int, default=512, help="side of the square uint8 training images")
     parser.add_argument("--pairs-per-image", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
@@ -117,7 +122,8 @@ def main() -> None:
     datasets.disable_progress_bars()
     num_images = (args.warmup + args.steps + 2) * args.batch // args.pairs_per_image * 2
     dataset = make_pairs(num_images, args.image_size, args.pairs_per_image)
-    print(f"tiny_rosalia(sam_image_size={args.sam_size}), {args.image_size}x{args.image_size} images, "
+    print(f"tiny_rosalia(sam_image_size={args.sam_size}, sam_patch_size={args.sam_patch}, "
+          f"freeze_sam_image_encoder={not args.train_sam_encoder}), {args.image_size}x{args.image_size} images, "
           f"{args.pairs_per_image} pairs/image, batch {args.batch}, {args.steps} timed steps, "
           f"{args.threads} threads, {args.rounds} alternating rounds")
     times: dict[bool, list[float]] = {True: [], False: []}

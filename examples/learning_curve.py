@@ -71,8 +71,7 @@ def run(config: str | Path, output_dir: str | Path, *, dataset: str | None = Non
             "--eval_strategy", "steps", "--eval_steps", str(eval_every), "--disable_tqdm", "true"]
     script, args = train_rosalia.parse_arguments(argv + (["--max_steps", str(max_steps)] if max_steps else []))
     datasets.disable_progress_bars()
-    train = datasets.load_dataset(script.dataset, script.train_config, split=script.train_split)
-    validate = datasets.load_dataset(script.dataset, "pairs", split=script.eval_split)
+    train, validate = train_rosalia.load_splits(script)
     model, processor = train_rosalia.load_model(script)
     recorder = CurveRecorder(emit)
     trainer = RosaliaTrainer(model, args, processor, train_dataset=train, eval_dataset=validate,

@@ -49,6 +49,10 @@ class ScriptArguments:
     tiny_train_sam_image_encoder: bool = field(default=False, metadata={
         "help": "Train tiny_rosalia()'s (random) SAM image encoder fully instead of freezing it: a random frozen "
                 "encoder gives the decoder little to segment from. Real checkpoints keep SAM's encoder frozen."})
+    tiny_hidden: int | None = field(default=None, metadata={
+        "help": "Width of every tower of tiny_rosalia() (None: its default, 32)."})
+    tiny_text_initializer_range: float | None = field(default=None, metadata={
+        "help": "Std of tiny_rosalia()'s random language-model weights (None: 0.02; see rosalia_hf.testing)."})
 
 
 CONFIG_HELP = ("YAML file of ScriptArguments / RosaliaTrainingArguments fields (dicts and lists allowed); the flags "
@@ -121,8 +125,9 @@ def load_model(script: ScriptArguments):
     if script.model_name_or_path is None:
         from rosalia_hf.testing import tiny_rosalia
 
-        shape = {key: value for key, value in (("sam_image_size", script.tiny_sam_image_size),
-                                               ("sam_patch_size", script.tiny_sam_patch_size)) if value is not None}
+        given = (("sam_image_size", script.tiny_sam_image_size), ("sam_patch_size", script.tiny_sam_patch_size),
+                 ("text_initializer_range", script.tiny_text_initializer_range), ("hidden", script.tiny_hidden))
+        shape = {key: value for key, value in given if value is not None}
         model, processor = tiny_rosalia(seed=script.tiny_seed, freeze_sam_image_encoder=not
                                         script.tiny_train_sam_image_encoder, **shape)
         return model.train(), processor

@@ -21,6 +21,7 @@ TINY_SAM_SIZE = 64
 TINY_SAM_PATCH = 16
 TINY_HIDDEN = 32
 TINY_BPE_VOCAB = 400
+TINY_INIT = 0.02  # transformers' default initializer_range
 
 _CORPUS_WORDS = """
 USER: ASSISTANT: Sure, it is the segmentation result. There is no lesion here. Please segment the
@@ -59,9 +60,15 @@ def tiny_processor(sam_image_size: int = TINY_SAM_SIZE) -> RosaliaProcessor:
 
 
 def tiny_config(processor: RosaliaProcessor, projector_type: str = "linear", hidden: int = TINY_HIDDEN, *,
-                sam_patch_size: int = TINY_SAM_PATCH, freeze_sam_image_encoder: bool = True) -> RosaliaConfig:
+                sam_patch_size: int = TINY_SAM_PATCH, freeze_sam_image_encoder: bool = True,
+                text_initializer_range: float = TINY_INIT) -> RosaliaConfig:
     """Hidden 32, two layers everywhere; token ids read from ``processor``'s tokenizer. SAM's image embedding is
-    ``(sam_image_size / sam_patch_size)`` squared; ``freeze_sam_image_encoder=False`` lets it be trained."""
+    ``(sam_image_size / sam_patch_size)`` squared; ``freeze_sam_image_encoder=False`` lets it be trained.
+
+    ``text_initializer_range`` is the std of the language model's random weights. At the default 0.02 a 32-wide
+    LLaMA attends almost uniformly, its attention output is ~1e-3 of the residual stream (so the ``[SEG]`` state
+    hardly depends on the instruction) and the frozen ``lm_head`` can reach logits of ~0.6 at most (so the text
+    loss cannot fall); 0.2 gives attention, instruction-dependent ``[SEG]`` states and learnable answers."""
     if processor.sam_image_size % sam_patch_size:
         raise ValueError(f"sam_patch_size {sam_patch_size} must divide the SAM input side {processor.sam_image_size}")
     sam_width = hidden
@@ -72,6 +79,7 @@ def tiny_config(processor: RosaliaProcessor, projector_type: str = "linear", hid
         "text_config": {"model_type": "llama", "hidden_size": hidden, "intermediate_size": 2 * hidden,
                         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
                         "vocab_size": len(processor.tokenizer), "max_position_embeddings": 512,
+                        "initializer_range": text_initializer_range,
                         "pad_token_id": processor.tokenizer.pad_token_id,
                         "bos_token_id": processor.tokenizer.bos_token_id,
                         "eos_token_id": processor.tokenizer.eos_token_id},
@@ -97,8 +105,9 @@ def tiny_config(processor: RosaliaProcessor, projector_type: str = "linear", hid
 
 
 def tiny_rosalia(seed: int = 0, projector_type: str = "linear", sam_image_size: int = TINY_SAM_SIZE, *,
-                 sam_patch_size: int = TINY_SAM_PATCH,
-                 freeze_sam_image_encoder: bool = True) -> tuple[RosaliaForSegmentation, RosaliaProcessor]:
+                 sam_patch_size: int = TINY_SAM_PATCH, freeze_sam_image_encoder: bool = True,
+                 text_initializer_range: float = TINY_INIT,
+                 hidden: int = TINY_HIDDEN) -> tuple[RosaliaForSegmentation, RosaliaProcessor]:
     """A tiny random ``(model, processor)`` pair, deterministic for ``seed``; the model is in eval mode.
 
     The defaults are the test model (SAM 64 px, patch 16, frozen encoder). The demo's model that learns on the
@@ -106,8 +115,9 @@ def tiny_rosalia(seed: int = 0, projector_type: str = "linear", sam_image_size: 
     ``sam_patch_size=8``: a 16x16 embedding) whose random image encoder is trained
     (``freeze_sam_image_encoder=False``): a frozen *random* encoder gives the mask decoder little to segment from."""
     processor = tiny_processor(sam_image_size)
-    config = tiny_config(processor, projector_type, sam_patch_size=sam_patch_size,
-                         freeze_sam_image_encoder=freeze_sam_image_encoder)
+    config = tiny_config(processor, projector_type, hidden, sam_patch_size=sam_patch_size,
+                         freeze_sam_image_encoder=freeze_sam_image_encoder,
+                         text_initializer_range=text_initializer_range)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = RosaliaForSegmentation(config)

@@ -28,6 +28,7 @@ from rosalia_hf.trainer_config import RosaliaTrainingArguments
 logger = logging.getLogger(__name__)
 
 LOSS_PARTS = ("ce_loss", "mask_bce_loss", "mask_dice_loss")
+LOSS_WEIGHTS = ("ce_loss_weight", "bce_loss_weight", "dice_loss_weight")
 FULLY_TRAINED_MODULES = ["mask_decoder", "text_hidden_fcs"]
 # image towers a config may unfreeze: (config flag, module name as peft's modules_to_save matches it)
 UNFREEZABLE_TOWERS = (("freeze_sam_image_encoder", "sam.vision_encoder"), ("freeze_vision_tower", "vision_tower"))
@@ -56,8 +57,26 @@ def lora_config(args: RosaliaTrainingArguments, processor, model_config=None) ->
     )
 
 
+def apply_loss_weights(config, args: RosaliaTrainingArguments) -> dict[str, float]:
+    """Sets the loss weights ``args`` gives (not None) on the model ``config``; returns the weights in force.
+
+    >>> from types import SimpleNamespace
+    >>> config = SimpleNamespace(ce_loss_weight=0.5, bce_loss_weight=5.0, dice_loss_weight=1.0)
+    >>> apply_loss_weights(config, SimpleNamespace(ce_loss_weight=None, bce_loss_weight=20.0, dice_loss_weight=None))
+    {'ce_loss_weight': 0.5, 'bce_loss_weight': 20.0, 'dice_loss_weight': 1.0}
+    """
+    for name in LOSS_WEIGHTS:
+        if getattr(args, name, None) is not None:
+            setattr(config, name, float(getattr(args, name)))
+    return {name: getattr(config, name) for name in LOSS_WEIGHTS}
+
+
 def prepare_model_for_training(model, args: RosaliaTrainingArguments, processor) -> PeftModel:
-    """Wraps ``model`` with LoRA as configured; logs the trainable parameters per top-level part."""
+    """Wraps ``model`` with LoRA as configured (and the loss weights ``args`` sets); logs the trainable parameters
+    per top-level part."""
+    weights = apply_loss_weights(model.get_base_model().config if isinstance(model, PeftModel) else model.config,
+                                 args)
+    logger.info("loss weights: %s", ", ".join(f"{name} {value:g}" for name, value in weights.items()))
     if isinstance(model, PeftModel):
         return model
     peft_model = get_peft_model(model, lora_config(args, processor, model.config))

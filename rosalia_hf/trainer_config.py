@@ -55,6 +55,13 @@ class RosaliaTrainingArguments(TrainingArguments):
     eval_max_samples: int | None = field(
         default=None, metadata={"help": "Evaluate on at most this many validation pairs (None: all)."}
     )
+    ce_loss_weight: float | None = field(default=None, metadata={
+        "help": "Weight of the text cross-entropy; None keeps the model config's (paper: 0.5)."})
+    bce_loss_weight: float | None = field(default=None, metadata={
+        "help": "Weight of the mask BCE over all pairs; None keeps the model config's (paper: 5.0). The tiny CPU demo "
+                "raises it: a few hundred steps on a small set otherwise settle on masks for every instruction."})
+    dice_loss_weight: float | None = field(default=None, metadata={
+        "help": "Weight of the mask Dice over positive pairs; None keeps the model config's (paper: 1.0)."})
 
     def __post_init__(self) -> None:
         if self.global_train_batch_size is not None:

@@ -20,8 +20,25 @@ def test_yaml_gives_defaults_and_flags_override(tmp_path):
         ["--config", str(ROOT / "examples/configs/tiny_cpu.yaml"), "--dataset", "D", "--learning_rate", "0.5"]
     )
     assert script.dataset == "D" and script.train_config == "images"
-    assert args.learning_rate == 0.5 and args.max_steps == 300 and args.bf16 is False
+    assert args.learning_rate == 0.5 and args.max_steps == 1000 and args.bf16 is False
     assert args.gradient_accumulation_steps == 1 and args.lora_r == 8
+
+
+def test_the_demo_config_builds_the_better_conditioned_tiny_model():
+    """tiny_cpu.yaml (the demo's): SAM 128 px / 8 px patches with a trained encoder, LM init 0.2, BCE weight 10;
+    without the tiny_* fields the script builds the test model (SAM 64 px / 16 px, frozen encoder, init 0.02)."""
+    script, args = train_rosalia.parse_arguments(["--config", str(ROOT / "examples/configs/tiny_cpu.yaml"),
+                                                  "--dataset", "D"])
+    model, processor = train_rosalia.load_model(script)
+    sam = model.config.sam_config
+    assert (processor.sam_image_size, sam.vision_config.patch_size, sam.prompt_encoder_config.image_embedding_size,
+            model.config.freeze_sam_image_encoder) == (128, 8, 16, False)
+    assert model.config.llava_config.text_config.initializer_range == 0.2 and args.bce_loss_weight == 10.0
+    assert model.config.bce_loss_weight == 5.0  # the trainer applies the argument; the model's default is the paper's
+    plain, _ = train_rosalia.parse_arguments(["--dataset", "D", "--use_cpu", "true"])
+    model, processor = train_rosalia.load_model(plain)
+    assert (processor.sam_image_size, model.config.sam_config.vision_config.patch_size) == (64, 16)
+    assert model.config.freeze_sam_image_encoder and model.config.llava_config.text_config.initializer_range == 0.02
 
 
 def test_paper_config_keeps_the_paper_defaults():
@@ -47,6 +64,7 @@ def test_script_trains_and_leaves_metrics_curve_adapters_and_card(tmp_path, caps
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{\"step\"")]
     assert [line["step"] for line in lines] == [0, 2]
     assert set(lines[0]) == {"step", "giou", "ciou", "n_acc"} and lines == [result["before"], result["after"]]
+    assert result["train_seconds"] > 0
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert (out / "adapters" / "adapter_config.json").is_file()
     card = (out / "merged" / "README.md").read_text()

@@ -10,6 +10,7 @@ import torch
 from _training_helpers import tiny_images_dataset, tiny_pairs_dataset
 
 from rosalia_hf import RosaliaForSegmentation
+from rosalia_hf.losses import rosalia_mask_losses
 from rosalia_hf.predictor import RosaliaPredictor
 from rosalia_hf.testing import tiny_rosalia
 from rosalia_hf.trainer import RosaliaTrainer, describe_trainable, prepare_model_for_training
@@ -118,3 +119,20 @@ def test_the_test_models_sam_encoder_stays_frozen(tmp_path):
     model, processor = tiny_rosalia(seed=0)
     names = _trainable_names(prepare_model_for_training(model, _args(tmp_path), processor))
     assert not [n for n in names if "vision_encoder" in n]
+
+
+def test_loss_weights_default_to_the_papers_and_the_arguments_may_change_them(tmp_path):
+    model, processor = tiny_rosalia(seed=0)
+    trainer = RosaliaTrainer(model, _args(tmp_path), processor, train_dataset=tiny_pairs_dataset(4, seed=1))
+    config = trainer.model.get_base_model().config
+    assert (config.ce_loss_weight, config.bce_loss_weight, config.dice_loss_weight) == (0.5, 5.0, 1.0)
+    model, processor = tiny_rosalia(seed=0)
+    trainer = RosaliaTrainer(model, _args(tmp_path, bce_loss_weight=20.0), processor,
+                             train_dataset=tiny_pairs_dataset(4, seed=1))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    out = trainer.model(**batch)
+    assert trainer.model.get_base_model().config.bce_loss_weight == 20.0
+    unweighted_bce, _ = rosalia_mask_losses(out.pred_masks, [m.float() for m in batch["masks"]],
+                                            batch["mask_positive"])
+    torch.testing.assert_close(out.mask_bce_loss, 20.0 * unweighted_bce)
+    assert RosaliaTrainingArguments(output_dir=str(tmp_path), use_cpu=True).bce_loss_weight is None

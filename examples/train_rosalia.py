@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     after training, wall seconds of ``trainer.train``)."""
     from rosalia_hf.errors import RosaliaError
     from rosalia_hf.trainer import RosaliaTrainer
-    from rosalia_hf.training_report import plot_loss_curve, render_model_card
+    from rosalia_hf.training_report import plot_loss_curve, render_adapter_card, render_model_card
 
     script, args = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.process_index == 0 else logging.WARNING)
@@ -164,7 +164,10 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         output = Path(args.output_dir)
         plot_loss_curve(trainer.state.log_history, output / "loss_curve.png")
-        trainer.save_adapters(output / "adapters")
+        adapters = trainer.save_adapters(output / "adapters")
+        peft_config = getattr(trainer.accelerator.unwrap_model(trainer.model), "peft_config", {}).get("default")
+        render_adapter_card(adapters / "README.md", args=args, script=vars(script), after=after,
+                            merged_path=output / "merged", lora_config=peft_config)  # in place of peft's template
         if script.save_merged:
             merged = trainer.save_merged(output / "merged")
             render_model_card(merged / "README.md", args=args, model_config=model.config, script=vars(script),

@@ -64,3 +64,26 @@ def test_adapter_card_replaces_peft_template(tmp_path):
     assert "`q_proj`, `v_proj`" in card.text and "`text_hidden_fcs`" in card.text
     assert "PeftModel.from_pretrained" in card.text and "gIoU 0.41" in card.text
     assert "[More Information Needed]" not in card.text and "{{" not in card.content
+
+
+def test_a_training_run_writes_both_cards(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tests"))
+    sys.path.insert(0, str(root / "examples"))
+    import train_rosalia
+    from _training_helpers import write_dataset_folder
+
+    folder = write_dataset_folder(tmp_path / "ils", 8, 2)
+    out = tmp_path / "run"
+    train_rosalia.main(["--dataset", folder, "--output_dir", str(out), "--max_steps", "1", "--eval_strategy", "no",
+                        "--use_cpu", "true", "--per_device_train_batch_size", "2", "--global_train_batch_size", "2",
+                        "--eval_max_samples", "4", "--report_to", "none", "--save_strategy", "no"])
+    capsys.readouterr()
+    adapters = ModelCard.load(out / "adapters" / "README.md")
+    assert adapters.data.library_name == "peft" and "[More Information Needed]" not in adapters.text
+    assert "PeftModel.from_pretrained" in adapters.text and "LoRA r=" in adapters.text
+    merged = ModelCard.load(out / "merged" / "README.md")
+    assert "pipeline_tag" not in merged.data.to_dict() and "## Data use agreement" in merged.text

@@ -39,15 +39,19 @@ def run(argv: list[str]) -> None:
 
 
 def example_pair(dataset: Path, split: str = "test") -> tuple[str, str]:
-    """``(image path, instruction)`` of the first positive pair of ``split`` (the first pair if none is positive)."""
-    import datasets
+    """``(image path, instruction)`` of the first positive pair of ``split`` (the first pair if none is positive).
 
-    datasets.disable_progress_bars()
-    pairs = datasets.load_dataset(str(dataset), "pairs", split=split)
-    polarity = pairs["polarity"]
-    row = polarity.index("positive") if "positive" in polarity else 0
-    image = pairs.cast_column("image", datasets.Image(decode=False))[row]["image"]
-    return image["path"], pairs[row]["instruction"]
+    The path is read from the split's ``metadata.parquet`` in ``dataset`` itself (``image_file_name``, relative to
+    it, as ``datasets``' image folders have it), not from ``load_dataset``: a folder built again with the same bytes
+    elsewhere is served from the ``datasets`` cache, whose image paths name the first folder."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    files = datasets.load_dataset_builder(str(dataset), "pairs").config.data_files[split]
+    metadata = next(Path(name) for name in files if Path(name).name == "metadata.parquet")
+    rows = pq.read_table(metadata, columns=["image_file_name", "instruction", "polarity"]).to_pylist()
+    row = next((row for row in rows if row["polarity"] == "positive"), rows[0])
+    return str(metadata.parent / row["image_file_name"]), row["instruction"]
 
 
 def try_commands(dataset: Path, model: Path, predictions: Path) -> list[str]:

@@ -110,10 +110,11 @@ def tiny_rosalia(seed: int = 0, projector_type: str = "linear", sam_image_size: 
                  hidden: int = TINY_HIDDEN) -> tuple[RosaliaForSegmentation, RosaliaProcessor]:
     """A tiny random ``(model, processor)`` pair, deterministic for ``seed``; the model is in eval mode.
 
-    The defaults are the test model (SAM 64 px, patch 16, frozen encoder). The demo's model that learns on the
-    phantom cohort (``examples/configs/tiny_cpu.yaml``) uses a finer SAM (``sam_image_size=128``,
+    The defaults are the test model (SAM 64 px, patch 16, frozen encoder, width 32, LM init 0.02). The demo's model
+    that learns on the phantom cohort (``examples/configs/tiny_cpu.yaml``) uses a finer SAM (``sam_image_size=128``,
     ``sam_patch_size=8``: a 16x16 embedding) whose random image encoder is trained
-    (``freeze_sam_image_encoder=False``): a frozen *random* encoder gives the mask decoder little to segment from."""
+    (``freeze_sam_image_encoder=False``: a frozen *random* encoder gives the mask decoder little to segment from),
+    ``text_initializer_range=0.2`` (see :func:`tiny_config`) and ``hidden=64``."""
     processor = tiny_processor(sam_image_size)
     config = tiny_config(processor, projector_type, hidden, sam_patch_size=sam_patch_size,
                          freeze_sam_image_encoder=freeze_sam_image_encoder,

@@ -25,7 +25,7 @@ def test_yaml_gives_defaults_and_flags_override(tmp_path):
 
 
 def test_the_demo_config_builds_the_better_conditioned_tiny_model():
-    """tiny_cpu.yaml (the demo's): SAM 128 px / 8 px patches with a trained encoder, LM init 0.2, BCE weight 10;
+    """tiny_cpu.yaml (the demo's): SAM 128 px / 8 px patches with a trained encoder, LM init 0.2, width 64;
     without the tiny_* fields the script builds the test model (SAM 64 px / 16 px, frozen encoder, init 0.02)."""
     script, args = train_rosalia.parse_arguments(["--config", str(ROOT / "examples/configs/tiny_cpu.yaml"),
                                                   "--dataset", "D"])
@@ -33,8 +33,8 @@ def test_the_demo_config_builds_the_better_conditioned_tiny_model():
     sam = model.config.sam_config
     assert (processor.sam_image_size, sam.vision_config.patch_size, sam.prompt_encoder_config.image_embedding_size,
             model.config.freeze_sam_image_encoder) == (128, 8, 16, False)
-    assert model.config.llava_config.text_config.initializer_range == 0.2 and args.bce_loss_weight == 10.0
-    assert model.config.bce_loss_weight == 5.0  # the trainer applies the argument; the model's default is the paper's
+    assert model.config.llava_config.text_config.initializer_range == 0.2 and model.config.text_hidden_size == 64
+    assert args.bce_loss_weight is None and model.config.bce_loss_weight == 5.0  # the paper's loss
     plain, _ = train_rosalia.parse_arguments(["--dataset", "D", "--use_cpu", "true"])
     model, processor = train_rosalia.load_model(plain)
     assert (processor.sam_image_size, model.config.sam_config.vision_config.patch_size) == (64, 16)

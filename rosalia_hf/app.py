@@ -102,6 +102,13 @@ def _without_folder(line: str, path: str) -> str:
     return line.replace(str(path), Path(path).name)
 
 
+def display_name(model: str | Path) -> str:
+    """A model folder as the page and the overlays name it: its last part, with its parent for a training run's
+    ``merged``/``adapters`` folder (``rosalia_tiny/merged``)."""
+    parts = Path(model).resolve().parts
+    return "/".join(parts[-2:]) if parts and parts[-1] in ("merged", "adapters", "final") else parts[-1]
+
+
 def build_app(predictor, *, model_name: str = "ROSALIA", max_new_tokens: int = 512):
     """The ``gradio.Blocks`` app around ``predictor`` (a :class:`rosalia_hf.predictor.RosaliaPredictor`).
     Its one API endpoint is ``/segment(file, instructions, segment_only) -> (gallery, table, status)``."""
@@ -125,7 +132,7 @@ def build_app(predictor, *, model_name: str = "ROSALIA", max_new_tokens: int = 5
                 gr.Examples(examples=[[text] for text in EXAMPLES], inputs=[instructions],
                             label="Table 2 instruction forms")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="Overlays", columns=2, height=640, elem_id="overlays",
+                gallery = gr.Gallery(label="Overlays", columns=2, height=480, elem_id="overlays",
                                      object_fit="contain")
                 table = gr.Dataframe(headers=TABLE_HEADERS, label="Answers", elem_id="answers", interactive=False)
                 status = gr.Markdown(elem_id="status")
@@ -157,7 +164,7 @@ def serve(model: str, *, processor: str | None = None, host: str = "127.0.0.1", 
     from rosalia_hf.predictor import RosaliaPredictor
 
     predictor = RosaliaPredictor.from_pretrained(model, processor, device=device, dtype=dtype)
-    app = build_app(predictor, model_name=Path(model).name or "ROSALIA", max_new_tokens=max_new_tokens)
+    app = build_app(predictor, model_name=display_name(model), max_new_tokens=max_new_tokens)
     print(f"ROSALIA app for {model} on http://{host}:{port}/ (Ctrl+C stops it)", flush=True)
     return launch(app, host=host, port=port, block=block)
 

@@ -214,7 +214,9 @@ def run_predict_command(args: argparse.Namespace) -> int:
             instructions.append((number, " ".join(text.split())))
     out = Path(args.out)
     stems = unique_stems(files)
-    name = Path(args.model).name or "ROSALIA"
+    from rosalia_hf.app import display_name
+
+    name = display_name(args.model)
     total = len(files) * len(instructions)
     batch: list[Job] = []
     images: dict[int, object] = {}

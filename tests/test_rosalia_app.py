@@ -1,8 +1,10 @@
 """The Gradio app: its handler (fast), and for real under `make test-slow`: a server on a tiny model driven by
 gradio_client, and the page in headless Debian Chromium through selenium (never a browser download).
 
-``ROSALIA_SCREENSHOT=path.png`` keeps the browser test's screenshot there (docs/app_screenshot.png is made so,
-with the demo's trained model: ``ROSALIA_APP_MODEL=demo_out/rosalia_tiny/merged``)."""
+``ROSALIA_SCREENSHOT=path.png`` keeps the browser test's screenshot there. docs/app_screenshot.png is made so, with
+the demo's trained model and one of its test images: ``ROSALIA_APP_MODEL=demo_out/rosalia_tiny/merged
+ROSALIA_APP_IMAGE=demo_out/mimic_ils/test/images/<id>.png ROSALIA_APP_INSTRUCTIONS="A.|B."`` (``|`` between
+instructions)."""
 
 from __future__ import annotations
 
@@ -78,6 +80,13 @@ def test_handler_reports_bad_inputs_in_one_line_each(predictor, xray, tmp_path):
     assert status.startswith("- instruction 1:") and "at most 512" in status
 
 
+def test_display_name_keeps_the_run_of_a_merged_folder(tmp_path):
+    from rosalia_hf.app import display_name
+
+    assert display_name(tmp_path / "rosalia_tiny" / "merged") == "rosalia_tiny/merged"
+    assert display_name(tmp_path / "rosalia-7b") == "rosalia-7b"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,7 +146,7 @@ def test_browser_submits_an_instruction_and_sees_the_overlay(server, xray, tmp_p
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--window-size=1400,1050", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--no-first-run", "--window-size=1400,1150", f"--user-data-dir={tmp_path / 'profile'}",
                  "--no-proxy-server"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
@@ -145,15 +154,18 @@ def test_browser_submits_an_instruction_and_sees_the_overlay(server, xray, tmp_p
         driver.get(server)
         wait = WebDriverWait(driver, 120)
         upload = wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, "#upload input[type=file]")))
-        upload.send_keys(str(xray))
-        wait.until(seen.text_to_be_present_in_element((By.ID, "upload"), xray.stem))  # name and suffix are two spans
+        image = Path(os.environ.get("ROSALIA_APP_IMAGE", xray))
+        instructions = os.environ.get("ROSALIA_APP_INSTRUCTIONS", EXAMPLES[0]).split("|")
+        upload.send_keys(str(image.resolve()))
+        wait.until(seen.text_to_be_present_in_element((By.ID, "upload"), image.stem[:8]))  # name, suffix: two spans
         box = driver.find_element(By.CSS_SELECTOR, "#instructions textarea")
-        box.send_keys(EXAMPLES[0])
+        for number, line in enumerate(instructions):
+            box.send_keys(("\n" if number else "") + line)
         driver.find_element(By.ID, "segment").click()
         overlay = wait.until(seen.visibility_of_element_located((By.CSS_SELECTOR, "#overlays img")))
         wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
         assert overlay.get_attribute("naturalWidth") and int(overlay.get_attribute("naturalWidth")) > 100
-        wait.until(seen.text_to_be_present_in_element((By.ID, "answers"), EXAMPLES[0]))
+        wait.until(seen.text_to_be_present_in_element((By.ID, "answers"), instructions[-1]))
         assert "instruction(s) on a" in driver.find_element(By.ID, "status").text
         time.sleep(1.0)  # let the gallery settle before the picture
         shot = tmp_path / "app.png"

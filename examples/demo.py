@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -148,6 +149,9 @@ def main() -> None:
     print("\n=== try the trained model")
     for line in try_commands(dataset, run_dir / "merged", out / "predictions"):
         print(f"    {line}")
+    if shutil.which("rosalia") is None:  # make demo runs .venv/bin/python without activating the venv
+        where = Path(sys.executable).parent
+        print(f"    (the rosalia command is in {where}: run `source {where / 'activate'}` first)")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """Writing files: the one atomic write, the one PNG encoding and the one checksum record of the project.
 
-* :func:`atomic_write_bytes`: temporary file in the target's folder, then rename; a killed process never leaves a
-  partial file under the final name. The file gets the mode a plain ``open(path, "w")`` would give it (0666 less
-  the umask): ``mkstemp``'s 0600 would leave a dataset on a shared cluster unreadable to the other users.
+* :func:`atomic_write_bytes` and :func:`current_umask`: from :mod:`rosalia_hf.files` (shared with the model half):
+  temporary file in the target's folder, then rename, with the mode a plain ``open(path, "w")`` would give.
 * :func:`encode_png`: deterministic PNG bytes of an ``HxW uint8`` (or bool, stored 0/255) array.
 * :class:`FileRecord`: ``{"sha256": <hex>, "size": <bytes>}``, the format of every checksum we write (the output
   folder's manifest, the study artifacts, the vision artifacts' manifests).
@@ -11,44 +10,17 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rosalia_hf.files import atomic_write_bytes, current_umask, png_bytes
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename.
-
-    No fsync: a killed process never leaves a partial file under the final name, and what a power loss could
-    leave (an empty or short renamed file) fails its checksum and is recomputed. fsync cost ~7 ms per file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(temp, 0o666 & ~current_umask())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def current_umask() -> int:
-    """The process's umask (reading it means setting it; the lock keeps threads from seeing the 0 in between)."""
-    with _UMASK_LOCK:
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
+__all__ = ["atomic_write_bytes", "current_umask", "png_bytes", "encode_png", "FileRecord", "write_file_once",
+           "sha256_bytes", "sha256_file"]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -65,14 +37,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def encode_png(array: np.ndarray) -> bytes:
     """Deterministic PNG bytes of an ``HxW uint8`` (or bool, stored 0/255) array; no metadata chunks."""
-    from PIL import Image
-
     array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
+    if array.ndim != 2:
+        raise ValueError(f"encode_png takes an HxW grey image or mask, got shape {array.shape}")
+    return png_bytes(array)
 
 
 @dataclass(frozen=True)

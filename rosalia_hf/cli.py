@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rosalia_hf.console import add_verbosity_flags, output_settings, stderr_is_tty
@@ -146,7 +144,6 @@ class Job:
     instruction: str
     instruction_number: int
     stem: str
-    result: dict = field(default_factory=dict)
 
 
 def unique_stems(files: list[Path]) -> list[str]:
@@ -161,26 +158,11 @@ def unique_stems(files: list[Path]) -> list[str]:
     return stems
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """``data`` at ``path``, atomically (a fresh temporary file renamed over it: a link planted at ``path`` is
-    replaced, never followed); its mode follows the umask, as any file the user creates."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def run_predict_command(args: argparse.Namespace) -> int:
     """Every instruction on every image; JSON lines on stdout, problems on stderr. 0, or 1 if any input failed."""
-    from rosalia_hf.images import find_images, png_bytes, read_image
+    from rosalia_hf.app import display_name
+    from rosalia_hf.files import atomic_write_bytes, png_bytes
+    from rosalia_hf.images import find_images, read_image
     from rosalia_hf.overlay import describe_mask, render_overlay
     from rosalia_hf.predictor import RosaliaPredictor
     from rosalia_hf.progress import Progress
@@ -214,8 +196,6 @@ def run_predict_command(args: argparse.Namespace) -> int:
             instructions.append((number, " ".join(text.split())))
     out = Path(args.out)
     stems = unique_stems(files)
-    from rosalia_hf.app import display_name
-
     name = display_name(args.model)
     total = len(files) * len(instructions)
     batch: list[Job] = []
@@ -248,11 +228,11 @@ def run_predict_command(args: argparse.Namespace) -> int:
                           for k in range(max(1, len(result["masks"])))]
             masks = result["masks"] or [result["mask"]]
             for path, mask in zip(mask_paths, masks, strict=True):
-                write_file(path, png_bytes(mask.astype("uint8") * 255))
+                atomic_write_bytes(path, png_bytes(mask))
             footer = f"{name} · {job.image.name} · {describe_mask(result['mask'])}"
             picture = render_overlay(images[job.image_number], result["mask"], instruction=job.instruction,
                                      answer=result["text"], footer=footer)
-            write_file(overlay_path, png_bytes(picture))
+            atomic_write_bytes(overlay_path, png_bytes(picture))
             record = {"image": str(job.image), "instruction": job.instruction, "text": result["text"],
                       "empty": bool(result["empty"]), "masks": [str(p) for p in mask_paths[:len(result["masks"])]],
                       "mask": str(mask_paths[0]), "overlay": str(overlay_path),

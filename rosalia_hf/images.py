@@ -102,17 +102,6 @@ def as_image_array(image) -> np.ndarray:
         raise ImageReadError(str(error)) from None
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    """PNG bytes of an ``HxW`` or ``HxWx3`` uint8 array (no metadata chunks, zlib level 6)."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-
-
 def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
     """The image files named by ``inputs`` (files as given, folders searched recursively for
     :data:`IMAGE_SUFFIXES`, sorted), and one line per input that does not exist or is a folder without images."""
@@ -132,5 +121,5 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
-__all__ = ["read_image", "as_image_array", "find_images", "png_bytes", "to_uint8", "pil_to_array", "is_dicom",
+__all__ = ["read_image", "as_image_array", "find_images", "to_uint8", "pil_to_array", "is_dicom",
            "IMAGE_SUFFIXES"]

@@ -35,7 +35,7 @@ ROSALIA_LAYERS = (
                               "rosalia_hf.ils_scores", "rosalia_hf.mask_geometry", "rosalia_hf.configuration_rosalia",
                               "rosalia_hf.tokenization_lisa", "rosalia_hf.losses", "rosalia_hf.sampler",
                               "rosalia_hf.dicom", "rosalia_hf.images", "rosalia_hf.overlay", "rosalia_hf.progress",
-                              "rosalia_hf.console", "rosalia_hf.splits")),
+                              "rosalia_hf.console", "rosalia_hf.splits", "rosalia_hf.files")),
     ("model", ("rosalia_hf.processing_rosalia", "rosalia_hf.modeling_rosalia", "rosalia_hf.predictor")),
     ("training and evaluation", ("rosalia_hf.data", "rosalia_hf.trainer_config", "rosalia_hf.trainer",
                                  "rosalia_hf.evaluation", "rosalia_hf.evaluation_report",

@@ -48,8 +48,7 @@ def render_pair_overlay(item: FolderRow, path: Path) -> Path:
     (none for negatives), the instruction and answer above, R/L side markers, :func:`footer_of` below."""
     from PIL import Image
 
-    from mimic_ils.files import atomic_write_bytes
-    from rosalia_hf.images import png_bytes
+    from mimic_ils.files import atomic_write_bytes, png_bytes
     from rosalia_hf.overlay import render_overlay
 
     folder, row = item

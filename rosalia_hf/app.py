@@ -71,14 +71,11 @@ class Segmenter:
             image = read_image(path)
         except RosaliaError as error:
             return [], [], f"Cannot read the upload: {_without_folder(str(error), path)}"
-        lines = [" ".join(line.split()) for line in (instructions or "").splitlines()]
-        lines = [line for line in lines if line]
+        lines = [line for line in (instructions or "").splitlines() if line.strip()]
         if not lines:
             return [], [], "Type an instruction (one per line), or pick an example."
-        runnable, problems = [], []
-        for number, line in enumerate(lines, start=1):
-            reason = self.predictor.instruction_problem(line, segment_only)
-            (problems.append(f"instruction {number}: {reason}") if reason else runnable.append(line))
+        checked, problems = self.predictor.check_instructions(lines, segment_only)
+        runnable = [text for _, text in checked]
         gallery, rows = [], []
         if runnable:
             with self._lock:

@@ -187,13 +187,10 @@ def run_predict_command(args: argparse.Namespace) -> int:
     predictor = RosaliaPredictor.from_pretrained(args.model, args.processor, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - started
     log.info("loaded %s in %.1f s on %s", args.model, load_s, next(predictor.model.parameters()).device)
-    instructions: list[tuple[int, str]] = []
-    for number, text in enumerate(args.instructions or default_instructions()):
-        reason = predictor.instruction_problem(text, args.segment_only)
-        if reason:
-            problem(f"instruction {number + 1}: {reason}")
-        else:
-            instructions.append((number, " ".join(text.split())))
+    instructions, refused = predictor.check_instructions(args.instructions or default_instructions(),
+                                                         args.segment_only)
+    for line in refused:
+        problem(line)
     out = Path(args.out)
     stems = unique_stems(files)
     name = display_name(args.model)
@@ -215,14 +212,14 @@ def run_predict_command(args: argparse.Namespace) -> int:
         except (ValueError, RuntimeError) as error:  # a batch the model refuses: each of its pairs gets the line
             reason = " ".join(str(error).split())[:300]
             for job in batch:
-                problem(f"{job.image} / instruction {job.instruction_number + 1}: {reason}")
+                problem(f"{job.image} / instruction {job.instruction_number}: {reason}")
             progress.update(len(batch))
             batch.clear()
             return
         predict_s = (time.perf_counter() - tick) / len(batch)
         for job, result in zip(batch, results, strict=True):
             tick = time.perf_counter()
-            base = f"{job.stem}.q{job.instruction_number + 1}"
+            base = f"{job.stem}.q{job.instruction_number}"
             overlay_path = out / f"{base}.overlay.png"
             mask_paths = [out / (f"{base}.mask.png" if k == 0 else f"{base}.mask{k + 1}.png")
                           for k in range(max(1, len(result["masks"])))]

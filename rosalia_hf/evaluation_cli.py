@@ -59,12 +59,13 @@ def resolve_split(folder: str | Path, split: str) -> str:
     return chosen
 
 
-def load_pairs(folder: str | Path, split: str, limit: int | None = None):
+def load_pairs(folder: str | Path, split: str, limit: int | None = None, *, resolved: bool = False):
     """The ``pairs`` configuration's ``split`` of a built folder (first ``limit`` rows when given), the split named
-    as :func:`resolve_split` reads it; a folder that cannot be loaded is one :class:`EvaluationError` line."""
+    as :func:`resolve_split` reads it (``resolved``: the caller did that already); a folder that cannot be loaded
+    is one :class:`EvaluationError` line."""
     import datasets
 
-    chosen = resolve_split(folder, split)
+    chosen = split if resolved else resolve_split(folder, split)
     try:
         dataset = datasets.load_dataset(str(folder), "pairs", split=chosen)
     except (OSError, ValueError) as error:  # no data files, no pairs configuration, unreadable parquet
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> Path:
 
     split = resolve_split(args.dataset, args.split)  # a wrong split is refused before the model loads
     model, processor = load_model(args.model, args.processor, args.device, args.dtype)
-    dataset = load_pairs(args.dataset, split, args.limit)
+    dataset = load_pairs(args.dataset, split, args.limit, resolved=True)
     with torch.inference_mode():
         evaluation = evaluate_model(
             RosaliaPredictor(model, processor), dataset, batch_size=args.batch_size, segment_only=args.segment_only,

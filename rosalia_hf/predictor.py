@@ -54,10 +54,15 @@ def run_predict(model: RosaliaForSegmentation, processor: RosaliaProcessor, imag
                          generate_kwargs=generate_kwargs)
 
 
+def context_limit(model) -> int | None:
+    """The language model's positions (prompt with the image tokens, plus the answer), or None when unbounded."""
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
+
+
 def fit_to_context(model, attention_mask: torch.Tensor, max_new_tokens: int, segment_only: bool) -> int:
     """``max_new_tokens`` capped to the language model's positions; a prompt that does not fit is refused with the
     limit named (a 50,000-token instruction would otherwise run for minutes past what the model was trained on)."""
-    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    limit = context_limit(model)
     if not limit:
         return max_new_tokens
     lengths = attention_mask.sum(dim=1).tolist()
@@ -187,12 +192,25 @@ class RosaliaPredictor:
         """A predictor over :func:`load_model_and_processor` (local folders; ``device`` default cuda if any)."""
         return cls(*load_model_and_processor(model_path, processor_path, device, dtype))
 
+    def check_instructions(self, instructions: Sequence[str], segment_only: bool = False
+                           ) -> tuple[list[tuple[int, str]], list[str]]:
+        """The instructions that can run, as ``(number, text)`` (1-based, whitespace runs folded), and one
+        ``"instruction N: reason"`` line for each that cannot (:meth:`instruction_problem`)."""
+        runnable, problems = [], []
+        for number, text in enumerate(instructions, start=1):
+            reason = self.instruction_problem(text, segment_only)
+            if reason:
+                problems.append(f"instruction {number}: {reason}")
+            else:
+                runnable.append((number, " ".join(text.split())))
+        return runnable, problems
+
     def instruction_problem(self, instruction: str, segment_only: bool = False) -> str | None:
         """Why ``instruction`` cannot be run (empty, or too long for the model's context with the image and an
         answer), as one line; None when it can."""
         if not isinstance(instruction, str) or not instruction.strip():
             return "empty instruction"
-        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        limit = context_limit(self.model)
         if not limit:
             return None
         answer = self.processor.seg_token if segment_only else None

@@ -17,7 +17,7 @@ $(STAMP): constraints.txt pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev,llm,serve]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,llm,serve,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -564,3 +564,80 @@ def choose_global_negatives(rows: Sequence[dict], shares: Mapping[str, float]) -
             row.update(instruction=GLOBAL_INSTRUCTION.format(target=lesion),
                        answer=GLOBAL_NEGATIVE.format(target=lesion), question_type="global", locations=[])
     return rows
+
+
+class GlobalNegativeChooser:
+    """:func:`choose_global_negatives` in two passes over one split, for a merge that never holds the split's rows.
+
+    Pass 1 ``observe``s the rows group by group (a group holds every row of its studies, e.g. one study); ``decide``
+    then fixes, per lesion, the rank of the last chosen candidate; pass 2 ``apply``s it to the same groups in the same
+    order. The result equals ``choose_global_negatives`` of the groups' rows concatenated. Pass 1 keeps 32 bytes per
+    candidate (its SHA-256 rank), never a row.
+    """
+
+    def __init__(self, shares: Mapping[str, float]) -> None:
+        self.shares = dict(shares)
+        self._negatives = dict.fromkeys(self.shares, 0)
+        self._ranks = {lesion: bytearray() for lesion in self.shares}
+        self._cutoffs: dict[str, tuple[bytes, int]] | None = None
+        self._taken: dict[str, int] = {}
+
+    def observe(self, rows: Sequence[Mapping]) -> None:
+        """Pass 1: count the negatives and record the candidates of one group of rows."""
+        if self._cutoffs is not None:
+            raise ValueError("GlobalNegativeChooser.observe after decide")
+        positive = _positive_names(rows)
+        for row in rows:
+            lesion = row["lesion"]
+            if row["polarity"] == "negative" and lesion in self._negatives:
+                self._negatives[lesion] += 1
+                if _is_candidate(row, lesion, positive):
+                    self._ranks[lesion] += _rank_bytes(row["study_id"], lesion)
+
+    def decide(self) -> None:
+        """Fix per lesion the cutoff rank and how many candidates of exactly that rank are chosen (ties: the first
+        ones in row order, as the stable sort of ``choose_global_negatives``)."""
+        self._cutoffs = {}
+        for lesion, share in self.shares.items():
+            ranks = np.frombuffer(bytes(self._ranks[lesion]), dtype=">u8").reshape(-1, 4)
+            wanted = min(len(ranks), round(share * self._negatives[lesion]))
+            if wanted:
+                ordered = ranks[np.lexsort(ranks.T[::-1])[:wanted]]
+                cutoff = ordered[-1]
+                self._cutoffs[lesion] = (cutoff.astype(">u8").tobytes(), int(np.all(ordered == cutoff, axis=1).sum()))
+            self._taken[lesion] = 0
+        self._ranks = {}
+
+    def apply(self, rows: Sequence[Mapping]) -> list[dict]:
+        """Pass 2: one group's rows (copies) with the chosen basic negatives made global."""
+        if self._cutoffs is None:
+            raise ValueError("GlobalNegativeChooser.apply before decide")
+        positive = _positive_names(rows)
+        out = [dict(row) for row in rows]
+        for row in out:
+            lesion = row["lesion"]
+            if (row["polarity"] != "negative" or lesion not in self._cutoffs
+                    or not _is_candidate(row, lesion, positive)):
+                continue
+            rank, (cutoff, ties) = _rank_bytes(row["study_id"], lesion), self._cutoffs[lesion]
+            if rank == cutoff and self._taken[lesion] < ties:
+                self._taken[lesion] += 1
+            elif rank >= cutoff:
+                continue
+            row.update(instruction=GLOBAL_INSTRUCTION.format(target=lesion),
+                       answer=GLOBAL_NEGATIVE.format(target=lesion), question_type="global", locations=[])
+        return out
+
+
+def _positive_names(rows: Iterable[Mapping]) -> set[tuple[str, str]]:
+    return {(row["study_id"], name) for row in rows if row["polarity"] == "positive"
+            for name in (row["lesion"], row["target"])}
+
+
+def _is_candidate(row: Mapping, lesion: str, positive: set[tuple[str, str]]) -> bool:
+    return row["question_type"] == "basic" and row["target"] == lesion and (row["study_id"], lesion) not in positive
+
+
+def _rank_bytes(study_id: str, lesion: str) -> bytes:
+    """The digest of :func:`_hash_rank` as bytes (same order as its hex)."""
+    return hashlib.sha256(f"{study_id}\x00{lesion}\x00global".encode()).digest()

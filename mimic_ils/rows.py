@@ -288,3 +288,27 @@ def _plain(value: Any) -> Any:
 def _typed(column: Column, value: Any) -> Any:
     return tuple(value) if column.kind == STRINGS else value
 
+
+
+class SplitCounter:
+    """:func:`split_counts` of a split accumulated row by row (the distinct images, masks and studies as sets of
+    ids, never the rows)."""
+
+    def __init__(self) -> None:
+        self.pairs = self.positive = self.negative = 0
+        self.images: set[str] = set()
+        self.masks: set[str] = set()
+        self.studies: set[str] = set()
+
+    def add(self, row: PairRow) -> None:
+        self.pairs += 1
+        self.positive += row.polarity == "positive"
+        self.negative += row.polarity == "negative"
+        self.images.add(row.dicom_id)
+        if row.mask_file_name:
+            self.masks.add(row.mask_file_name)
+        self.studies.add(row.study_id)
+
+    def counts(self) -> dict[str, int]:
+        return {"pairs": self.pairs, "positive": self.positive, "negative": self.negative,
+                "images": len(self.images), "masks": len(self.masks), "studies": len(self.studies)}

@@ -18,13 +18,16 @@ from mimic_ils.rows import LedgerRow, StudyResult
 
 def ledger_rows(results: Sequence[StudyResult]) -> list[LedgerRow]:
     """Ledger rows from study results (sorted by study id; per study: the study, its images, its dropped findings)."""
-    rows = []
-    for result in sorted(results, key=lambda item: item.study_id):
-        study, split = result.study_id, result.split
-        rows.append(LedgerRow("study", study, None, split, result.fate, result.reason))
-        rows += [LedgerRow("image", study, image.dicom_id, split, image.fate, image.reason) for image in result.images]
-        rows += [LedgerRow("finding", study, finding.dicom_id, split, "dropped", f"{finding.what}: {finding.reason}")
-                 for finding in result.findings]
+    return [row for result in sorted(results, key=lambda item: item.study_id) for row in study_ledger_rows(result)]
+
+
+def study_ledger_rows(result: StudyResult) -> list[LedgerRow]:
+    """One study's ledger rows: the study, its images, its dropped findings."""
+    study, split = result.study_id, result.split
+    rows = [LedgerRow("study", study, None, split, result.fate, result.reason)]
+    rows += [LedgerRow("image", study, image.dicom_id, split, image.fate, image.reason) for image in result.images]
+    rows += [LedgerRow("finding", study, finding.dicom_id, split, "dropped", f"{finding.what}: {finding.reason}")
+             for finding in result.findings]
     return rows
 
 
@@ -39,11 +42,24 @@ def reason_class(reason: str | None) -> str:
 
 def summarize_ledger(rows: Iterable[LedgerRow]) -> dict[str, Any]:
     """Counts of fates per kind and of reason classes per kind (for the card, ``stats`` and the tests)."""
-    fates: Counter = Counter()
-    reasons: Counter = Counter()
-    for row in rows:
-        fates[f"{row.kind}:{row.fate}"] += 1
-        if row.reason:
-            reasons[f"{row.kind}: {reason_class(row.reason)}"] += 1
-    ordered_reasons = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
-    return {"fates": dict(sorted(fates.items())), "reasons": dict(ordered_reasons)}
+    summary = LedgerSummary()
+    summary.add(rows)
+    return summary.result()
+
+
+class LedgerSummary:
+    """:func:`summarize_ledger` accumulated as the rows stream by (two counters, never the rows)."""
+
+    def __init__(self) -> None:
+        self.fates: Counter = Counter()
+        self.reasons: Counter = Counter()
+
+    def add(self, rows: Iterable[LedgerRow]) -> None:
+        for row in rows:
+            self.fates[f"{row.kind}:{row.fate}"] += 1
+            if row.reason:
+                self.reasons[f"{row.kind}: {reason_class(row.reason)}"] += 1
+
+    def result(self) -> dict[str, Any]:
+        ordered_reasons = sorted(self.reasons.items(), key=lambda item: (-item[1], item[0]))
+        return {"fates": dict(sorted(self.fates.items())), "reasons": dict(ordered_reasons)}

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,24 @@ class OutputRefused(MimicIlsError):
     """``--out`` holds something the build did not write; it is left untouched."""
 
 
-def write_manifest(folder: Path) -> None:
-    """List every file of ``folder`` (relative path → size and sha256) in its manifest; written last."""
+def write_manifest(folder: Path, known: Mapping[str, FileRecord] | None = None) -> None:
+    """List every file of ``folder`` (relative path → size and sha256) in its manifest; written last.
+
+    ``known``: records of files the caller placed from checksummed sources (a merge's images and masks, by relative
+    path); such a file's recorded sha256 is listed without hashing it again when its size agrees with the record,
+    every other file is hashed."""
+    known = known or {}
     files = {}
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder).as_posix()
-        if path.is_file() and relative not in (MANIFEST, PARTIAL_MARKER):
-            files[relative] = FileRecord.of_file(path).to_json()
+    for directory, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = Path(directory) / name
+            relative = path.relative_to(folder).as_posix()
+            if relative in (MANIFEST, PARTIAL_MARKER) or not path.is_file():
+                continue
+            record = known.get(relative)
+            if record is None or record.size != path.stat().st_size:
+                record = FileRecord.of_file(path)
+            files[relative] = record.to_json()
     payload = {"tool": MANIFEST_TOOL, "format": MANIFEST_FORMAT, "files": files}
     atomic_write_bytes(folder / MANIFEST, json.dumps(payload, indent=1, sort_keys=True).encode() + b"\n")
 
@@ -126,11 +137,12 @@ def new_partial(out: Path) -> Path:
     return partial
 
 
-def finish_output(partial: Path, out: Path, trusted: set[tuple[int, int]] | None = None) -> None:
-    """Write the manifest of ``partial`` and swap it in for ``out`` (the old folder, checked again, goes only once
-    the new one is complete, and only the files its manifest lists)."""
+def finish_output(partial: Path, out: Path, trusted: set[tuple[int, int]] | None = None,
+                  known: Mapping[str, FileRecord] | None = None) -> None:
+    """Write the manifest of ``partial`` (``known``: see :func:`write_manifest`) and swap it in for ``out`` (the old
+    folder, checked again, goes only once the new one is complete, and only the files its manifest lists)."""
     (partial / PARTIAL_MARKER).unlink(missing_ok=True)
-    write_manifest(partial)
+    write_manifest(partial, known)
     check_out_folder(out, trusted)
     if not out.exists():
         partial.rename(out)

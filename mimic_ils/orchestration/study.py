@@ -15,6 +15,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
@@ -146,19 +147,45 @@ def persist(work: WorkDir, result: StudyResult,
     return records
 
 
-def load_study_result(work: WorkDir, study_id: str, *, full_check: bool = False) -> StudyResult | None:
+def load_study_result(work: WorkDir, study_id: str, *, full_check: bool = False,
+                      changed_check: bool = False) -> StudyResult | None:
     """The cached study artifact if valid and every PNG it names is intact, else None (recompute it).
 
-    Resuming checks the PNGs' sizes (a restart at full scale must not re-hash a terabyte); ``full_check`` (the
-    merge) also checks their sha256 and, on a mismatch, deletes the study artifact so that a rerun recomputes it.
+    Resuming checks the PNGs' sizes against their records (a restart at full scale must not re-hash a terabyte);
+    ``changed_check`` (the merge) also hashes the PNGs modified after the artifact was written (a file written by
+    the build is older than the artifact that records it, so only one altered since is hashed); ``full_check`` hashes
+    every PNG. On a mismatch the study artifact is deleted, so that a rerun recomputes the study.
     """
     path = work.study_path(study_id)
-    result = StudyResult.from_json(read_checked_json(path))
+    result = read_study_result(work, study_id)
     if result is None:
         return None
+    try:
+        written_ns = path.stat().st_mtime_ns if changed_check else None
+    except FileNotFoundError:
+        return None
     for relative, record in result.files.items():
-        if not record.matches(work.root / relative, full=full_check):
+        if not _intact(work.root / relative, record, full=full_check, written_ns=written_ns):
             logger.warning("study %s: %s is missing or corrupted; the study will be recomputed", study_id, relative)
             path.unlink(missing_ok=True)
             return None
     return result
+
+
+def read_study_result(work: WorkDir, study_id: str) -> StudyResult | None:
+    """The study artifact as it is (checked payload, this version), its PNGs unchecked; None when absent or invalid."""
+    return StudyResult.from_json(read_checked_json(work.study_path(study_id)))
+
+
+def _intact(path: Path, record: FileRecord, *, full: bool, written_ns: int | None) -> bool:
+    """Whether ``path`` is the file ``record`` describes: size (and sha256 when ``full``); with ``written_ns``, also
+    the sha256 of a file modified after that time."""
+    if not record.matches(path, full=full):
+        return False
+    if full or written_ns is None:
+        return True
+    try:
+        changed = path.stat().st_mtime_ns > written_ns
+    except OSError:
+        return False
+    return not changed or record.matches(path, full=True)

@@ -41,10 +41,11 @@ from mimic_ils.rows import (
     ImageRow,
     LedgerRow,
     PairRow,
+    SplitCounter,
     columns,
     image_pair_columns,
 )
-from mimic_ils.schema import SPLITS, canonical_split, split_names
+from mimic_ils.schema import SPLITS, MimicIlsError, canonical_split, split_names
 
 ROW_GROUP_SIZE = 1_000
 # The layout of a built folder (the card describes it from these names)
@@ -73,18 +74,52 @@ LEDGER_SCHEMA = arrow_schema(LedgerRow)
 
 
 def write_parquet(rows: Sequence[PairRow | ImageRow | LedgerRow], schema: pa.Schema, path: Path) -> None:
-    """Parquet of typed rows with fixed settings: zstd, row groups of ROW_GROUP_SIZE rows written one by one
-    (bounded memory), statistics, no pandas metadata, no timestamps."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(
-        path, schema, compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True,
-        version="2.6", data_page_version="1.0",
-    ) as writer:
-        for start in range(0, len(rows), ROW_GROUP_SIZE):
-            chunk = [row.to_json() for row in rows[start:start + ROW_GROUP_SIZE]]
-            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-        if not rows:
-            writer.write_table(schema.empty_table())
+    """Parquet of typed rows with fixed settings (:class:`ParquetStream`)."""
+    with ParquetStream(path, schema) as stream:
+        for row in rows:
+            stream.add(row)
+
+
+class ParquetStream:
+    """A Parquet file written as typed rows arrive, with fixed settings: zstd, row groups of ROW_GROUP_SIZE rows
+    written one by one (at most one group held), statistics, no pandas metadata, no timestamps. A file given no row
+    holds the schema's empty table."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
+        self.rows = 0
+        self._buffer: list[dict] = []
+        self._writer = pq.ParquetWriter(
+            path, schema, compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True,
+            version="2.6", data_page_version="1.0",
+        )
+
+    def add(self, row: PairRow | ImageRow | LedgerRow) -> None:
+        self._buffer.append(row.to_json())
+        self.rows += 1
+        if len(self._buffer) == ROW_GROUP_SIZE:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+        self._buffer = []
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        if self._buffer:
+            self._flush()
+        if not self.rows:
+            self._writer.write_table(self.schema.empty_table())
+        self._writer.close()
+        self._writer = None
+
+    def __enter__(self) -> ParquetStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def split_relative(name: str) -> str:
@@ -129,14 +164,53 @@ def place_file(source: Path, destination: Path) -> None:
 
 def write_split(folder: Path, pair_rows: Sequence[PairRow]) -> list[str]:
     """Write both configs' metadata of one split (rows carry work-folder file names); returns the image suffixes."""
-    rows = sorted(
-        (replace(row, image_file_name=split_relative(row.image_file_name),
-                 mask_file_name=row.mask_file_name and split_relative(row.mask_file_name)) for row in pair_rows),
-        key=pair_sort_key,
-    )
-    write_parquet(rows, PAIRS_SCHEMA, folder / METADATA)
-    write_parquet(image_rows(rows), IMAGES_SCHEMA, folder / IMAGES / METADATA)
-    return sorted({Path(row.image_file_name).suffix for row in rows})
+    stream = SplitStream(folder)
+    for row in sorted(pair_rows, key=pair_sort_key):
+        stream.add(row)
+    return stream.close()
+
+
+class SplitStream:
+    """Both configs' metadata of one split written as its rows arrive in :func:`pair_sort_key` order (work-folder
+    file names; a row out of order is refused): the same bytes as :func:`write_split` of all the rows, holding at
+    most a row group of each config and the image being grouped. ``counts`` accumulates the split's counts."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.counts = SplitCounter()
+        self.suffixes: set[str] = set()
+        self._pairs = ParquetStream(folder / METADATA, PAIRS_SCHEMA)
+        self._images = ParquetStream(folder / IMAGES / METADATA, IMAGES_SCHEMA)
+        self._image: list[PairRow] = []
+        self._last: tuple[str, str, str] | None = None
+
+    def add(self, row: PairRow) -> None:
+        key = pair_sort_key(row)
+        if self._last is not None and key < self._last:
+            raise MimicIlsError(f"pair {row.id} of study {row.study_id} comes after {self._last}: the rows of a "
+                                "split must arrive sorted by (study_id, dicom_id, id)")
+        self._last = key
+        self.counts.add(row)
+        row = replace(row, image_file_name=split_relative(row.image_file_name),
+                      mask_file_name=row.mask_file_name and split_relative(row.mask_file_name))
+        self.suffixes.add(Path(row.image_file_name).suffix)
+        self._pairs.add(row)
+        if self._image and self._image[0].dicom_id != row.dicom_id:
+            self._end_image()
+        self._image.append(row)
+
+    def _end_image(self) -> None:
+        for image in image_rows(self._image):
+            self._images.add(image)
+        self._image = []
+
+    def close(self) -> list[str]:
+        """Write the last row groups; returns the sorted image suffixes."""
+        if self._image:
+            self._end_image()
+        self._pairs.close()
+        self._images.close()
+        return sorted(self.suffixes)
 
 
 def split_folders(out: str | Path, relative: str = METADATA) -> dict[str, Path]:

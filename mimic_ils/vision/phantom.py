@@ -100,7 +100,9 @@ def warp_masks(masks: np.ndarray, displacement: np.ndarray) -> np.ndarray:
     height, width = masks.shape[1:]
     rows = np.clip(np.rint(np.arange(height)[:, None] + displacement[0]), 0, height - 1).astype(np.intp)
     cols = np.clip(np.rint(np.arange(width)[None, :] + displacement[1]), 0, width - 1).astype(np.intp)
-    return masks[:, rows, cols]
+    # one flat gather per mask: each result is a C-contiguous HxW mask, as a real segmenter's (masks[:, rows, cols]
+    # would interleave the N masks pixel by pixel)
+    return np.take(masks.reshape(len(masks), -1), rows * width + cols, axis=1)
 
 
 def _check_frame(image: np.ndarray, truth: PhantomImageTruth, dicom_id: str) -> None:

@@ -2,27 +2,36 @@
 
 Per image, in order (paper Sec. 3.1, App. A.3): lungs/heart on the image -> pseudo-normal image edited inside
 lungs ∪ heart -> anatomy labels on the pseudo-normal image -> lesion boxes on the image. Each image's cues go to
-``out_dir/<dicom_id>/``:
+``out_dir/<dicom_id>/`` (original frame throughout):
 
-* ``image.png``, ``pseudo_normal.png``: HxW uint8 (original frame);
-* ``lung_right.png``, ``lung_left.png``, ``heart.png``, ``anatomy/<label>.png``: HxW masks, 0 / 255;
+* ``image.png``: the HxW uint8 image, encoded once by ``files.encode_png`` (the output folder reuses these bytes);
+* ``masks.bin``: the 19 HxW bool masks (``lung_right``, ``lung_left``, ``heart``, the 16 anatomy labels), each
+  cropped to its bounding box and bit-packed, in one zlib stream (:func:`pack_masks`);
+* ``pseudo_normal.bin``: the HxW uint8 pseudo-normal image as its difference from the image (mod 256) inside the
+  bounding box of the pixels the editor changed, zlib-compressed (:func:`pack_pseudo_normal`); exact, and small
+  because RadEdit edits only lungs ∪ heart;
 * ``boxes.json``: list of ``{"xyxy": [x0, y0, x1, y1], "confidence", "class_id", "class_name"}`` (original-frame
   pixels);
-* ``cues.json``: the manifest (dicom id, frame, backends, size and SHA-256 of every file above), written last.
+* ``cues.json``: the manifest (version, dicom id, frame, backends, size and SHA-256 of every file above), written
+  last.
 
 A folder is built under a temporary name and renamed into place, so a folder with a valid manifest is complete;
-images whose folder is complete (every file present with its recorded size) are skipped, which makes a run
-resumable; :func:`load_cues` also checks the checksums. One image's problem becomes its status
-(a one-line reason) and never stops the batch.
+images whose folder is complete (every file present with its recorded size, manifest of this version) are
+skipped, which makes a run resumable and recomputes folders of an older layout; :func:`load_cues` also checks the
+checksums of the bytes it decodes. One image's problem becomes its status (a one-line reason) and never stops
+the batch.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +47,13 @@ from mimic_ils.vision import base
 STATUS_WRITTEN = "written"
 STATUS_EXISTS = "exists"
 MANIFEST = "cues.json"
-MANIFEST_VERSION = 2
+MANIFEST_VERSION = 3  # 3: masks.bin and pseudo_normal.bin instead of 19 mask PNGs and pseudo_normal.png
 ANATOMY_NAMES = (*LUNG_LABELS, HEART_LABEL)
+MASK_NAMES = ("lung_right", "lung_left", "heart", *(f"anatomy/{label}" for label in ANATOMY_NAMES))
+MASKS_FILE = "masks.bin"
+PSEUDO_NORMAL_FILE = "pseudo_normal.bin"
+MASKS_MAGIC = b"MILS-MASKS-1\n"
+PSEUDO_MAGIC = b"MILS-PSEUDO-1\n"
 
 PRESETS: dict[str, dict[str, dict[str, object]]] = {
     "phantom": {step: {"name": "phantom"} for step in base.STEPS},
@@ -184,11 +198,6 @@ def artifact_complete(folder: Path, checksums: bool = False) -> bool:
                for name, record in records.items())
 
 
-def label_filename(label: str) -> str:
-    """``anatomy/<label with spaces as underscores>.png``."""
-    return f"anatomy/{label.replace(' ', '_')}.png"
-
-
 def run_cues(
     root: str | Path, image_records: Sequence[ImageRecord], out_dir: str | Path, config: VisionConfig, *,
     show_progress: bool = False,
@@ -324,18 +333,15 @@ def write_artifacts(
     staging = Path(tempfile.mkdtemp(prefix=f".{dicom_id}.", dir=out_dir))
     staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide the cues from the other users
     try:
-        files = {
-            "image.png": image,
-            "pseudo_normal.png": pseudo_normal,
-            "lung_right.png": lungs_heart.lung_right,
-            "lung_left.png": lungs_heart.lung_left,
-            "heart.png": lungs_heart.heart,
+        named = {"lung_right": lungs_heart.lung_right, "lung_left": lungs_heart.lung_left,
+                 "heart": lungs_heart.heart, **{f"anatomy/{label}": anatomy[label] for label in ANATOMY_NAMES}}
+        payloads = {
+            "image.png": encode_png(image),
+            MASKS_FILE: pack_masks(named, image.shape),
+            PSEUDO_NORMAL_FILE: pack_pseudo_normal(pseudo_normal, image),
+            "boxes.json": json.dumps([_box_dict(box) for box in boxes], indent=1).encode(),
         }
-        files.update({label_filename(label): anatomy[label] for label in ANATOMY_NAMES})
-        payloads = {name: encode_png(array) for name, array in files.items()}
-        payloads["boxes.json"] = json.dumps([_box_dict(box) for box in boxes], indent=1).encode()
         for name, data in payloads.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_bytes(data)
         manifest = {
             "version": MANIFEST_VERSION,
@@ -355,6 +361,110 @@ def write_artifacts(
     return final
 
 
+def _deflate(data: bytes) -> bytes:
+    """zlib level 1 with run-length matching: masks and pseudo-normal differences are long runs of equal bytes."""
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    return compressor.compress(data) + compressor.flush()
+
+
+def _container(magic: bytes, header: dict, body: bytes) -> bytes:
+    """``magic``, the JSON header's length (uint32 little-endian), the header, then the deflated body."""
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return magic + struct.pack("<I", len(text)) + text + _deflate(body)
+
+
+def _open_container(data: bytes, magic: bytes, what: str) -> tuple[dict, bytes]:
+    """The header and inflated body of a :func:`_container`; ``BackendError`` naming ``what`` when it is damaged."""
+    try:
+        if not data.startswith(magic):
+            raise ValueError("unknown format")
+        (length,) = struct.unpack_from("<I", data, len(magic))
+        start = len(magic) + 4
+        header = json.loads(data[start : start + length])
+        inflater = zlib.decompressobj()
+        body = inflater.decompress(data[start + length :])
+        if not inflater.eof or inflater.unused_data:
+            raise ValueError("truncated or trailing bytes")
+        return header, body
+    except (ValueError, struct.error, zlib.error) as error:
+        raise BackendError(f"{what}: damaged ({error})") from None
+
+
+def pack_masks(masks_by_name: dict[str, np.ndarray], shape: tuple[int, int]) -> bytes:
+    """One file of ``HxW bool`` masks: each cropped to its bounding box, bit-packed (``np.packbits``), deflated."""
+    from mimic_ils.grounding.masks import bbox
+
+    entries, planes = [], []
+    for name, mask in masks_by_name.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != tuple(shape):
+            raise ValueError(f"mask {name!r} is {mask.shape}, not in the frame {tuple(shape)}")
+        window = bbox(mask)
+        rows, cols = window if window is not None else (slice(0, 0), slice(0, 0))
+        entries.append([name, rows.start, rows.stop, cols.start, cols.stop])
+        planes.append(np.packbits(mask[rows, cols]).tobytes())
+    header = {"height": int(shape[0]), "width": int(shape[1]), "masks": entries}
+    return _container(MASKS_MAGIC, header, b"".join(planes))
+
+
+def unpack_masks(data: bytes, what: str = MASKS_FILE) -> dict[str, np.ndarray]:
+    """The ``HxW bool`` masks of :func:`pack_masks`; ``BackendError`` when the bytes are damaged."""
+    header, body = _open_container(data, MASKS_MAGIC, what)
+    try:
+        shape = (int(header["height"]), int(header["width"]))
+        out, offset = {}, 0
+        for name, r0, r1, c0, c1 in header["masks"]:
+            count = (r1 - r0) * (c1 - c0)
+            size = (count + 7) // 8
+            if not (0 <= r0 <= r1 <= shape[0] and 0 <= c0 <= c1 <= shape[1]) or offset + size > len(body):
+                raise ValueError(f"mask {name!r} does not fit")
+            mask = np.zeros(shape, dtype=bool)
+            bits = np.frombuffer(body, np.uint8, size, offset)
+            mask[r0:r1, c0:c1] = np.unpackbits(bits, count=count).view(bool).reshape(r1 - r0, c1 - c0)
+            out[str(name)] = mask
+            offset += size
+        if offset != len(body):
+            raise ValueError("trailing bytes")
+    except (KeyError, TypeError, ValueError) as error:
+        raise BackendError(f"{what}: damaged ({error})") from None
+    return out
+
+
+def pack_pseudo_normal(pseudo_normal: np.ndarray, image: np.ndarray) -> bytes:
+    """The ``HxW uint8`` pseudo-normal image relative to the image: ``pseudo_normal - image`` (mod 256) inside the
+    bounding box of the changed pixels, deflated (an edit of lungs ∪ heart is all it keeps)."""
+    from mimic_ils.grounding.masks import bbox
+
+    pseudo_normal, image = np.asarray(pseudo_normal), np.asarray(image)
+    if pseudo_normal.shape != image.shape or pseudo_normal.dtype != np.uint8 or image.dtype != np.uint8:
+        raise ValueError(f"pseudo-normal {pseudo_normal.dtype} {pseudo_normal.shape} is not like the image "
+                         f"{image.dtype} {image.shape}")
+    window = bbox(pseudo_normal != image)
+    rows, cols = window if window is not None else (slice(0, 0), slice(0, 0))
+    difference = np.subtract(pseudo_normal[rows, cols], image[rows, cols])  # uint8: wraps mod 256, undone on load
+    header = {"height": int(image.shape[0]), "width": int(image.shape[1]),
+              "window": [rows.start, rows.stop, cols.start, cols.stop]}
+    return _container(PSEUDO_MAGIC, header, difference.tobytes())
+
+
+def unpack_pseudo_normal(data: bytes, image: np.ndarray, what: str = PSEUDO_NORMAL_FILE) -> np.ndarray:
+    """The ``HxW uint8`` pseudo-normal image of :func:`pack_pseudo_normal`, given the same ``image``."""
+    header, body = _open_container(data, PSEUDO_MAGIC, what)
+    try:
+        r0, r1, c0, c1 = (int(value) for value in header["window"])
+        if (int(header["height"]), int(header["width"])) != image.shape:
+            raise ValueError(f"frame {header['height']}x{header['width']} is not the image's {image.shape}")
+        if not (0 <= r0 <= r1 <= image.shape[0] and 0 <= c0 <= c1 <= image.shape[1]):
+            raise ValueError("window outside the frame")
+        if len(body) != (r1 - r0) * (c1 - c0):
+            raise ValueError("wrong length")
+    except (KeyError, TypeError, ValueError) as error:
+        raise BackendError(f"{what}: damaged ({error})") from None
+    pseudo_normal = image.copy()
+    pseudo_normal[r0:r1, c0:c1] += np.frombuffer(body, np.uint8).reshape(r1 - r0, c1 - c0)
+    return pseudo_normal
+
+
 def _box_dict(box: Box) -> dict:
     return {
         "xyxy": [float(box.x0), float(box.y0), float(box.x1), float(box.y1)],
@@ -367,27 +477,51 @@ def _box_dict(box: Box) -> dict:
 def load_cues(artifact_dir: str | Path) -> VisionCues:
     """Read one image's artifact folder back into :class:`~mimic_ils.schema.VisionCues` (all in the original frame).
 
-    Raises ``BackendError`` when the folder is incomplete or a file does not match its manifest checksum.
+    Raises ``BackendError`` when the folder is incomplete or of another layout, or a file does not match its
+    manifest checksum (each file is read once: checked, then decoded from the same bytes).
     """
     folder = Path(artifact_dir)
-    if not artifact_complete(folder, checksums=True):
-        raise BackendError(f"{folder}: incomplete vision artifacts (missing or mismatched {MANIFEST})")
-    manifest = json.loads((folder / MANIFEST).read_text())
-
-    def read(name: str) -> np.ndarray:
-        return np.asarray(Image.open(folder / name).convert("L"))
-
+    incomplete = BackendError(f"{folder}: incomplete vision artifacts (missing or mismatched {MANIFEST})")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        records = {name: FileRecord.from_json(record) for name, record in manifest["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise incomplete from None
+    names = {"image.png", MASKS_FILE, PSEUDO_NORMAL_FILE, "boxes.json"}
+    if manifest.get("version") != MANIFEST_VERSION or not names <= set(records):
+        raise incomplete
+    data = {}
+    for name in sorted(names):
+        try:
+            data[name] = (folder / name).read_bytes()
+        except OSError:
+            raise incomplete from None
+        if records[name] is None or FileRecord.of_bytes(data[name]) != records[name]:
+            raise BackendError(f"{folder}: incomplete vision artifacts (mismatched {MANIFEST}: {name} was altered)")
+    image = _decode_png(data["image.png"], folder / "image.png")
+    masks = unpack_masks(data[MASKS_FILE], str(folder / MASKS_FILE))
+    missing = [name for name in MASK_NAMES if name not in masks]
+    if missing or any(mask.shape != image.shape for mask in masks.values()):
+        raise BackendError(f"{folder / MASKS_FILE}: masks {missing or 'of another frame'} than the image")
     boxes = [
         Box(*entry["xyxy"], entry["confidence"], entry["class_id"], entry["class_name"])
-        for entry in json.loads((folder / "boxes.json").read_text())
+        for entry in json.loads(data["boxes.json"])
     ]
     return VisionCues(
         dicom_id=manifest["dicom_id"],
-        image=read("image.png"),
-        pseudo_normal=read("pseudo_normal.png"),
-        lung_right=read("lung_right.png") > 127,
-        lung_left=read("lung_left.png") > 127,
-        heart=read("heart.png") > 127,
-        anatomy={label: read(label_filename(label)) > 127 for label in ANATOMY_NAMES},
+        image=image,
+        pseudo_normal=unpack_pseudo_normal(data[PSEUDO_NORMAL_FILE], image, str(folder / PSEUDO_NORMAL_FILE)),
+        lung_right=masks["lung_right"],
+        lung_left=masks["lung_left"],
+        heart=masks["heart"],
+        anatomy={label: masks[f"anatomy/{label}"] for label in ANATOMY_NAMES},
         boxes=boxes,
     )
+
+
+def _decode_png(data: bytes, path: Path) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            return np.asarray(picture.convert("L"))
+    except (OSError, ValueError) as error:
+        raise BackendError(f"{path}: damaged ({error})") from None

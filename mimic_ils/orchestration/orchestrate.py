@@ -11,15 +11,19 @@ from typing import Any
 
 from mimic_ils.files import atomic_write_bytes
 from mimic_ils.orchestration.config import BuildConfig
+from mimic_ils.orchestration.launcher import DEFAULT_BARRIER_TIMEOUT_S, launcher_group
 from mimic_ils.orchestration.merge import MissingResults, check_out_folder, merge
 from mimic_ils.orchestration.output import hold_lock, out_lock_path
 from mimic_ils.orchestration.pipeline import run_shard, select_studies
+from mimic_ils.orchestration.ray_engine import RayPlan
 from mimic_ils.orchestration.shard import Shard, resolve_shard, shard_from_env
 from mimic_ils.orchestration.stages import ProjectStages, Stages
 from mimic_ils.orchestration.workdir import WorkDir
 from mimic_ils.schema import MimicIlsError
 
 logger = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
 
 
 def default_work_dir(out: str | Path) -> Path:
@@ -42,6 +46,9 @@ def build(
     progress: bool = True,
     shard_wait_s: float = 0.0,
     force_stages: tuple[str, ...] | list[str] = (),
+    engine: str = "local",
+    ray_plan: RayPlan | None = None,
+    barrier_timeout_s: float = DEFAULT_BARRIER_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Build MIMIC-ILS from ``mimic_root`` into ``out``; resumable (rerun to continue) and shardable.
 
@@ -49,6 +56,10 @@ def build(
     assemble the output after processing (default: when this process covers the whole cohort, or is rank 0 of a
     launcher, which then waits up to ``shard_wait_s`` for the other shards). ``process=False`` only merges.
     ``force_stages`` (report / vision / grounding) recomputes those stages for every study of the run.
+    ``engine``: ``"local"`` (this process; under ``torchrun`` / ``accelerate launch`` one shard per rank, the ranks
+    meeting at a gloo barrier, at most ``barrier_timeout_s``, before rank 0 merges) or ``"ray"`` (the whole cohort
+    as one Ray Data pipeline, :mod:`mimic_ils.orchestration.ray_engine`, configured by ``ray_plan``); both give the
+    same bytes.
     Locks: a second build of the same work folder (or shard) or into the same ``out`` refuses at once, naming the pid.
     Returns ``{"processed": {...}, "info": {...} or None}``.
     """
@@ -64,7 +75,21 @@ def build(
     stages = stages or ProjectStages(mimic_root, config)
     if hasattr(stages, "validate"):
         stages.validate()  # the vision config (every key, every backend option) before any image
+    if engine not in ENGINES:
+        raise MimicIlsError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    launched = shard is None and shard_from_env() is not None
+    if engine == "ray":
+        ray_plan = ray_plan or RayPlan()
+        if shard is not None or launched:
+            raise MimicIlsError("--engine ray schedules the whole cohort over the Ray cluster itself: drop --shard "
+                                "and run it once (not under torchrun / accelerate launch)")
+        if not isinstance(stages, ProjectStages):
+            raise MimicIlsError("--engine ray runs the project's stages (a MIMIC-CXR root and a build config)")
+        from mimic_ils.orchestration.ray_engine import import_ray
+
+        import_ray()  # the extra is missing: say so before any work
     current = shard if isinstance(shard, Shard) else resolve_shard(shard)
+    group = launcher_group(current, barrier_timeout_s) if launched and process else contextlib.nullcontext()
     if merge_step is None:
         merge_step = current.count == 1 or (shard_from_env() is not None and current.index == 0 and shard is None)
     workdir = WorkDir(work or default_work_dir(out))
@@ -73,8 +98,11 @@ def build(
             _take_locks(locks, workdir, Path(out), current, process, merge_step or not process)
             workdir.bind_config(config.fingerprint())
             studies = select_studies(stages.studies(), Shard(), limit)
-            return _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step,
-                                      process, progress, shard_wait_s, tuple(force_stages), trusted)
+            runner = _ray_runner(ray_plan) if engine == "ray" else run_shard
+            with group as barrier:
+                return _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step,
+                                          process, progress, shard_wait_s, tuple(force_stages), trusted,
+                                          runner=runner, barrier=barrier)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise MimicIlsError(
@@ -97,17 +125,29 @@ def _take_locks(locks: contextlib.ExitStack, workdir: WorkDir, out: Path, curren
         locks.enter_context(hold_lock(out_lock_path(out), f"--out {out}"))
 
 
+def _ray_runner(plan: RayPlan):
+    from mimic_ils.orchestration.ray_engine import run_ray
+
+    def runner(stages, workdir, studies, *, chunk_size, progress, force=()):
+        return run_ray(stages, workdir, studies, plan=plan, force=force, show_progress=progress)
+
+    return runner
+
+
 def _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step, process, progress,
-                       shard_wait_s, force_stages=(), trusted=None) -> dict[str, Any]:
+                       shard_wait_s, force_stages=(), trusted=None, *, runner=run_shard,
+                       barrier=None) -> dict[str, Any]:
     processed = {}
     if process:
         mine = [study for study in studies if current.owns(study.study_id)]
         chunk_size = max(4, config.batch_size)  # studies per step: bounds memory and the work lost to a kill
-        processed = run_shard(stages, workdir, mine, chunk_size=chunk_size, progress=progress, force=force_stages)
+        processed = runner(stages, workdir, mine, chunk_size=chunk_size, progress=progress, force=force_stages)
         atomic_write_bytes(workdir.shard_done_path(current.index, current.count), b"done\n")
+        if barrier is not None:  # torchrun / accelerate launch: every rank done before rank 0 merges
+            barrier(len(mine))
     info = None
     if merge_step or not process:
-        if process and current.count > 1:
+        if process and current.count > 1 and barrier is None:
             _wait_for_shards(workdir, current.count, shard_wait_s)
         try:
             info = merge(workdir, studies, out, build_info(config, stages, limit),
@@ -117,7 +157,7 @@ def _process_and_merge(stages, workdir, studies, out, config, current, shard, li
             if not process or current.count > 1:
                 raise
             # The merge's full check found a file that is intact in size but not in content: recompute, once.
-            run_shard(stages, workdir, studies, chunk_size=max(4, config.batch_size), progress=progress)
+            runner(stages, workdir, studies, chunk_size=max(4, config.batch_size), progress=progress)
             info = merge(workdir, studies, out, build_info(config, stages, limit),
                          negative_global_share=config.pair_config().negative_global_share, trusted=trusted,
                          show_progress=progress)

@@ -58,12 +58,8 @@ def run_shard(
 ) -> dict[str, int]:
     """Process ``studies`` (skipping valid cached ones whose inputs did not change; ``force``: recompute those stages
     for all); returns counts ``{"cached", "computed", "retry"}`` (retry: a transient failure, retried next run)."""
-    force = set(force)
-    unknown = force - set(FORCE_STAGES)
-    if unknown:
-        raise MimicIlsError(f"--force-stage {', '.join(sorted(unknown))}: expected one of {', '.join(FORCE_STAGES)}")
-    keys = {study.study_id: input_keys(stages, work, study) for study in studies}
-    todo = [study for study in studies if force or not _cached_is_current(work, study, keys[study.study_id])]
+    force = check_force(force)
+    keys, todo = pending_studies(stages, work, studies, force)
     counts = {"cached": len(studies) - len(todo), "computed": 0, "retry": 0}
     bars = _Bars(progress, total_studies=len(todo), total_images=sum(len(s.frontal_images) for s in todo))
     try:
@@ -75,7 +71,25 @@ def run_shard(
     return counts
 
 
-def _cached_is_current(work: WorkDir, study: Study, keys: dict[str, Any] | None) -> bool:
+def check_force(force: Iterable[str]) -> set[str]:
+    """``--force-stage`` names as a set; an unknown one is refused."""
+    force = set(force)
+    unknown = force - set(FORCE_STAGES)
+    if unknown:
+        raise MimicIlsError(f"--force-stage {', '.join(sorted(unknown))}: expected one of {', '.join(FORCE_STAGES)}")
+    return force
+
+
+def pending_studies(stages: Stages, work: WorkDir, studies: Sequence[Study],
+                    force: Iterable[str] = ()) -> tuple[dict[str, Any], list[Study]]:
+    """The input keys of ``studies`` and the ones to compute (all when ``force``; else those without a valid cached
+    result made from the same inputs)."""
+    keys = {study.study_id: input_keys(stages, work, study) for study in studies}
+    todo = [study for study in studies if force or not cached_is_current(work, study, keys[study.study_id])]
+    return keys, todo
+
+
+def cached_is_current(work: WorkDir, study: Study, keys: dict[str, Any] | None) -> bool:
     result = load_study_result(work, study.study_id)
     return result is not None and not result.transient and result.inputs == keys
 
@@ -83,11 +97,7 @@ def _cached_is_current(work: WorkDir, study: Study, keys: dict[str, Any] | None)
 def _run_chunk(stages: Stages, work: WorkDir, chunk: Sequence[Study], bars: _Bars, keys: dict[str, Any],
                force: set[str]) -> list[StudyResult]:
     """Report, vision, grounding of a chunk of studies; each study decided and persisted (its commit point)."""
-    reports = {
-        study.study_id: _split_problem(study) or cached_report(
-            stages, work, study, key=(keys.get(study.study_id) or {}).get("report"), force="report" in force)
-        for study in chunk
-    }
+    reports = {study.study_id: study_report(stages, work, study, keys.get(study.study_id), force) for study in chunk}
     bars.update("report", len(chunk))
     usable = [study for study in chunk if not isinstance(reports[study.study_id], Failure)]
     frontal = [image for study in usable for image in study.frontal_images]
@@ -100,16 +110,29 @@ def _run_chunk(stages: Stages, work: WorkDir, chunk: Sequence[Study], bars: _Bar
     bars.update("vision", sum(len(study.frontal_images) for study in chunk))
     results = []
     for study in chunk:
-        report = reports[study.study_id]
-        outcomes = {} if isinstance(report, Failure) else {
-            image.dicom_id: _ground_one(stages, work, study, image, report, cues)
-            for image in sorted(study.frontal_images, key=lambda record: record.dicom_id)
-        }
-        result = decide_study(study, report, outcomes, inputs=keys.get(study.study_id))
-        persist(work, result, outcomes)
-        results.append(result)
+        results.append(finish_study(stages, work, study, reports[study.study_id], cues, keys.get(study.study_id)))
         bars.update("grounding", len(study.frontal_images))
     return results
+
+
+def study_report(stages: Stages, work: WorkDir, study: Study, keys: dict[str, Any] | None,
+                 force: set[str]) -> StructuredReport | Failure:
+    """The report stage of one study: its structured report (cached) or the Failure that excludes it."""
+    return _split_problem(study) or cached_report(stages, work, study, key=(keys or {}).get("report"),
+                                                  force="report" in force)
+
+
+def finish_study(stages: Stages, work: WorkDir, study: Study, report: StructuredReport | Failure,
+                 cues: dict[str, Any], keys: dict[str, Any] | None) -> StudyResult:
+    """Grounding, QC and pairs of each frontal image of ``study`` from its ``cues`` (by dicom id), then the study
+    decided and persisted (its commit point in the work folder)."""
+    outcomes = {} if isinstance(report, Failure) else {
+        image.dicom_id: _ground_one(stages, work, study, image, report, cues)
+        for image in sorted(study.frontal_images, key=lambda record: record.dicom_id)
+    }
+    result = decide_study(study, report, outcomes, inputs=keys)
+    persist(work, result, outcomes)
+    return result
 
 
 def _split_problem(study: Study) -> Failure | None:

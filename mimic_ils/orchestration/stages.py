@@ -12,6 +12,7 @@ import errno
 import functools
 import inspect
 import json
+import logging
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ from mimic_ils.schema import ImageRecord, MimicIlsError, StructuredReport, Study
 if TYPE_CHECKING:  # grounding (scikit-image) is imported when the first image is grounded, not with the build
     from mimic_ils.grounding.pipeline import ImageGrounding
 
+
+logger = logging.getLogger(__name__)
 
 CuesOrReason = VisionCues | Callable[[], VisionCues] | Failure
 
@@ -136,15 +139,32 @@ class ProjectStages:
             if stored is not None and stored != keys[image.dicom_id]:  # (none stored: cues of an older work folder)
                 shutil.rmtree(vision_dir / image.dicom_id, ignore_errors=True)
         out: dict[str, CuesOrReason] = {}
+        images_by_id = {image.dicom_id: image for image in images}
         for dicom_id, status in runner.run_cues(self.root, list(images), vision_dir, self.vision_config()):
             ok = status in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS)
             if ok:
                 atomic_write_bytes(_vision_keys(vision_dir) / f"{dicom_id}.json",
                                    json.dumps({"dicom_sha256": keys[dicom_id]}).encode())
-                out[dicom_id] = functools.partial(runner.load_cues, vision_dir / dicom_id)
+                out[dicom_id] = functools.partial(self._load_cues, images_by_id[dicom_id], vision_dir)
             else:
                 out[dicom_id] = vision_reason(status)
         return out
+
+    def _load_cues(self, image: ImageRecord, vision_dir: Path) -> VisionCues:
+        """The cached cues of ``image``; a folder whose bytes no longer match its checksums (the size check of a
+        resume cannot see a flipped byte) is recomputed once, here, instead of failing the image."""
+        from mimic_ils.schema import BackendError
+        from mimic_ils.vision import runner
+
+        try:
+            return runner.load_cues(vision_dir / image.dicom_id)
+        except BackendError as error:
+            logger.warning("%s; recomputing the cues of %s", error, image.dicom_id)
+        shutil.rmtree(vision_dir / image.dicom_id, ignore_errors=True)
+        [(_, status)] = runner.run_cues(self.root, [image], vision_dir, self.vision_config())
+        if status not in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS):
+            raise BackendError(f"{image.dicom_id}: damaged cues could not be recomputed: {status}")
+        return runner.load_cues(vision_dir / image.dicom_id)
 
     def image_png_path(self, dicom_id: str, vision_dir: Path) -> Path:
         """The runner's ``image.png`` of this image (the pixels of ``VisionCues.image``, already encoded)."""

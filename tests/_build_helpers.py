@@ -115,3 +115,8 @@ if __name__ == "__main__":
     out, work, n, delay = sys.argv[1:5]
     os.environ.pop("WORLD_SIZE", None)
     run_fake_build(out, work, int(n), float(delay))
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a built folder (relative path → bytes), for byte-for-byte comparisons of builds."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}

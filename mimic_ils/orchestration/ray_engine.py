@@ -430,10 +430,10 @@ def ray_session(plan: RayPlan) -> Iterator[None]:
     """Ray connected for the build: a Ray this process already initialised, the cluster at ``plan.address``, or a
     new instance on this machine (shut down afterwards)."""
     ray = import_ray()
+    check_address(plan.address)
     if ray.is_initialized():
         yield
         return
-    check_address(plan.address)
     env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                                "runtime_env": {"env_vars": env} if env else None}

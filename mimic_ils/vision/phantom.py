@@ -17,12 +17,14 @@ fit a 128 px test phantom and a 3000 px one):
   map ``(image - pseudo_normal) / 255`` is strong inside lesions and noisy elsewhere.
 
 Every random draw comes from ``numpy.random.default_rng`` seeded by ``(seed, step, dicom_id)`` through a stable
-hash, so reruns are byte-identical.
+hash, so reruns are byte-identical. ``seconds_per_image`` (every backend, default 0) waits that long per image, as a
+real model would take, for tests and benchmarks of how the build engines schedule slow stages; it changes no output.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,9 +118,10 @@ class _PhantomBackend:
     name = "phantom"
     step = ""
 
-    def __init__(self, cohort_root: str | Path, seed: int = 0, **_: object) -> None:
+    def __init__(self, cohort_root: str | Path, seed: int = 0, seconds_per_image: float = 0.0, **_: object) -> None:
         self.truth = PhantomTruth(cohort_root)
         self.seed = seed
+        self.seconds_per_image = max(0.0, float(seconds_per_image))
 
     def _rng(self, dicom_id: str) -> np.random.Generator:
         return np.random.default_rng(stable_seed(self.seed, self.step, dicom_id))
@@ -129,6 +132,8 @@ class _PhantomBackend:
     def _each(self, function, *columns: Sequence[object]) -> list[object]:
         results: list[object] = []
         for row in zip(*columns, strict=True):
+            if self.seconds_per_image:
+                time.sleep(self.seconds_per_image)
             try:
                 results.append(function(*row))
             except BackendError as error:

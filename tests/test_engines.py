@@ -217,3 +217,37 @@ def test_stage_numbers_and_pools():
         ("lungs_heart", "pseudo_normal", "anatomy", "lesion_boxes")]
     with pytest.raises(MimicIlsError, match="--ray-max-actors"):
         RayPlan(max_actors=0)
+
+
+def test_readme_torchrun_form_with_rank_0_finishing_first(cohort, tmp_path):
+    """``torchrun --standalone --nproc-per-node 2 -m mimic_ils build ...`` (2 gloo ranks on the CPU): rank 0's
+    shard is the lighter one, so it waits at the barrier; rank 0 then merges the bytes of a one-process build."""
+    from mimic_ils import ingest
+
+    studies = sorted(ingest.iter_studies(cohort), key=lambda study: study.study_id)
+
+    def imbalance(limit: int) -> int:  # rank 1's frontal images minus rank 0's, among the first ``limit`` studies
+        return sum((1 if shard_of(study.study_id, 2) else -1) * len(study.frontal_images) for study in studies[:limit])
+
+    limit = max(range(1, len(studies) + 1), key=lambda k: (imbalance(k), -k))
+    assert imbalance(limit) >= 1  # (the cohort is fixed: this picks the same limit every run)
+    seconds = 4.0  # per image, as a slow model: rank 1 ends at least 4 s after rank 0
+    config = tmp_path / "build.yaml"
+    config.write_text(
+        "batch_size: 2\nvision:\n  steps:\n"
+        f"    lungs_heart: {{name: phantom, options: {{seconds_per_image: {seconds}}}}}\n"
+        "    pseudo_normal: phantom\n    anatomy: phantom\n    lesion_boxes: phantom\n")
+    reference = tmp_path / "reference"
+    build(cohort, reference, config=BuildConfig.from_yaml(config), limit=limit, progress=False)
+    out = tmp_path / "out"
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2", "-m",
+               "mimic_ils", "build", "--mimic-root", str(cohort), "--out", str(out), "--config", str(config),
+               "--limit", str(limit), "--no-progress"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    shards = tmp_path / "out.work" / "shards"
+    finished = {index: (shards / f"{index}-of-2.done").stat().st_mtime for index in (0, 1)}
+    assert finished[0] + 2.0 < finished[1]  # rank 0 finished its shard first, and waited
+    assert "rank 0 of 2: shard done" in result.stderr and "shard done; rank 0 merges" in result.stdout
+    assert folder_bytes(out) == folder_bytes(reference)

@@ -87,7 +87,7 @@ def build(
             raise MimicIlsError("--engine ray runs the project's stages (a MIMIC-CXR root and a build config)")
         from mimic_ils.orchestration.ray_engine import import_ray
 
-        import_ray()  # the extra is missing: say so before any work
+        import_ray(ray_plan.address)  # the extra is missing: say so before any work
     current = shard if isinstance(shard, Shard) else resolve_shard(shard)
     group = launcher_group(current, barrier_timeout_s) if launched and process else contextlib.nullcontext()
     if merge_step is None:

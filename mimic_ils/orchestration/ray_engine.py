@@ -33,6 +33,7 @@ import os
 import pickle
 import secrets
 import socket
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,8 +123,14 @@ def parse_stage_numbers(entries: Sequence[str], flag: str) -> dict[str, float]:
     return table
 
 
-def import_ray():
-    """The ``ray`` module with Ray Data, or a one-line reason to install the extra."""
+def import_ray(address: str | None = None):
+    """The ``ray`` module with Ray Data, or a one-line reason to install the extra. The first import sets what Ray
+    reads at import time: no usage statistics sent anywhere, and token authentication when connecting to a cluster
+    (``address``) from a machine that holds a token (``ray start`` clusters check it)."""
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if address not in (None, "", "local") and "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
+            os.environ["RAY_AUTH_MODE"] = "token"
     try:
         import ray
         import ray.data  # noqa: F401
@@ -429,8 +436,8 @@ def _own_error(error: BaseException) -> BaseException:
 def ray_session(plan: RayPlan) -> Iterator[None]:
     """Ray connected for the build: a Ray this process already initialised, the cluster at ``plan.address``, or a
     new instance on this machine (shut down afterwards)."""
-    ray = import_ray()
     check_address(plan.address)
+    ray = import_ray(plan.address)
     if ray.is_initialized():
         yield
         return
@@ -443,12 +450,30 @@ def ray_session(plan: RayPlan) -> Iterator[None]:
         ray.init(address=plan.address or None, **options)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise RayUnavailable(f"cannot connect to the Ray cluster at {plan.address or 'this machine'}: "
-                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+                             f"{_root_reason(error)}") from None
     _quiet_ray_data()
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _auth_token_available() -> bool:
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def _root_reason(error: BaseException) -> str:
+    """The first line of the innermost cause (Ray's ConnectionError hides an AuthenticationError, for one)."""
+    text = str(error)
+    while error.__cause__ is not None:
+        error = error.__cause__
+        text += f"\n{type(error).__name__}: {error}"
+    line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "InvalidAuthToken" in text or "AuthenticationError" in text:
+        return ("the cluster uses token authentication and this machine has not its token: copy it from the head "
+                "(`ray get-auth-token`) into ~/.ray/auth_token or RAY_AUTH_TOKEN, with RAY_AUTH_MODE=token")
+    return line
 
 
 def _quiet_ray_data() -> None:

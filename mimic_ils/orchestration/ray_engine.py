@@ -480,6 +480,7 @@ def _quiet_ray_data() -> None:
     """Our own progress lines, not Ray Data's per-operator bars and execution banners."""
     from ray.data import DataContext
 
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = DataContext.get_current()
     for name, value in (("enable_progress_bars", False), ("print_on_execution_start", False),
                         ("enable_operator_progress_bars", False)):

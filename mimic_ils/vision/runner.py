@@ -183,6 +183,17 @@ def _read_image(root: Path, record: ImageRecord) -> np.ndarray:
     return np.asarray(read_dicom(root / record.path))
 
 
+def read_frame(root: Path, record: ImageRecord) -> np.ndarray | str:
+    """The record's image (``HxW uint8``), or the status ``"read failed: <reason>"`` (both engines decode here)."""
+    try:
+        image = _read_image(root, record)
+        if image.ndim != 2 or image.dtype != np.uint8:
+            raise MimicIlsError(f"reader returned {image.dtype} {image.shape}, expected HxW uint8")
+    except (MimicIlsError, OSError) as error:
+        return f"read failed: {error}"
+    return image
+
+
 def artifact_complete(folder: Path, checksums: bool = False) -> bool:
     """True when ``folder`` has a manifest whose every listed file exists with the recorded size (and, with
     ``checksums``, the recorded SHA-256; sizes alone keep a resume over many images cheap)."""
@@ -235,13 +246,11 @@ def _run_batch(root: Path, batch: Sequence[ImageRecord], out_dir: Path, backends
     statuses: dict[str, str] = {}
     images: dict[str, np.ndarray] = {}
     for record in batch:
-        try:
-            image = _read_image(root, record)
-            if image.ndim != 2 or image.dtype != np.uint8:
-                raise MimicIlsError(f"reader returned {image.dtype} {image.shape}, expected HxW uint8")
+        image = read_frame(root, record)
+        if isinstance(image, str):
+            statuses[record.dicom_id] = image
+        else:
             images[record.dicom_id] = image
-        except (MimicIlsError, OSError) as error:
-            statuses[record.dicom_id] = f"read failed: {error}"
     cues = _compute_cues(images, backends, statuses)
     for dicom_id, (image, lungs_heart, pseudo_normal, anatomy, boxes) in cues.items():
         try:
@@ -255,21 +264,22 @@ def _run_batch(root: Path, batch: Sequence[ImageRecord], out_dir: Path, backends
 def _compute_cues(images: dict[str, np.ndarray], backends: dict, statuses: dict[str, str]) -> dict:
     """The four cues of each image; an image whose step fails gets its reason in ``statuses`` and drops out."""
     ids = list(images)
-    lungs = _call_step("lungs_heart", backends["lungs_heart"].segment, statuses, ids, [images[i] for i in ids])
+    lungs = call_step("lungs_heart", backends["lungs_heart"].segment, statuses, ids, [images[i] for i in ids])
     ids = [i for i in ids if i in lungs]
     masks = [lungs[i].lung_right | lungs[i].lung_left | lungs[i].heart for i in ids]
-    normal = _call_step(
+    normal = call_step(
         "pseudo_normal", backends["pseudo_normal"].edit, statuses, ids, [images[i] for i in ids], masks
     )
     ids = [i for i in ids if i in normal]
-    anatomy = _call_step("anatomy", backends["anatomy"].segment, statuses, ids, [normal[i] for i in ids])
+    anatomy = call_step("anatomy", backends["anatomy"].segment, statuses, ids, [normal[i] for i in ids])
     ids = [i for i in ids if i in anatomy]
-    boxes = _call_step("lesion_boxes", backends["lesion_boxes"].detect, statuses, ids, [images[i] for i in ids])
+    boxes = call_step("lesion_boxes", backends["lesion_boxes"].detect, statuses, ids, [images[i] for i in ids])
     return {i: (images[i], lungs[i], normal[i], anatomy[i], boxes[i]) for i in ids if i in boxes}
 
 
-def _call_step(step: str, method, statuses: dict[str, str], ids: list[str], *columns: list) -> dict[str, object]:
-    """Call one backend on a batch; on an unexpected crash retry image by image so only the culprit fails.
+def call_step(step: str, method, statuses: dict[str, str], ids: list[str], *columns: list) -> dict[str, object]:
+    """Call one backend on a batch (both engines call the models here); on an unexpected crash retry image by
+    image so only the culprit fails.
 
     Accepted results are returned by dicom id; the others get their reason in ``statuses``.
     """
@@ -285,7 +295,7 @@ def _call_step(step: str, method, statuses: dict[str, str], ids: list[str], *col
         if len(ids) > 1:
             accepted: dict[str, object] = {}
             for k, dicom_id in enumerate(ids):
-                accepted.update(_call_step(step, method, statuses, [dicom_id], *[[column[k]] for column in columns]))
+                accepted.update(call_step(step, method, statuses, [dicom_id], *[[column[k]] for column in columns]))
             return accepted
         results = [BackendError(f"backend crashed: {type(error).__name__}: {error}")]
     accepted = {}
@@ -390,17 +400,23 @@ def _open_container(data: bytes, magic: bytes, what: str) -> tuple[dict, bytes]:
         raise BackendError(f"{what}: damaged ({error})") from None
 
 
+def _bounding_window(mask: np.ndarray) -> tuple[slice, slice]:
+    """Tightest ``(rows, cols)`` slices around the True pixels of an ``HxW bool`` mask; empty slices if none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return slice(0, 0), slice(0, 0)
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
 def pack_masks(masks_by_name: dict[str, np.ndarray], shape: tuple[int, int]) -> bytes:
     """One file of ``HxW bool`` masks: each cropped to its bounding box, bit-packed (``np.packbits``), deflated."""
-    from mimic_ils.grounding.masks import bbox
-
     entries, planes = [], []
     for name, mask in masks_by_name.items():
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != tuple(shape):
             raise ValueError(f"mask {name!r} is {mask.shape}, not in the frame {tuple(shape)}")
-        window = bbox(mask)
-        rows, cols = window if window is not None else (slice(0, 0), slice(0, 0))
+        rows, cols = _bounding_window(mask)
         entries.append([name, rows.start, rows.stop, cols.start, cols.stop])
         planes.append(np.packbits(mask[rows, cols]).tobytes())
     header = {"height": int(shape[0]), "width": int(shape[1]), "masks": entries}
@@ -433,14 +449,11 @@ def unpack_masks(data: bytes, what: str = MASKS_FILE) -> dict[str, np.ndarray]:
 def pack_pseudo_normal(pseudo_normal: np.ndarray, image: np.ndarray) -> bytes:
     """The ``HxW uint8`` pseudo-normal image relative to the image: ``pseudo_normal - image`` (mod 256) inside the
     bounding box of the changed pixels, deflated (an edit of lungs ∪ heart is all it keeps)."""
-    from mimic_ils.grounding.masks import bbox
-
     pseudo_normal, image = np.asarray(pseudo_normal), np.asarray(image)
     if pseudo_normal.shape != image.shape or pseudo_normal.dtype != np.uint8 or image.dtype != np.uint8:
         raise ValueError(f"pseudo-normal {pseudo_normal.dtype} {pseudo_normal.shape} is not like the image "
                          f"{image.dtype} {image.shape}")
-    window = bbox(pseudo_normal != image)
-    rows, cols = window if window is not None else (slice(0, 0), slice(0, 0))
+    rows, cols = _bounding_window(pseudo_normal != image)
     difference = np.subtract(pseudo_normal[rows, cols], image[rows, cols])  # uint8: wraps mod 256, undone on load
     header = {"height": int(image.shape[0]), "width": int(image.shape[1]),
               "window": [rows.start, rows.stop, cols.start, cols.stop]}

@@ -25,8 +25,6 @@ Ray is an optional extra (``pip install 'mimic-ils[ray]'``); the ``local`` engin
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
 import math
 import os
@@ -43,7 +41,7 @@ import numpy as np
 
 from mimic_ils.files import atomic_write_bytes
 from mimic_ils.orchestration.pipeline import cached_is_current, check_force, finish_study, input_keys, study_report
-from mimic_ils.orchestration.workdir import WorkDir, file_digest
+from mimic_ils.orchestration.workdir import WorkDir
 from mimic_ils.progress import progress
 from mimic_ils.rows import Failure
 from mimic_ils.schema import MimicIlsError, Study
@@ -212,25 +210,16 @@ class _Prepare(_Stage):
         vision_dir = self.work.vision_dir
         if frontal and "vision" in force:
             self.stages.forget_cues(frontal, vision_dir)
+        item.vision_keys = self.stages.cue_keys(frontal, vision_dir)
         for image in frontal:
-            key = file_digest(self.work, self.stages.root / image.path)
-            item.vision_keys[image.dicom_id] = key
-            stored = _stored_vision_key(vision_dir, image.dicom_id)
-            if stored is not None and stored != key:  # cues of other DICOM bytes: recompute (as the local engine)
-                import shutil
-
-                shutil.rmtree(vision_dir / image.dicom_id, ignore_errors=True)
             if runner.artifact_complete(vision_dir / image.dicom_id):
                 item.statuses[image.dicom_id] = runner.STATUS_EXISTS
                 continue
-            try:
-                pixels = runner._read_image(self.stages.root, image)
-                if pixels.ndim != 2 or pixels.dtype != np.uint8:
-                    raise MimicIlsError(f"reader returned {pixels.dtype} {pixels.shape}, expected HxW uint8")
-            except (MimicIlsError, OSError) as error:
-                item.statuses[image.dicom_id] = f"read failed: {error}"
-                continue
-            item.pending[image.dicom_id] = {"image": pixels}
+            pixels = runner.read_frame(self.stages.root, image)
+            if isinstance(pixels, str):
+                item.statuses[image.dicom_id] = pixels
+            else:
+                item.pending[image.dicom_id] = {"image": pixels}
         return item
 
 
@@ -271,7 +260,7 @@ class _ModelStep(_Stage):
         states = [owners[dicom_id].pending[dicom_id] for dicom_id in ids]
         statuses: dict[str, str] = {}
         method = getattr(self._backend(step), _METHODS[step])
-        accepted = runner._call_step(step, method, statuses, ids, *_step_inputs(step, states))
+        accepted = runner.call_step(step, method, statuses, ids, *_step_inputs(step, states))
         for dicom_id in ids:
             item = owners[dicom_id]
             if dicom_id in accepted:
@@ -313,7 +302,6 @@ class _Finish(_Stage):
                 "outcome": _object_array([outcome for _, outcome in rows])}
 
     def finish(self, item: _Item) -> tuple[str, str]:
-        from mimic_ils.orchestration.stages import vision_reason
         from mimic_ils.vision import runner
 
         study = item.study
@@ -323,32 +311,16 @@ class _Finish(_Stage):
         names = {step: spec.name for step, spec in self.stages.vision_config().steps.items()}
         cues: dict[str, Any] = {}
         if not isinstance(item.report, Failure):
-            for image in study.frontal_images:
-                dicom_id = image.dicom_id
-                state = item.pending.get(dicom_id)
-                if state is not None:
-                    try:
-                        runner.write_artifacts(vision_dir, dicom_id, state["image"], state["lungs_heart"],
-                                               state["pseudo_normal"], state["anatomy"], state["lesion_boxes"],
-                                               names)
-                        item.statuses[dicom_id] = runner.STATUS_WRITTEN
-                    except OSError as error:
-                        item.statuses[dicom_id] = f"write failed: {error}"
-                status = item.statuses.get(dicom_id, "no cues produced")
-                if status in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS):
-                    atomic_write_bytes(vision_dir.parent / "vision_keys" / f"{dicom_id}.json",
-                                       json.dumps({"dicom_sha256": item.vision_keys[dicom_id]}).encode())
-                    cues[dicom_id] = functools.partial(runner.load_cues, vision_dir / dicom_id)
-                else:
-                    cues[dicom_id] = vision_reason(status)
+            for dicom_id, state in item.pending.items():
+                try:
+                    runner.write_artifacts(vision_dir, dicom_id, state["image"], state["lungs_heart"],
+                                           state["pseudo_normal"], state["anatomy"], state["lesion_boxes"], names)
+                    item.statuses[dicom_id] = runner.STATUS_WRITTEN
+                except OSError as error:
+                    item.statuses[dicom_id] = f"write failed: {error}"
+            cues = self.stages.settle_cues(study.frontal_images, item.statuses, item.vision_keys, vision_dir)
         result = finish_study(self.stages, self.work, study, item.report, cues, item.keys)
         return study.study_id, "retry" if result.transient else "computed"
-
-
-def _stored_vision_key(vision_dir: Path, dicom_id: str) -> str | None:
-    from mimic_ils.orchestration.stages import _stored_vision_key as stored
-
-    return stored(vision_dir, dicom_id)
 
 
 def _object_array(values: Sequence[Any]) -> np.ndarray:

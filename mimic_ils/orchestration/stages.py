@@ -14,7 +14,7 @@ import inspect
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -125,29 +125,44 @@ class ProjectStages:
         """``--force-stage vision``: drop the cached cues of ``images``."""
         for image in images:
             shutil.rmtree(vision_dir / image.dicom_id, ignore_errors=True)
-            (_vision_keys(vision_dir) / f"{image.dicom_id}.json").unlink(missing_ok=True)
+            (vision_keys_dir(vision_dir) / f"{image.dicom_id}.json").unlink(missing_ok=True)
 
     def cues(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, CuesOrReason]:
-        from mimic_ils.files import atomic_write_bytes
-        from mimic_ils.orchestration.workdir import WorkDir, file_digest
         from mimic_ils.vision import runner
+
+        keys = self.cue_keys(images, vision_dir)
+        statuses = dict(runner.run_cues(self.root, list(images), vision_dir, self.vision_config()))
+        return self.settle_cues(images, statuses, keys, vision_dir)
+
+    def cue_keys(self, images: Sequence[ImageRecord], vision_dir: Path) -> dict[str, str]:
+        """The DICOM sha256 of each image; cached cues made from other DICOM bytes (an edited or emptied file) are
+        dropped, so that they are recomputed (both engines)."""
+        from mimic_ils.orchestration.workdir import WorkDir, file_digest
 
         work = WorkDir(vision_dir.parent)
         keys = {image.dicom_id: file_digest(work, self.root / image.path) for image in images}
-        for image in images:  # cues made from other DICOM bytes (an edited or emptied file) are recomputed
-            stored = _stored_vision_key(vision_dir, image.dicom_id)
+        for image in images:
+            stored = stored_vision_key(vision_dir, image.dicom_id)
             if stored is not None and stored != keys[image.dicom_id]:  # (none stored: cues of an older work folder)
                 shutil.rmtree(vision_dir / image.dicom_id, ignore_errors=True)
+        return keys
+
+    def settle_cues(self, images: Sequence[ImageRecord], statuses: Mapping[str, str], keys: Mapping[str, str],
+                    vision_dir: Path) -> dict[str, CuesOrReason]:
+        """Per image, from the runner's status: a loader of its cues (their DICOM sha256 recorded), or its reason
+        (both engines)."""
+        from mimic_ils.files import atomic_write_bytes
+        from mimic_ils.vision import runner
+
         out: dict[str, CuesOrReason] = {}
-        images_by_id = {image.dicom_id: image for image in images}
-        for dicom_id, status in runner.run_cues(self.root, list(images), vision_dir, self.vision_config()):
-            ok = status in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS)
-            if ok:
-                atomic_write_bytes(_vision_keys(vision_dir) / f"{dicom_id}.json",
-                                   json.dumps({"dicom_sha256": keys[dicom_id]}).encode())
-                out[dicom_id] = functools.partial(self._load_cues, images_by_id[dicom_id], vision_dir)
+        for image in images:
+            status = statuses.get(image.dicom_id, "no cues produced")
+            if status in (runner.STATUS_WRITTEN, runner.STATUS_EXISTS):
+                atomic_write_bytes(vision_keys_dir(vision_dir) / f"{image.dicom_id}.json",
+                                   json.dumps({"dicom_sha256": keys[image.dicom_id]}).encode())
+                out[image.dicom_id] = functools.partial(self._load_cues, image, vision_dir)
             else:
-                out[dicom_id] = vision_reason(status)
+                out[image.dicom_id] = vision_reason(status)
         return out
 
     def _load_cues(self, image: ImageRecord, vision_dir: Path) -> VisionCues:
@@ -204,13 +219,13 @@ def pairs_of(grounding: ImageGrounding, study: Study, image: ImageRecord, config
                        cardiomegaly_negative_reason=grounding.cardiomegaly_negative_reason, config=config)
 
 
-def _vision_keys(vision_dir: Path) -> Path:
+def vision_keys_dir(vision_dir: Path) -> Path:
     return vision_dir.parent / "vision_keys"
 
 
-def _stored_vision_key(vision_dir: Path, dicom_id: str) -> str | None:
+def stored_vision_key(vision_dir: Path, dicom_id: str) -> str | None:
     try:
-        return json.loads((_vision_keys(vision_dir) / f"{dicom_id}.json").read_text())["dicom_sha256"]
+        return json.loads((vision_keys_dir(vision_dir) / f"{dicom_id}.json").read_text())["dicom_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -252,7 +267,7 @@ def make_vision_config(vision_config_cls: type, config: BuildConfig, mimic_root:
     from mimic_ils.orchestration.shard import process_device
 
     spec = dict(config.vision) if isinstance(config.vision, dict) else {"preset": config.vision}
-    check_vision_keys(spec)
+    checkvision_keys_dir(spec)
     device = config.device or ("cpu" if spec.get("preset") == "phantom" else process_device())
     common = {"device": device, "batch_size": config.batch_size}
     if "steps" in spec:
@@ -268,7 +283,7 @@ _VISION_KEYS = {"preset", "weights_dir", "steps", "device", "batch_size", "trust
 _STEP_KEYS = {"name", "options"}
 
 
-def check_vision_keys(spec: dict[str, Any]) -> None:
+def checkvision_keys_dir(spec: dict[str, Any]) -> None:
     """Every key of the build config's ``vision`` mapping known (a typo is refused at start, with the key named)."""
     from mimic_ils.vision import base
 

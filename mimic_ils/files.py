@@ -2,7 +2,11 @@
 
 * :func:`atomic_write_bytes` and :func:`current_umask`: from :mod:`rosalia_hf.files` (shared with the model half):
   temporary file in the target's folder, then rename, with the mode a plain ``open(path, "w")`` would give.
-* :func:`encode_png`: deterministic PNG bytes of an ``HxW uint8`` (or bool, stored 0/255) array.
+* :func:`encode_png`: deterministic PNG bytes of an ``HxW uint8`` (or bool, stored 0/255) array: every image and mask
+  of a dataset folder. Written here rather than by Pillow, which can set neither the row filter nor zlib's strategy:
+  the "Up" filter on every row and zlib's run-length strategy encode a 2500×2048 X-ray 14× faster than Pillow's
+  adaptive filters with ``Z_FILTERED`` (0.05 s against 0.73 s) in as few bytes (docs/benchmarks.md), and that
+  encode was most of the build's CPU time per image. Any PNG decoder reads the files.
 * :class:`FileRecord`: ``{"sha256": <hex>, "size": <bytes>}``, the format of every checksum we write (the output
   folder's manifest, the study artifacts, the vision artifacts' manifests).
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +41,35 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_FILTER_UP = 2
+
+
 def encode_png(array: np.ndarray) -> bytes:
-    """Deterministic PNG bytes of an ``HxW uint8`` (or bool, stored 0/255) array; no metadata chunks."""
+    """Deterministic PNG bytes of an ``HxW uint8`` (or bool, stored 0/255) array: 8-bit greyscale, no metadata
+    chunks, filter "Up" on every row (the first row's "Up" predictor is zero), one IDAT of zlib level 6 with the
+    run-length strategy. The same pixels give the same bytes (with the same zlib)."""
     array = np.asarray(array)
     if array.ndim != 2:
         raise ValueError(f"encode_png takes an HxW grey image or mask, got shape {array.shape}")
-    return png_bytes(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    height, width = array.shape
+    if height == 0 or width == 0:
+        raise ValueError(f"encode_png takes a non-empty image, got shape {array.shape}")
+    rows = np.empty((height, width + 1), dtype=np.uint8)
+    rows[:, 0] = _FILTER_UP
+    rows[0, 1:] = array[0]
+    np.subtract(array[1:], array[:-1], out=rows[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG's filters do
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = compressor.compress(rows.tobytes()) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, deflate, filtered rows, no interlace
+    return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import pytest
 
 from mimic_ils.files import FileRecord, atomic_write_bytes, current_umask, encode_png, write_file_once
 
+PINNED_PNG = "b527d1b3b44980e0"  # sha256 prefix of encode_png of the 16x16 ramp below
+
 
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
 def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path, umask):
@@ -47,3 +49,38 @@ def test_png_encoding_is_deterministic_and_lossless():
 
     assert np.array_equal(np.asarray(Image.open(BytesIO(encode_png(pixels)))), pixels)
     assert np.array_equal(np.asarray(Image.open(BytesIO(encode_png(pixels > 30)))), (pixels > 30) * 255)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (33, 17), (480, 640)])
+def test_png_encoder_round_trips_any_grey_image_through_pillow_and_datasets(shape):
+    from io import BytesIO
+
+    import datasets
+    from PIL import Image
+
+    rng = np.random.default_rng(sum(shape))
+    smooth = np.cumsum(rng.integers(-3, 4, shape), axis=0) % 256  # X-ray-like: neighbouring rows close
+    for pixels in (rng.integers(0, 256, shape, dtype=np.uint8), smooth.astype(np.uint8),
+                   np.zeros(shape, np.uint8), np.full(shape, 255, np.uint8)):
+        data = encode_png(pixels)
+        image = Image.open(BytesIO(data))
+        image.load()  # CRCs and zlib stream checked by the decoder
+        assert image.mode == "L" and image.size == shape[::-1] and np.array_equal(np.asarray(image), pixels)
+        decoded = datasets.Image().decode_example({"bytes": data, "path": None})
+        assert np.array_equal(np.asarray(decoded), pixels)
+
+
+def test_png_encoder_output_is_small_and_fixed():
+    """Masks compress to a few hundred bytes; the bytes of a known image are pinned (a change of encoder is a change
+    of every dataset folder's bytes, so it must be deliberate)."""
+    import hashlib
+
+    mask = np.zeros((300, 200), bool)
+    mask[40:200, 30:120] = True
+    assert len(encode_png(mask)) < 600
+    pixels = (np.add.outer(np.arange(16), np.arange(16)) * 7 % 256).astype(np.uint8)
+    assert hashlib.sha256(encode_png(pixels)).hexdigest()[:16] == PINNED_PNG
+    with pytest.raises(ValueError, match="HxW"):
+        encode_png(np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="non-empty"):
+        encode_png(np.zeros((0, 4), np.uint8))

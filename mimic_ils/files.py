@@ -26,6 +26,7 @@ import numpy as np
 from rosalia_hf.files import atomic_write_bytes, current_umask, png_bytes
 
 __all__ = ["atomic_write_bytes", "current_umask", "png_bytes", "encode_png", "FileRecord", "write_file_once",
+           "link_file_once",
            "sha256_bytes", "sha256_file"]
 
 
@@ -113,4 +114,23 @@ def write_file_once(path: str | os.PathLike, data: bytes) -> FileRecord:
     record = FileRecord.of_bytes(data)
     if not record.matches(path, full=True):
         atomic_write_bytes(path, data)
+    return record
+
+
+def link_file_once(source: str | os.PathLike, path: str | os.PathLike) -> FileRecord:
+    """Make ``path`` a hard link of ``source`` (atomically: a temporary link, then rename) unless an identical file is
+    there already; a copy where the file system cannot link. Returns the record of its bytes."""
+    source, path = Path(source), Path(path)
+    record = FileRecord.of_file(source)
+    if record.matches(path, full=True):
+        return record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.link")
+    try:
+        temporary.unlink(missing_ok=True)
+        os.link(source, temporary)
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        atomic_write_bytes(path, source.read_bytes())
     return record

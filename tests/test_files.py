@@ -84,3 +84,21 @@ def test_png_encoder_output_is_small_and_fixed():
         encode_png(np.zeros((2, 2, 3), np.uint8))
     with pytest.raises(ValueError, match="non-empty"):
         encode_png(np.zeros((0, 4), np.uint8))
+
+
+def test_link_file_once_links_atomically_and_keeps_an_identical_file(tmp_path):
+    source = tmp_path / "vision" / "image.png"
+    source.parent.mkdir()
+    source.write_bytes(encode_png(np.eye(8, dtype=bool)))
+    target = tmp_path / "images" / "x.png"
+    from mimic_ils.files import link_file_once
+
+    record = link_file_once(source, target)
+    assert record == FileRecord.of_bytes(source.read_bytes()) and os.path.samefile(source, target)
+    target.unlink()
+    target.write_bytes(source.read_bytes())  # an identical copy stays as it is
+    inode = target.stat().st_ino
+    assert link_file_once(source, target) == record and target.stat().st_ino == inode
+    target.write_bytes(b"other")  # a different file is replaced by the link
+    assert link_file_once(source, target) == record and os.path.samefile(source, target)
+    assert sorted(path.name for path in target.parent.iterdir()) == ["x.png"]  # no temporary left

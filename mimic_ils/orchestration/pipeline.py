@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from mimic_ils.files import encode_png
@@ -202,11 +203,12 @@ def _grounded_rows(stages, work, study, image, report, image_cues) -> ImageOutco
     return ImageOutcome(image.dicom_id, tuple(paired.pairs), dict(paired.masks), dropped, png)
 
 
-def _image_png(stages: Stages, work: WorkDir, cues) -> bytes:
-    """The image's PNG: the vision stage's own ``image.png`` when it has one (same pixels, no second encoding)."""
+def _image_png(stages: Stages, work: WorkDir, cues) -> bytes | Path:
+    """The image's PNG: the vision stage's own ``image.png`` file when it has one (same pixels, no second encoding;
+    the work folder hard-links it), else its bytes."""
     find = getattr(stages, "image_png_path", None)
     path = find(cues.dicom_id, work.vision_dir) if find else None
-    return path.read_bytes() if path is not None and path.is_file() else encode_png(cues.image)
+    return path if path is not None and path.is_file() else encode_png(cues.image)
 
 
 def report_to_dict(report: StructuredReport) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mimic_ils.files import FileRecord, encode_png
+from mimic_ils.files import FileRecord, encode_png, link_file_once
 from mimic_ils.orchestration.workdir import WorkDir, mask_digest, read_checked_json, write_checked_json
 from mimic_ils.pairs import limit_study_negatives
 from mimic_ils.rows import RETRIED, DroppedFinding, Failure, ImageFate, PairRow, StudyResult
@@ -41,7 +41,7 @@ class ImageOutcome:
     pairs: tuple[Pair, ...] = ()
     masks: Mapping[str, np.ndarray] = field(default_factory=dict)
     dropped: tuple[DroppedFinding, ...] = ()
-    image_png: bytes | None = None
+    image_png: bytes | Path | None = None  # the PNG's bytes, or the vision artifact's file (hard-linked)
 
     def __post_init__(self) -> None:
         for pair in self.pairs:
@@ -140,9 +140,12 @@ def persist(work: WorkDir, result: StudyResult,
             sources.update({name: outcome.masks[key] for key, name in outcome.mask_files.items()})
     records = {}
     for name in sorted({name for row in result.pairs for name in row.file_names}):
-        data = sources[name]  # an image's PNG bytes, or a mask's pixels
-        png = data if isinstance(data, bytes) else encode_png(data)
-        records[name] = work.write_file_checked(work.root / name, png)
+        data = sources[name]  # an image's PNG (bytes or the vision artifact's file), or a mask's pixels
+        if isinstance(data, Path):
+            records[name] = link_file_once(data, work.root / name)
+        else:
+            records[name] = work.write_file_checked(work.root / name, data if isinstance(data, bytes)
+                                                    else encode_png(data))
     write_checked_json(work.study_path(result.study_id), replace(result, files=records).to_json())
     return records
 

@@ -145,6 +145,9 @@ def folder_bytes(work: Path, frontal: int) -> dict[str, tuple[float, float]]:
         out[name] = (sum(path.stat().st_size for path in files) / frontal, len(files) / frontal)
     every = [path for path in work.rglob("*") if path.is_file()]
     out["whole work folder"] = (sum(path.stat().st_size for path in every) / frontal, len(every) / frontal)
+    # on disk, as du counts: a hard-linked file (images/<id>.png is the vision artifact's image.png) once
+    inodes = {(path.stat().st_dev, path.stat().st_ino): path.stat().st_size for path in every}
+    out["whole, on disk (links once)"] = (sum(inodes.values()) / frontal, len(inodes) / frontal)
     return out
 
 

@@ -68,7 +68,9 @@ def test_synth_build_and_merge_print_plain_progress_lines_and_quiet_prints_none(
     assert code == 0 and not any(escape in err for escape in ESCAPES)
     lines = progress_lines(err)
     assert any(line.startswith("merge: 4/4 studies checked (100%)") for line in lines)
-    assert any(line.startswith("merge train: ") for line in lines)
+    # the streaming merge: the studies written (rows of every split) and the files placed, each with its progress
+    assert any(line.startswith("merge write: 4/4 studies written (100%)") for line in lines)
+    assert any(line.startswith("merge files: ") and "(100%)" in line for line in lines)
     for argv in (["-q", "synth", "--out", tmp_path / "quiet", "--studies", 3],
                  ["build", "--mimic-root", tmp_path / "cohort", "--out", tmp_path / "ils2", "--backends", "phantom",
                   "-q"]):

@@ -9,8 +9,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "cues",
         help="vision cues (lungs/heart, pseudo-normal, anatomy, boxes) + overlay PNGs per frontal image",
-        description="Writes OUT/<dicom_id>/ (masks as PNG, boxes.json, pseudo_normal.png, cues.json manifest) and "
-        "OUT/<dicom_id>/overlay.png. Images whose artifacts are complete are skipped, so a rerun resumes.",
+        description="Writes OUT/<dicom_id>/ (image.png, masks.bin: the 19 masks bit-packed, pseudo_normal.bin, "
+        "boxes.json, cues.json manifest) and OUT/<dicom_id>/overlay.png. Images whose artifacts are complete are "
+        "skipped, so a rerun resumes.",
     )
     parser.add_argument("--mimic-root", required=True, help="MIMIC-CXR root (files/, metadata and split CSVs)")
     parser.add_argument("--out", required=True, help="output folder of the per-image artifact folders")

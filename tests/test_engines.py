@@ -251,3 +251,17 @@ def test_readme_torchrun_form_with_rank_0_finishing_first(cohort, tmp_path):
     assert finished[0] + 2.0 < finished[1]  # rank 0 finished its shard first, and waited
     assert "rank 0 of 2: shard done" in result.stderr and "shard done; rank 0 merges" in result.stdout
     assert folder_bytes(out) == folder_bytes(reference)
+
+
+def test_a_launch_without_a_rendezvous_is_refused_in_one_line(monkeypatch):
+    from mimic_ils.orchestration.launcher import launcher_group
+    from mimic_ils.orchestration.shard import Shard
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with pytest.raises(MimicIlsError, match=r"WORLD_SIZE is set but MASTER_ADDR is not.*--shard i/N"):
+        with launcher_group(Shard(0, 2)):
+            pass
+    with pytest.raises(MimicIlsError, match="--barrier-timeout must be positive"):
+        with launcher_group(Shard(0, 2), timeout_s=0):
+            pass

@@ -265,3 +265,27 @@ def test_a_launch_without_a_rendezvous_is_refused_in_one_line(monkeypatch):
     with pytest.raises(MimicIlsError, match="--barrier-timeout must be positive"):
         with launcher_group(Shard(0, 2), timeout_s=0):
             pass
+
+
+def test_items_travel_with_their_masks_bit_packed_and_come_back_exact():
+    import numpy as np
+
+    from mimic_ils.orchestration.ray_engine import _Item, pack_item, unpack_item
+    from mimic_ils.schema import ImageRecord, Study
+    from mimic_ils.vision.base import LungsHeart
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random((37, 53)) > 0.5 for _ in range(4)]
+    image = rng.integers(0, 256, (37, 53), dtype=np.uint8)
+    study = Study("1", "2", "train", "files/s2.txt", (ImageRecord("d", "1", "2", "PA", "files/d.dcm"),))
+    state = {"image": image, "lungs_heart": LungsHeart(masks[0], masks[1], masks[2]),
+             "anatomy": {"heart": masks[3]}, "pseudo_normal": image[::-1].copy()}
+    blob = pack_item(_Item(study, pending={"d": state}))
+    assert len(blob) < sum(mask.size for mask in masks)  # a bit per mask pixel, not a byte
+    back = unpack_item(blob).pending["d"]
+    assert np.array_equal(back["image"], image) and np.array_equal(back["pseudo_normal"], image[::-1])
+    lungs = back["lungs_heart"]
+    assert all(np.array_equal(got, want) and got.dtype == bool
+               for got, want in zip((lungs.lung_right, lungs.lung_left, lungs.heart, back["anatomy"]["heart"]),
+                                    masks, strict=True))
+    assert unpack_item(pack_item(_Item(study))).study == study

@@ -412,3 +412,22 @@ def test_bad_negative_shares_are_refused_before_any_work(shares, named, tmp_path
     with pytest.raises(MimicIlsError, match=r"build config grounding: .*" + re.escape(named)):
         build(None, tmp_path / "out", config=config, stages=FakeStages(4), work=tmp_path / "work", progress=False)
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+def test_full_check_finds_a_same_size_old_dated_corruption_and_recomputes_it(tmp_path):
+    """A flipped byte that keeps the size and an older mtime passes the default merge's cheap checks; ``full_check``
+    (``--full-check``) hashes every PNG, recomputes the study, and the output is the clean build's bytes again."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    build(None, out, stages=FakeStages(N_FAKE), work=work, progress=False)
+    clean = folder_bytes(out)
+    mask = sorted((work / "masks").glob("*.png"))[0]
+    stamp = mask.stat().st_mtime_ns - 86_400 * 10**9
+    with open(mask, "r+b") as handle:  # in place: the output's hard link of it sees the damage too
+        handle.seek(-13, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-13, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 1]))
+    os.utime(mask, ns=(stamp, stamp))
+    assert folder_bytes(out) != clean
+    build(None, out, stages=FakeStages(N_FAKE), work=work, progress=False, full_check=True)
+    assert folder_bytes(out) == clean

@@ -46,6 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--force-stage", action="append", default=[], choices=("report", "vision", "grounding"),
                         help="recompute this stage (and what follows it) for every study, ignoring its cache; "
                         "repeatable")
+    parser.add_argument("--full-check", action="store_true", help="the merge hashes every image and mask PNG of "
+                        "the work folder against its recorded sha256 (default: sizes, and the hash of any file "
+                        "changed after its study was recorded); a mismatch is recomputed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
     return parser
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         args.mimic_root, args.out, config=config, work=args.work, shard=args.shard, limit=args.limit,
         merge_step=True if args.merge else None, process=not merge_only, progress=not args.no_progress,
         shard_wait_s=args.wait, force_stages=tuple(getattr(args, "force_stage", None) or ()), **engine,
+        full_check=args.full_check,
     )
     processed = result["processed"]
     if processed:

@@ -49,6 +49,7 @@ def build(
     engine: str = "local",
     ray_plan: RayPlan | None = None,
     barrier_timeout_s: float = DEFAULT_BARRIER_TIMEOUT_S,
+    full_check: bool = False,
 ) -> dict[str, Any]:
     """Build MIMIC-ILS from ``mimic_root`` into ``out``; resumable (rerun to continue) and shardable.
 
@@ -59,7 +60,8 @@ def build(
     ``engine``: ``"local"`` (this process; under ``torchrun`` / ``accelerate launch`` one shard per rank, the ranks
     meeting at a gloo barrier, at most ``barrier_timeout_s``, before rank 0 merges) or ``"ray"`` (the whole cohort
     as one Ray Data pipeline, :mod:`mimic_ils.orchestration.ray_engine`, configured by ``ray_plan``); both give the
-    same bytes.
+    same bytes. ``full_check``: the merge hashes every image and mask PNG against its recorded sha256 (default:
+    sizes, and the sha256 of files modified after their study artifact).
     Locks: a second build of the same work folder (or shard) or into the same ``out`` refuses at once, naming the pid.
     Returns ``{"processed": {...}, "info": {...} or None}``.
     """
@@ -102,7 +104,7 @@ def build(
             with group as barrier:
                 return _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step,
                                           process, progress, shard_wait_s, tuple(force_stages), trusted,
-                                          runner=runner, barrier=barrier)
+                                          runner=runner, barrier=barrier, full_check=full_check)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise MimicIlsError(
@@ -136,7 +138,7 @@ def _ray_runner(plan: RayPlan):
 
 def _process_and_merge(stages, workdir, studies, out, config, current, shard, limit, merge_step, process, progress,
                        shard_wait_s, force_stages=(), trusted=None, *, runner=run_shard,
-                       barrier=None) -> dict[str, Any]:
+                       barrier=None, full_check=False) -> dict[str, Any]:
     processed = {}
     if process:
         mine = [study for study in studies if current.owns(study.study_id)]
@@ -152,7 +154,7 @@ def _process_and_merge(stages, workdir, studies, out, config, current, shard, li
         try:
             info = merge(workdir, studies, out, build_info(config, stages, limit),
                          negative_global_share=config.pair_config().negative_global_share, trusted=trusted,
-                         show_progress=progress)
+                         show_progress=progress, full_check=full_check)
         except MissingResults:
             if not process or current.count > 1:
                 raise
@@ -160,7 +162,7 @@ def _process_and_merge(stages, workdir, studies, out, config, current, shard, li
             runner(stages, workdir, studies, chunk_size=max(4, config.batch_size), progress=progress)
             info = merge(workdir, studies, out, build_info(config, stages, limit),
                          negative_global_share=config.pair_config().negative_global_share, trusted=trusted,
-                         show_progress=progress)
+                         show_progress=progress, full_check=full_check)
     return {"processed": processed, "info": info}
 
 

@@ -27,7 +27,7 @@ from mimic_ils.release import import_release
 from mimic_ils.schema import MimicIlsError, TransientError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _build_helpers import FakeStages  # noqa: E402
+from _build_helpers import FakeStages, folder_bytes  # noqa: E402
 
 N = 8
 
@@ -38,9 +38,6 @@ def fixed_commit(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("RANK", raising=False)
 
-
-def folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def ledger(out: Path) -> list[dict]:

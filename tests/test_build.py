@@ -24,7 +24,7 @@ from mimic_ils.orchestration.workdir import WorkDir, read_checked, write_checked
 from mimic_ils.schema import MimicIlsError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _build_helpers import FakeStages  # noqa: E402
+from _build_helpers import FakeStages, folder_bytes  # noqa: E402
 
 N_FAKE = 12
 
@@ -36,10 +36,6 @@ def fixed_commit():
         patch.setenv("MIMIC_ILS_CODE_COMMIT", "0" * 40)
         yield
 
-
-def folder_bytes(folder: Path) -> dict[str, bytes]:
-    """Every file of a built folder (relative path → bytes)."""
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 @pytest.fixture(scope="module")

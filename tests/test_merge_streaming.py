@@ -26,16 +26,13 @@ from mimic_ils.schema import LESION_TYPES, MimicIlsError, Study
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from _build_helpers import FakeStages  # noqa: E402
+from _build_helpers import FakeStages, folder_bytes  # noqa: E402
 from _cohort import make_cohort  # noqa: E402
 from bench_merge import replicate  # noqa: E402
 
 INFO = {"code_version": "test", "code_commit": "0" * 40}
 N_REPLICATED = 2000
 
-
-def folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def studies_of(work: Path) -> list[Study]:

@@ -59,6 +59,9 @@ _FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE
                   "MIMIC_ILS_WEIGHTS", "MIMIC_ILS_CODE_COMMIT", "MIMIC_ILS_ALLOW_REMOTE_LLM")
 
 
+_THIS_MACHINE = (None, "", "local")  # --ray-address values that start a Ray instance here
+
+
 class RayUnavailable(MimicIlsError):
     """``--engine ray`` without Ray installed, or with a cluster that cannot run the build."""
 
@@ -127,7 +130,7 @@ def import_ray(address: str | None = None):
     (``address``) from a machine that holds a token (``ray start`` clusters check it)."""
     if "ray" not in sys.modules:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if address not in (None, "", "local") and "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
+        if address not in _THIS_MACHINE and "RAY_AUTH_MODE" not in os.environ and _auth_token_available():
             os.environ["RAY_AUTH_MODE"] = "token"
     try:
         import ray
@@ -461,7 +464,7 @@ def ray_session(plan: RayPlan) -> Iterator[None]:
     env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                                "runtime_env": {"env_vars": env} if env else None}
-    if plan.address in (None, "", "local"):
+    if plan.address in _THIS_MACHINE:
         options["num_cpus"] = plan.num_cpus or os.cpu_count() or 1
     try:
         ray.init(address=plan.address or None, **options)
@@ -508,7 +511,7 @@ def _quiet_ray_data() -> None:
 def check_address(address: str | None, timeout_s: float = 5.0) -> None:
     """A ``host:port`` (or ``ray://host:port``) that does not answer is refused in one line, before Ray retries
     it for minutes; ``auto`` and ``local`` are left to Ray."""
-    if address in (None, "", "auto", "local"):
+    if address in (*_THIS_MACHINE, "auto"):
         return
     target = address.split("://", 1)[-1]
     host, sep, port = target.rpartition(":")

@@ -23,12 +23,23 @@ The six answer forms, by template name::
 base" or "a, b and c"; the parser splits on both separators. Matching is exact: case, articles and the
 final period count, and only whitespace is normalised (runs of spaces/newlines read as one space, as the authors'
 evaluation does), so a paraphrase parses to ``None``.
+
+Beyond the paper, the ``reasoning`` question type (``mimic_ils.reasoning``; ``docs/reasoning.md``): its instructions
+are free text that never names the target, its answers are fixed and parseable::
+
+    reasoning_definitive          "[SEG] It is consistent with {lesion}, located in the {location}. {reason}"
+    reasoning_tentative           "[SEG] It possibly reflects {lesion}, located in the {location}. {reason}"
+    reasoning_absent_in_location  "[SEG] There is no such finding: no {lesion} is seen in the {location}."
+    reasoning_absent              "[SEG] There is no such finding: no {lesion} is seen."
+
+``{reason}`` is one sentence of explanation (ending in a period). It is read back into ``ParsedAnswer.reason`` but
+does not take part in the comparison: a reasoning answer is right when its template, lesion and locations are.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SEG_TOKEN = "[SEG]"
 BASIC_INSTRUCTION = "Segment the {target} in the {location}."
@@ -42,6 +53,11 @@ INFERENCE_DEFINITIVE = "[SEG] It is highly suggestive of {lesion}."
 INFERENCE_TENTATIVE = "[SEG] It possibly reflects {lesion}."
 INFERENCE_NEGATIVE = "[SEG] There is no opacity in the {location}."
 LESION_INFERENCE_TARGET = "opacity"
+REASONING_DEFINITIVE = "[SEG] It is consistent with {lesion}, located in the {location}. {reason}"
+REASONING_TENTATIVE = "[SEG] It possibly reflects {lesion}, located in the {location}. {reason}"
+REASONING_NEGATIVE = "[SEG] There is no such finding: no {lesion} is seen in the {location}."
+REASONING_GLOBAL_NEGATIVE = "[SEG] There is no such finding: no {lesion} is seen."
+REASONING = "reasoning"  # the question type beyond Table 2
 INSTRUCTIONS = {"basic": BASIC_INSTRUCTION, "global": GLOBAL_INSTRUCTION, "lesion_inference": INFERENCE_INSTRUCTION}
 TEMPLATES = {
     "seg": BASIC_POSITIVE,
@@ -50,10 +66,22 @@ TEMPLATES = {
     "absent": GLOBAL_NEGATIVE,
     "definitive": INFERENCE_DEFINITIVE,
     "tentative": INFERENCE_TENTATIVE,
+    "reasoning_definitive": REASONING_DEFINITIVE,
+    "reasoning_tentative": REASONING_TENTATIVE,
+    "reasoning_absent_in_location": REASONING_NEGATIVE,
+    "reasoning_absent": REASONING_GLOBAL_NEGATIVE,
 }
-# Tried in this order: "There is no X in the Y." must be read as absent_in_location before the looser "absent".
+# Tried in this order: "There is no X in the Y." must be read as absent_in_location before the looser "absent", and
+# the reasoning forms ("There is no such finding: ...") before both.
 _PATTERNS = (
     ("seg", re.compile(r"\[SEG\]")),
+    ("reasoning_definitive", re.compile(
+        r"\[SEG\] It is consistent with (?P<lesion>[^,.]+), located in the (?P<location>[^.]+)\. (?P<reason>[^\[]+\.)")),
+    ("reasoning_tentative", re.compile(
+        r"\[SEG\] It possibly reflects (?P<lesion>[^,.]+), located in the (?P<location>[^.]+)\. (?P<reason>[^\[]+\.)")),
+    ("reasoning_absent_in_location", re.compile(
+        r"\[SEG\] There is no such finding: no (?P<lesion>[^.]+?) is seen in the (?P<location>[^.]+)\.")),
+    ("reasoning_absent", re.compile(r"\[SEG\] There is no such finding: no (?P<lesion>[^.]+?) is seen\.")),
     ("absent_in_location", re.compile(r"\[SEG\] There is no (?P<target>[^.]+?) in the (?P<location>[^.]+)\.")),
     ("located_in", re.compile(r"\[SEG\] It is located in the (?P<location>[^.]+)\.")),
     ("absent", re.compile(r"\[SEG\] There is no (?P<target>[^.]+)\.")),
@@ -77,10 +105,12 @@ class ParsedAnswer:
     target: str | None = None
     locations: tuple[str, ...] = ()
     lesion: str | None = None
+    reason: str | None = field(default=None, compare=False)  # a reasoning answer's explanation, not scored
 
     @property
     def certainty(self) -> str | None:
-        return self.template if self.template in ("definitive", "tentative") else None
+        return self.template.removeprefix("reasoning_") if self.template.removeprefix("reasoning_") in (
+            "definitive", "tentative") else None
 
 
 def join_locations(locations: tuple[str, ...] | list[str]) -> str:
@@ -134,13 +164,21 @@ def parse_answer(text: str | None) -> ParsedAnswer | None:
             target=groups.get("target"),
             locations=split_locations(location) if location else (),
             lesion=groups.get("lesion"),
+            reason=groups.get("reason"),
         )
     return None
 
 
-def expected_template(question_type: str, polarity: str, certainty: str | None = None) -> str:
-    """The template a reference answer of this question type and polarity uses (Table 2)."""
+def expected_template(question_type: str, polarity: str, certainty: str | None = None, located: bool = True) -> str:
+    """The template a reference answer of this question type and polarity uses (Table 2; ``reasoning`` beyond it,
+    whose negatives read ``reasoning_absent`` when not ``located``)."""
     question_type = question_type.replace(" ", "_")
+    if question_type == REASONING:
+        if polarity == "negative":
+            return "reasoning_absent_in_location" if located else "reasoning_absent"
+        if certainty not in ("definitive", "tentative"):
+            raise ValueError(f"a positive reasoning answer needs certainty definitive or tentative: {certainty!r}")
+        return f"reasoning_{certainty}"
     if polarity == "negative":
         return {"basic": "absent_in_location", "global": "absent", "lesion_inference": "absent_in_location"}[
             question_type
@@ -154,6 +192,10 @@ def expected_template(question_type: str, polarity: str, certainty: str | None =
     return {"basic": "seg", "global": "located_in"}[question_type]
 
 
+# the explanation a reasoning answer rendered from structured variables carries (it is not scored)
+UNSTATED_REASON = "The mask shows the finding."
+
+
 def render_answer(
     question_type: str,
     polarity: str,
@@ -162,18 +204,21 @@ def render_answer(
     locations: tuple[str, ...] | list[str] = (),
     lesion: str | None = None,
     certainty: str | None = None,
+    reason: str | None = None,
 ) -> str:
-    """The reference answer text from the structured variables of a pair (Table 2).
+    """The reference answer text from the structured variables of a pair (Table 2, and the reasoning forms).
 
-    ``target`` is what the instruction names ("opacity" for lesion inference), ``lesion`` the inferred type.
+    ``target`` is what the instruction names ("opacity" for lesion inference), ``lesion`` the inferred type;
+    ``reason`` the explanation of a positive reasoning answer (:data:`UNSTATED_REASON` when None).
     """
-    template = expected_template(question_type, polarity, certainty)
+    template = expected_template(question_type, polarity, certainty, located=bool(locations))
     location = join_locations(tuple(locations)) if "{location}" in TEMPLATES[template] else ""
     if "{target}" in TEMPLATES[template] and not target:
         raise ValueError(f"template {template!r} needs a target")
     if "{lesion}" in TEMPLATES[template] and not lesion:
         raise ValueError(f"template {template!r} needs a lesion")
-    return TEMPLATES[template].format(target=target, location=location, lesion=lesion)
+    return TEMPLATES[template].format(target=target, location=location, lesion=lesion,
+                                      reason=reason or UNSTATED_REASON)
 
 
 def parsed_reference(
@@ -198,5 +243,7 @@ def ignoring_certainty(parsed: ParsedAnswer | None) -> tuple | None:
     """Key that equates the definitive and tentative forms (the authors' lesion-only score of lesion inference)."""
     if parsed is None:
         return None
-    template = "lesion" if parsed.template in ("definitive", "tentative") else parsed.template
+    template = parsed.template
+    if template.removeprefix("reasoning_") in ("definitive", "tentative"):
+        template = "reasoning_lesion" if template.startswith("reasoning_") else "lesion"
     return (template, parsed.target, parsed.locations, parsed.lesion)

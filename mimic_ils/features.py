@@ -1,8 +1,10 @@
-"""The two configurations of a built MIMIC-ILS folder, as ``datasets.Features``, derived from the typed rows.
+"""The three configurations of a built MIMIC-ILS folder, as ``datasets.Features``, derived from the typed rows.
 
 ``pairs``: one row per instruction-answer pair (:class:`mimic_ils.rows.PairRow`). ``images``: one row per frontal
 image with the list of its pairs (:class:`mimic_ils.rows.ImageRow`), so a trainer can run the image encoders once per
-image. ``load_dataset(folder, "pairs")`` and ``load_dataset(folder, "images")`` return exactly these features (column
+image. ``conversations``: 2 to 4 pairs of one image as the turns of a conversation, each with its ``[SEG]`` and mask
+(:class:`mimic_ils.rows.ConversationRow`, :mod:`mimic_ils.conversations`). ``load_dataset(folder, "pairs")``,
+``load_dataset(folder, "images")`` and ``load_dataset(folder, "conversations")`` return exactly these features (column
 order included): the loader turns each ``<name>_file_name`` column into an ``Image`` feature named ``<name>``.
 
 Images are 8-bit greyscale PNGs in the original DICOM frame; masks are 8-bit PNGs (0 or 255) in the same frame.
@@ -16,7 +18,18 @@ from typing import Any
 
 import datasets
 
-from mimic_ils.rows import FILE, PAIRS, STRING, STRINGS, Column, ImageRow, PairRow, columns, image_pair_columns
+from mimic_ils.rows import (
+    FILE,
+    PAIRS,
+    STRING,
+    STRINGS,
+    Column,
+    ConversationRow,
+    ImageRow,
+    PairRow,
+    columns,
+    image_pair_columns,
+)
 
 FILE_SUFFIX = "_file_name"
 
@@ -34,6 +47,11 @@ def pairs_features() -> datasets.Features:
 def images_features() -> datasets.Features:
     """Features of the ``images`` configuration: one row per image, its pairs as a list."""
     return datasets.Features(_features(columns(ImageRow)))
+
+
+def conversations_features() -> datasets.Features:
+    """Features of the ``conversations`` configuration: 2 to 4 pairs of one image as turns, each with its mask."""
+    return datasets.Features(_features(columns(ConversationRow)))
 
 
 def _features(row_columns: tuple[Column, ...]) -> dict[str, Any]:

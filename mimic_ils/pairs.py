@@ -50,12 +50,14 @@ from typing import Any
 
 import numpy as np
 
+from mimic_ils.reasoning import Paraphraser, ReasoningConfig, reasoning_pairs
 from mimic_ils.schema import (
     HEART_LABEL,
     LESION_TYPES,
     LUNG_LABELS,
     LUNG_REGIONS,
     ZONE_LABELS,
+    ClinicalContext,
     FindingOutcome,
     Pair,
 )
@@ -70,6 +72,7 @@ from rosalia_hf.table2 import (  # Table 2's strings, stated once for pairs, the
     INFERENCE_INSTRUCTION,
     INFERENCE_NEGATIVE,
     INFERENCE_TENTATIVE,
+    REASONING,
     join_locations,
 )
 
@@ -278,13 +281,21 @@ def image_pairs(
     empty_locations: Sequence[str],
     cardiomegaly_negative_reason: str | None,
     config: PairConfig | None = None,
+    clinical: ClinicalContext | None = None,
+    reasoning: ReasoningConfig | None = None,
+    paraphraser: Paraphraser | None = None,
 ) -> ImagePairs:
-    """The pair stage: :func:`generate_pairs` over a grounding's outcomes, with the masks the pairs name.
+    """The pair stage: :func:`generate_pairs` over a grounding's outcomes, then the reasoning pairs made from them
+    and the study's clinical cues (:func:`mimic_ils.reasoning.reasoning_pairs`), with the masks the pairs name.
 
     ``masks`` are the grounding's finding masks by key; the result keeps only those a pair names, plus the unions.
     """
     plan = generate_pairs(outcomes, study_id=study_id, dicom_id=dicom_id, empty_locations=empty_locations,
                           cardiomegaly_negative_reason=cardiomegaly_negative_reason, config=config)
+    more, skipped = reasoning_pairs(plan.pairs, clinical or ClinicalContext(), study_id=study_id, config=reasoning,
+                                    paraphraser=paraphraser)
+    plan.pairs += more
+    plan.skipped += skipped
     available = dict(masks)
     for key, parts in plan.mask_unions.items():
         available[key] = np.logical_or.reduce([available[part] for part in parts])
@@ -522,7 +533,7 @@ def _absent_negative(
 
 
 def limit_study_negatives(pairs: Iterable[Pair] | Iterable[Mapping]) -> list:
-    """Keep at most one negative per (study, target) across a study's images.
+    """Keep at most one negative per (study, target) across a study's images (and one reasoning negative).
 
     Of several, the one made for its own type wins ("no opacity ..." for opacity over a tentative effusion's
     "no opacity ..."), then the smallest dicom id, then the first made. Takes :class:`Pair` objects or dataset rows
@@ -533,9 +544,9 @@ def limit_study_negatives(pairs: Iterable[Pair] | Iterable[Mapping]) -> list:
     negatives = [(index, pair) for index, pair in enumerate(pairs) if get(pair, "polarity") == "negative"]
     ranked = sorted(negatives, key=lambda item: (get(item[1], "lesion") != get(item[1], "target"),
                                                  get(item[1], "dicom_id"), item[0]))
-    chosen: dict[tuple[str, str], int] = {}
-    for index, pair in ranked:
-        chosen.setdefault((get(pair, "study_id"), get(pair, "target")), index)
+    chosen: dict[tuple[str, str, bool], int] = {}
+    for index, pair in ranked:  # the reasoning negatives ask the same things implicitly: one per target of their own
+        chosen.setdefault((get(pair, "study_id"), get(pair, "target"), get(pair, "question_type") == REASONING), index)
     keep = set(chosen.values())
     return [pair for index, pair in enumerate(pairs) if get(pair, "polarity") == "positive" or index in keep]
 
@@ -556,7 +567,8 @@ def choose_global_negatives(rows: Sequence[dict], shares: Mapping[str, float]) -
     positive = {(row["study_id"], name) for row in rows if row["polarity"] == "positive"
                 for name in (row["lesion"], row["target"])}
     for lesion, share in shares.items():
-        negatives = [row for row in rows if row["polarity"] == "negative" and row["lesion"] == lesion]
+        negatives = [row for row in rows if row["polarity"] == "negative" and row["lesion"] == lesion
+                     and row["question_type"] != REASONING]  # Table 9's shares are of the Table 2 negatives
         candidates = [row for row in negatives if row["question_type"] == "basic" and row["target"] == lesion
                       and (row["study_id"], lesion) not in positive]
         wanted = min(len(candidates), round(share * len(negatives)))
@@ -589,7 +601,7 @@ class GlobalNegativeChooser:
         positive = _positive_names(rows)
         for row in rows:
             lesion = row["lesion"]
-            if row["polarity"] == "negative" and lesion in self._negatives:
+            if row["polarity"] == "negative" and lesion in self._negatives and row["question_type"] != REASONING:
                 self._negatives[lesion] += 1
                 if _is_candidate(row, lesion, positive):
                     self._ranks[lesion] += _rank_bytes(row["study_id"], lesion)

@@ -1,7 +1,8 @@
 """The typed rows of a build: what a study's result holds, and what the output folder's Parquet files hold.
 
 * :class:`Failure`: a one-line reason with its stage, and whether it is transient (never cached as an outcome).
-* :class:`PairRow`: one row of the ``pairs`` config; :class:`ImageRow`: one row of the ``images`` config.
+* :class:`PairRow`: one row of the ``pairs`` config; :class:`ImageRow`: one row of the ``images`` config;
+  :class:`ConversationRow`: one row of the ``conversations`` config.
 * :class:`ImageFate`, :class:`DroppedFinding`, :class:`StudyResult`: the study artifact of the work folder.
 * :class:`LedgerRow`: one row of ``ledger.parquet``.
 
@@ -25,7 +26,7 @@ from mimic_ils.schema import canonical_split
 # the list of an image's pairs (ImageRow only).
 STRING, STRINGS, FILE, PAIRS = "string", "strings", "file", "pairs"
 RETRIED = "retried next run"
-STUDY_ARTIFACT_VERSION = 4
+STUDY_ARTIFACT_VERSION = 5  # 5: the reasoning pairs
 
 
 def _column(kind: str, *, per_image: bool = True) -> Any:
@@ -134,16 +135,55 @@ class ImageRow:
         object.__setattr__(self, "split", canonical_split(self.split))
 
     def to_json(self) -> dict[str, Any]:
-        names = [column.name for column in image_pair_columns()]
-        row = {column.name: getattr(self, column.name) for column in columns(ImageRow) if column.kind != PAIRS}
-        return {**row, "pairs": [{name: pair[name] for name in names} for pair in map(PairRow.to_json, self.pairs)]}
+        return _grouped_json(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ImageRow:
-        shared = {column.name: data[column.name] for column in columns(PairRow) if not column.per_image}
-        pairs = tuple(PairRow.from_json({**pair, **shared}) for pair in data["pairs"])
-        return cls(**{column.name: data[column.name] for column in columns(ImageRow) if column.kind != PAIRS},
-                   pairs=pairs)
+        return _grouped_row(cls, data)
+
+
+@dataclass(frozen=True)
+class ConversationRow:
+    """One row of the ``conversations`` config: 2 to 4 pairs of one image as the turns of one conversation
+    (:func:`mimic_ils.conversations.image_conversations`), each answer with its own ``[SEG]`` and mask. File names
+    are relative to the split's ``images/`` folder, as in the ``images`` config."""
+
+    id: str = _column(STRING)
+    image_file_name: str = _column(FILE)
+    study_id: str = _column(STRING)
+    dicom_id: str = _column(STRING)
+    split: str = _column(STRING)
+    turns: tuple[PairRow, ...] = _column(PAIRS)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "split", canonical_split(self.split))
+
+    def to_json(self) -> dict[str, Any]:
+        return _grouped_json(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ConversationRow:
+        return _grouped_row(cls, data)
+
+
+def _grouped_json(row: ImageRow | ConversationRow) -> dict[str, Any]:
+    """A row holding a list of pairs: its own columns, and each pair's per-image columns."""
+    names = [column.name for column in image_pair_columns()]
+    out: dict[str, Any] = {}
+    for column in columns(type(row)):
+        value = getattr(row, column.name)
+        out[column.name] = ([{name: pair[name] for name in names} for pair in map(PairRow.to_json, value)]
+                            if column.kind == PAIRS else value)
+    return out
+
+
+def _grouped_row(cls: type, data: Mapping[str, Any]):
+    shared = {column.name: data[column.name] for column in columns(PairRow) if not column.per_image}
+    values = {}
+    for column in columns(cls):
+        values[column.name] = (tuple(PairRow.from_json({**pair, **shared}) for pair in data[column.name])
+                               if column.kind == PAIRS else data[column.name])
+    return cls(**values)
 
 
 @dataclass(frozen=True)

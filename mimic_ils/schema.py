@@ -55,7 +55,7 @@ HEART_LABEL = "heart"
 PRESENCE = ("positive", "negative")
 CERTAINTY = ("definitive", "tentative")
 LOCATION_SOURCES = ("report", "context", "entity")
-QUESTION_TYPES = ("basic", "global", "lesion_inference")
+QUESTION_TYPES = ("basic", "global", "lesion_inference", "reasoning")  # reasoning: beyond the paper
 POLARITY = ("positive", "negative")
 
 
@@ -158,11 +158,40 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class ClinicalContext:
+    """Why the film was taken: the cue keys read from a report's indication and history sections
+    (``mimic_ils.report.indication.CUES`` order, lesion questions last) and whether it has such a section at all."""
+
+    cues: tuple[str, ...] = ()
+    has_section: bool = False
+
+    def lesions(self) -> set[str]:
+        """Every lesion type a cue maps to (``mimic_ils.report.indication.CUE_LESIONS``)."""
+        from mimic_ils.report.indication import CUE_LESIONS
+
+        return {lesion for cue in self.cues for lesion in CUE_LESIONS.get(cue, ())}
+
+    def cues_for(self, lesion: str) -> tuple[str, ...]:
+        """The cues that map to ``lesion``, in the order they were found."""
+        from mimic_ils.report.indication import CUE_LESIONS
+
+        return tuple(cue for cue in self.cues if lesion in CUE_LESIONS.get(cue, ()))
+
+    def to_json(self) -> dict:
+        return {"cues": list(self.cues), "has_section": self.has_section}
+
+    @classmethod
+    def from_json(cls, data) -> ClinicalContext:
+        return cls(tuple(data.get("cues", ())), bool(data.get("has_section", False))) if data else cls()
+
+
+@dataclass(frozen=True)
 class StructuredReport:
-    """Output of the report stage for one study."""
+    """Output of the report stage for one study; ``clinical``: the cues of its indication and history."""
 
     section: Section
     findings: tuple[Finding, ...] = ()
+    clinical: ClinicalContext = field(default_factory=ClinicalContext)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from mimic_ils import phantom_render
 from mimic_ils.progress import progress
 from mimic_ils.schema import LESION_TYPES, CohortError
 from mimic_ils.synth_phrases import (
+    CLINICAL_HEADERS,
     COMPARISON_OPENERS,
     COMPARISONS,
     EFFUSION_SIDES,
@@ -58,6 +59,7 @@ from mimic_ils.synth_phrases import (
     FOCAL_LOCATIONS,
     HEDGE_CUES,
     INDICATIONS,
+    INDICATIONS_BY_LESION,
     LESION_TEMPLATES,
     LESION_WORDS,
     LOCATIONS,
@@ -344,7 +346,7 @@ def compose_report(plan: StudyPlan, rng: np.random.Generator) -> str:
     body = " ".join(plan.other_sentences + plan.phrases + plan.negation_sentences + plan.normal_sentences)
     frontal = next(image.view for image in plan.images if image.is_frontal)
     lines = ["                                 FINAL REPORT", f" EXAMINATION:  {EXAMINATIONS[frontal]}", " ",
-             f" INDICATION:  {rng.choice(INDICATIONS)}", " "]
+             *_clinical_lines(plan, rng)]
     if rng.random() < 0.5:
         lines += [f" TECHNIQUE:  Chest {'PA and lateral' if frontal == 'PA' else 'portable AP'}", " "]
     lines += [f" COMPARISON:  {rng.choice(COMPARISONS)}", " "]
@@ -355,6 +357,21 @@ def compose_report(plan: StudyPlan, rng: np.random.Generator) -> str:
     else:
         lines += _wrap(body)
     return "\n".join(lines) + "\n"
+
+
+def _clinical_lines(plan: StudyPlan, rng: np.random.Generator) -> list[str]:
+    """The indication (or history) block: for most studies with lesions one written for one of their types, else a
+    general one; one study in ten has none."""
+    draw = rng.random()
+    if draw < 0.1:
+        return []
+    header = CLINICAL_HEADERS[int(rng.integers(len(CLINICAL_HEADERS)))]
+    types = sorted({lesion.lesion_type for lesion in plan.lesions})
+    if types and draw < 0.8:
+        text = str(rng.choice(INDICATIONS_BY_LESION[types[int(rng.integers(len(types)))]]))
+    else:
+        text = str(rng.choice(INDICATIONS))
+    return [f" {header}:  {text}", " "]
 
 
 def _impression(plan: StudyPlan, rng: np.random.Generator) -> str:

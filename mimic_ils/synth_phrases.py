@@ -254,6 +254,7 @@ NORMAL_SENTENCES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 NO_ACUTE_IMPRESSION = ("No acute cardiopulmonary process.", "No acute intrathoracic abnormality.")
 
+# Indications that relate to none of the seven lesion types in particular, or to several (shortness of breath)
 INDICATIONS = (
     "___M with cough and fever, evaluate for pneumonia.",
     "___F with shortness of breath.",
@@ -262,6 +263,23 @@ INDICATIONS = (
     "___M status post fall, evaluate for acute process.",
     "___F with new oxygen requirement.",
 )
+# Indications and histories written for a study that shows the lesion type (``compose_report`` draws one of them for
+# most studies with lesions): the reasoning pairs (mimic_ils.reasoning) map their cues back to lesion types.
+INDICATIONS_BY_LESION = {
+    "cardiomegaly": ("___M with known heart failure and a new murmur.", "___F with hypertension and dyspnea on "
+                     "exertion.", "___M with leg swelling, elevated BNP."),
+    "pneumonia": ("___F with fever and productive cough // eval for pneumonia", "___M with fevers, chills and "
+                  "leukocytosis.", "___F with cough and fever."),
+    "atelectasis": ("___M post-operative day 2, desaturation.", "___F s/p CABG with hypoxia.", "___M intubated, "
+                    "assess lungs."),
+    "opacity": ("___F with cough.", "___M with possible aspiration.", "___F with fever."),
+    "consolidation": ("___M with fever and cough, rule out infiltrate.", "___F with productive cough."),
+    "edema": ("___F with history of CHF, shortness of breath.", "___M with volume overload and orthopnea.",
+              "___F with weight gain and crackles."),
+    "effusion": ("___M with decreased breath sounds at the left base.", "___F with shortness of breath, evaluate "
+                 "for effusion.", "___M with pleuritic chest pain."),
+}
+CLINICAL_HEADERS = ("INDICATION", "HISTORY", "REASON FOR EXAMINATION")
 EXAMINATIONS = {"PA": "CHEST (PA AND LAT)", "AP": "CHEST (PORTABLE AP)"}
 COMPARISONS = ("None.", "___.", "Chest radiograph from ___.", "Prior chest radiographs ___ through ___.")
 COMPARISON_OPENERS = ("Compared to the prior study, ", "As compared to the previous radiograph, ", "")

@@ -76,9 +76,11 @@ TEMPLATES = {
 _PATTERNS = (
     ("seg", re.compile(r"\[SEG\]")),
     ("reasoning_definitive", re.compile(
-        r"\[SEG\] It is consistent with (?P<lesion>[^,.]+), located in the (?P<location>[^.]+)\. (?P<reason>[^\[]+\.)")),
+        r"\[SEG\] It is consistent with (?P<lesion>[^,.]+), located in the (?P<location>[^.]+)\. "
+        r"(?P<reason>[^\[]+\.)")),
     ("reasoning_tentative", re.compile(
-        r"\[SEG\] It possibly reflects (?P<lesion>[^,.]+), located in the (?P<location>[^.]+)\. (?P<reason>[^\[]+\.)")),
+        r"\[SEG\] It possibly reflects (?P<lesion>[^,.]+), located in the (?P<location>[^.]+)\. "
+        r"(?P<reason>[^\[]+\.)")),
     ("reasoning_absent_in_location", re.compile(
         r"\[SEG\] There is no such finding: no (?P<lesion>[^.]+?) is seen in the (?P<location>[^.]+)\.")),
     ("reasoning_absent", re.compile(r"\[SEG\] There is no such finding: no (?P<lesion>[^.]+?) is seen\.")),

@@ -18,7 +18,16 @@ from mimic_ils.grounding.algorithm1 import BoxDecision, ImageContext, box_window
 from mimic_ils.grounding.anomaly import AnomalyField
 from mimic_ils.grounding.config import GroundingConfig
 from mimic_ils.grounding.grid import Grid, GridMasks
-from mimic_ils.schema import HEART_LABEL, LESION_TYPES, Box, Finding, FindingOutcome, StructuredReport, VisionCues
+from mimic_ils.schema import (
+    HEART_LABEL,
+    LESION_TYPES,
+    Box,
+    ClinicalContext,
+    Finding,
+    FindingOutcome,
+    StructuredReport,
+    VisionCues,
+)
 
 UNPLACEABLE_REASON = "no lung location reported; no lung region can be called empty"
 
@@ -31,7 +40,8 @@ class ImageGrounding:
     are ``(what, reason)``; ``excluded`` is the reason when quality control dropped the whole image.
     ``findings`` are the outcomes of the report's findings (negated ones with ``presence="negative"``),
     ``empty_locations`` the lung regions no positive finding touches, ``ctr`` the cardiothoracic ratio (None when
-    not measured), ``cardiomegaly_negative_reason`` None when the CTR rule allows a cardiomegaly negative.
+    not measured), ``cardiomegaly_negative_reason`` None when the CTR rule allows a cardiomegaly negative,
+    ``clinical`` the report's indication and history cues (the reasoning pairs read them).
     """
 
     masks: dict[str, np.ndarray] = field(default_factory=dict)
@@ -41,6 +51,7 @@ class ImageGrounding:
     empty_locations: tuple[str, ...] = ()
     ctr: float | None = None
     cardiomegaly_negative_reason: str | None = None
+    clinical: ClinicalContext = field(default_factory=ClinicalContext)  # the report's indication cues (reasoning)
 
 
 def ground_image(
@@ -61,7 +72,7 @@ def ground_image(
         return ImageGrounding(exclusions=[(f"image {dicom_id}", reason)], excluded=reason)
     findings = canonical_findings(report.findings)
     frame = _Frame.build(cues, config, hybrid)
-    result = ImageGrounding(ctr=hybrid.ctr)
+    result = ImageGrounding(ctr=hybrid.ctr, clinical=report.clinical)
     result.masks = _ground_findings(findings, frame, dicom_id, result)
     result.empty_locations = verify.empty_locations(findings, cues.anatomy)
     result.cardiomegaly_negative_reason = qc.cardiomegaly_negative_reason(result.ctr, config.qc)

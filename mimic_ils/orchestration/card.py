@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from mimic_ils.orchestration.output import MANIFEST
-from mimic_ils.orchestration.writer import BUILD_INFO, CARD, IMAGES, LEDGER, MASKS, METADATA
+from mimic_ils.orchestration.writer import BUILD_INFO, CARD, CONVERSATIONS, IMAGES, LEDGER, MASKS, METADATA
 from mimic_ils.schema import FRONTAL_VIEWS, LESION_TYPES, SPLITS
 
 # mimic_ils/data/dataset_card_template.md links to builders/mimic_ils/README.md (a real file in an installed wheel)
 TEMPLATE = Path(__file__).resolve().parents[1] / "data" / "dataset_card_template.md"
-CONFIGS = {"pairs": f"{{split}}/{METADATA}", "images": f"{{split}}/{IMAGES}/{METADATA}"}
+CONFIGS = {"pairs": f"{{split}}/{METADATA}", "images": f"{{split}}/{IMAGES}/{METADATA}",
+           "conversations": f"{{split}}/{IMAGES}/{CONVERSATIONS}"}
 
 LICENSE_NAME = "physionet-credentialed-health-data-license-1.5.0"
 LICENSE_LINK = "https://physionet.org/content/mimic-cxr/view-license/2.1.0/"
@@ -50,7 +51,8 @@ GATING = {
 def metadata_digest(folder: str | Path) -> str:
     """SHA-256 over every metadata Parquet of a built folder (names and bytes): the content of the build."""
     digest = hashlib.sha256()
-    for path in sorted(Path(folder).glob("*/**/metadata.parquet")):
+    paths = [*Path(folder).glob(f"*/**/{METADATA}"), *Path(folder).glob(f"*/**/{CONVERSATIONS}")]
+    for path in sorted(paths):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
@@ -70,6 +72,8 @@ def configs_yaml(image_suffixes: dict[str, list[str]], digest: str = "") -> list
         ]
         entry = {"config_name": config, "data_files": data_files, "drop_labels": True,
                  "description": f"MIMIC-ILS {config}, build content sha256 {digest}"}
+        if not metadata.endswith(METADATA):  # imagefolder finds a metadata file by its name
+            entry["metadata_filenames"] = [Path(metadata).name]
         if config == "pairs":
             entry["default"] = True
         entries.append(entry)
@@ -84,6 +88,8 @@ def layout_markdown(image_suffixes: dict[str, list[str]]) -> str:
                  "`<split>/`"))
     rows.append((f"<split>/{IMAGES}/{METADATA}", f"`images` config: one row per image with its pairs; file names "
                  f"relative to `<split>/{IMAGES}/`"))
+    rows.append((f"<split>/{IMAGES}/{CONVERSATIONS}", f"`conversations` config: 2 to 4 pairs of one image as the "
+                 f"turns of a conversation; file names relative to `<split>/{IMAGES}/`"))
     rows += [(f"<split>/{IMAGES}/<dicom_id>{ext}", "each image once, 8-bit greyscale, original DICOM frame"
               if ext == ".png" else "each image once, as the source file") for ext in exts]
     rows.append((f"<split>/{MASKS}/<digest>.png", "each unique mask once, 0/255, the image's frame; named by the "
@@ -140,10 +146,11 @@ def render_card(files: dict[str, list[str]], counts: dict[str, dict[str, int]], 
 
 def _features_yaml() -> list[dict[str, Any]]:
     """``dataset_info`` entries documenting both configs' features (the loader derives the same ones)."""
-    from mimic_ils.features import images_features, pairs_features
+    from mimic_ils.features import conversations_features, images_features, pairs_features
 
     return [{"config_name": "pairs", "features": pairs_features()._to_yaml_list()},
-            {"config_name": "images", "features": images_features()._to_yaml_list()}]
+            {"config_name": "images", "features": images_features()._to_yaml_list()},
+            {"config_name": "conversations", "features": conversations_features()._to_yaml_list()}]
 
 
 def _provenance_markdown(info: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ Example (``examples/configs/build_phantom.yaml``)::
     vision: phantom           # a preset name ("phantom", "real") or a mapping {preset: real, steps: {...}}
     grounding: {}             # GroundingConfig fields, e.g. {tau_ano: 0.1}
     pairs: {}                 # PairConfig fields (Appendix C rules), e.g. {opacity_inference_types: [pneumonia]}
+    reasoning: {}             # ReasoningConfig fields, e.g. {backend: llm, options: {url: http://127.0.0.1:8000}}
     batch_size: 8             # images per vision batch (does not change the output)
 
 The fingerprint (everything but ``batch_size`` and ``device``) is stored in the work folder: cached results made
@@ -46,6 +47,7 @@ class BuildConfig:
     vision: str | dict[str, Any] = "phantom"
     grounding: dict[str, Any] = field(default_factory=dict)
     pairs: dict[str, Any] = field(default_factory=dict)
+    reasoning: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 8
     device: str | None = None
 
@@ -59,7 +61,7 @@ class BuildConfig:
         if unknown_report:
             named = ", ".join(f"report.{key}" for key in sorted(unknown_report))
             raise MimicIlsError(f"unknown build config keys: {named}")
-        known = {"seed", "vision", "grounding", "pairs", "batch_size", "device"}
+        known = {"seed", "vision", "grounding", "pairs", "reasoning", "batch_size", "device"}
         unknown = set(data) - known
         if unknown:
             raise MimicIlsError(f"unknown build config keys: {', '.join(sorted(unknown))}")
@@ -106,6 +108,7 @@ class BuildConfig:
             "vision": data["vision"],
             "grounding": data["grounding"],
             **({"pairs": data["pairs"]} if data["pairs"] else {}),  # absent when empty: older folders' bytes hold
+            **({"reasoning": data["reasoning"]} if data["reasoning"] else {}),
             "batch_size": data["batch_size"],
         }
 
@@ -134,6 +137,15 @@ class BuildConfig:
             except (ValueError, TypeError, AttributeError) as error:
                 raise MimicIlsError(f"build config {section}: {error}") from None
         return PairConfig.from_dict({**legacy, **(self.pairs or {})})
+
+    def reasoning_config(self):
+        """The build's ``ReasoningConfig`` (``mimic_ils.reasoning``); a MimicIlsError naming the key at fault."""
+        from mimic_ils.reasoning import ReasoningConfig
+
+        try:
+            return ReasoningConfig.from_dict(self.reasoning or {})
+        except (ValueError, TypeError) as error:
+            raise MimicIlsError(f"build config reasoning: {error}") from None
 
     def fingerprint(self) -> dict[str, Any]:
         """The part of the config that changes results (the work folder is bound to it)."""

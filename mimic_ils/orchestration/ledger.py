@@ -1,6 +1,7 @@
 """The ledger: every study and image of the source metadata with its fate, and every finding grounding dropped.
 
-Rows are :class:`mimic_ils.rows.LedgerRow`: ``kind`` (study / image / finding; the release import adds pair),
+Rows are :class:`mimic_ils.rows.LedgerRow`: ``kind`` (study / image / finding / reasoning, a reasoning candidate
+that was not made; the release import adds pair),
 ``study_id``, ``dicom_id`` (None for studies), ``split``, ``fate`` (used / excluded / dropped), ``reason`` (one line;
 None when used). For studies, used + excluded = the number of studies in the metadata (of the ``--limit``
 selection).
@@ -26,8 +27,8 @@ def study_ledger_rows(result: StudyResult) -> list[LedgerRow]:
     study, split = result.study_id, result.split
     rows = [LedgerRow("study", study, None, split, result.fate, result.reason)]
     rows += [LedgerRow("image", study, image.dicom_id, split, image.fate, image.reason) for image in result.images]
-    rows += [LedgerRow("finding", study, finding.dicom_id, split, "dropped", f"{finding.what}: {finding.reason}")
-             for finding in result.findings]
+    rows += [LedgerRow("reasoning" if finding.what.startswith("reasoning ") else "finding", study, finding.dicom_id,
+                       split, "dropped", f"{finding.what}: {finding.reason}") for finding in result.findings]
     return rows
 
 

@@ -70,6 +70,7 @@ def build(
     config = config or BuildConfig()
     config.grounding_config()  # a bad setting is refused before any work, with the key named
     config.pair_config()
+    config.reasoning_config()
     unknown = sorted(set(force_stages) - set(FORCE_STAGES))
     if unknown:
         raise MimicIlsError(f"--force-stage {', '.join(unknown)}: expected one of {', '.join(FORCE_STAGES)}")

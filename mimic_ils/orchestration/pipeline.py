@@ -31,7 +31,16 @@ from mimic_ils.orchestration.study import NO_CUES, ImageOutcome, decide_study, l
 from mimic_ils.orchestration.workdir import WorkDir, read_checked_json, write_checked_json
 from mimic_ils.progress import progress
 from mimic_ils.rows import DroppedFinding, Failure, StudyResult
-from mimic_ils.schema import SPLITS, Finding, MimicIlsError, Section, StructuredReport, Study, TransientError
+from mimic_ils.schema import (
+    SPLITS,
+    ClinicalContext,
+    Finding,
+    MimicIlsError,
+    Section,
+    StructuredReport,
+    Study,
+    TransientError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +157,10 @@ def cached_report(stages: Stages, work: WorkDir, study: Study, *, key: str | Non
     computed), or the report stage's Failure; a transient failure caches nothing."""
     path = work.report_path(study.study_id)
     cached = None if force else read_checked_json(path)
-    if cached is not None and (cached.get("key") != key or not {"report", "failure"} & set(cached)):
-        cached = None  # the report file changed since (or the cache predates content keys or Failure): recompute
+    if cached is not None and (cached.get("key") != key or not {"report", "failure"} & set(cached)
+                               or "clinical" not in cached.get("report", {"clinical": None})):
+        cached = None  # the report file changed since (or the cache predates content keys, Failure or the clinical
+        # cues of the indication): recompute
     if cached is None:
         try:
             cached = {"report": report_to_dict(stages.structure(study)), "key": key}
@@ -212,14 +223,15 @@ def _image_png(stages: Stages, work: WorkDir, cues) -> bytes | Path:
 
 
 def report_to_dict(report: StructuredReport) -> dict[str, Any]:
-    return asdict(report)
+    return {**asdict(report), "clinical": report.clinical.to_json()}
 
 
 def report_from_dict(data: dict[str, Any]) -> StructuredReport:
     findings = tuple(
         Finding(**{**finding, "locations": tuple(finding.get("locations", ()))}) for finding in data["findings"]
     )
-    return StructuredReport(section=Section(**data["section"]), findings=findings)
+    return StructuredReport(section=Section(**data["section"]), findings=findings,
+                            clinical=ClinicalContext.from_json(data.get("clinical")))
 
 
 class _Bars:

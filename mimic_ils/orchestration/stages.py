@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from mimic_ils.orchestration.config import BuildConfig
 from mimic_ils.pairs import ImagePairs, PairConfig, image_pairs
+from mimic_ils.reasoning import Paraphraser, ReasoningConfig
 from mimic_ils.rows import Failure
 from mimic_ils.schema import ImageRecord, MimicIlsError, StructuredReport, Study, VisionCues
 
@@ -63,6 +64,8 @@ class ProjectStages:
         self._vision_config = None
         self._grounding_config = None
         self._pair_config = None
+        self._reasoning = None
+        self._paraphraser = None
 
     def studies(self) -> list[Study]:
         from mimic_ils import ingest
@@ -195,8 +198,12 @@ class ProjectStages:
 
     def pairs(self, grounding: ImageGrounding, study: Study, image: ImageRecord) -> ImagePairs:
         if self._pair_config is None:
+            from mimic_ils.reasoning import make_paraphraser
+
             self._pair_config = self.config.pair_config()
-        return pairs_of(grounding, study, image, self._pair_config)
+            self._reasoning = self.config.reasoning_config()
+            self._paraphraser = make_paraphraser(self._reasoning)
+        return pairs_of(grounding, study, image, self._pair_config, self._reasoning, self._paraphraser)
 
     def provenance(self) -> dict[str, Any]:
         vision = self.vision_config().to_dict()
@@ -208,15 +215,18 @@ class ProjectStages:
             "vision": vision,
             # one mapping of the grounding settings and the pair rules, as before pairs had a config of their own
             "grounding": {**self.config.grounding_config().to_dict(), **self.config.pair_config().to_dict()},
+            "reasoning": self.config.reasoning_config().to_dict(),
             "model_checksums": model_checksums(option_sets),
         }
 
 
-def pairs_of(grounding: ImageGrounding, study: Study, image: ImageRecord, config: PairConfig) -> ImagePairs:
-    """The pair stage on one image's grounding (``mimic_ils.pairs.image_pairs``)."""
+def pairs_of(grounding: ImageGrounding, study: Study, image: ImageRecord, config: PairConfig,
+             reasoning: ReasoningConfig | None = None, paraphraser: Paraphraser | None = None) -> ImagePairs:
+    """The pair stage on one image's grounding (``mimic_ils.pairs.image_pairs``), its reasoning pairs included."""
     return image_pairs(grounding.findings, grounding.masks, study_id=study.study_id, dicom_id=image.dicom_id,
                        empty_locations=grounding.empty_locations,
-                       cardiomegaly_negative_reason=grounding.cardiomegaly_negative_reason, config=config)
+                       cardiomegaly_negative_reason=grounding.cardiomegaly_negative_reason, config=config,
+                       clinical=grounding.clinical, reasoning=reasoning, paraphraser=paraphraser)
 
 
 def vision_keys_dir(vision_dir: Path) -> Path:

@@ -6,6 +6,8 @@ The output folder is an ``imagefolder``-style dataset with metadata files (see `
       README.md                               dataset card; YAML ``configs:`` picks each config's files per split
       <split>/metadata.parquet                ``pairs`` rows; file names relative to <split>/
       <split>/images/metadata.parquet         ``images`` rows (one per image, its pairs as a list); relative to images/
+      <split>/images/conversations.parquet    ``conversations`` rows (2-4 pairs of one image as turns); relative to
+                                              images/ (the card's config names it with ``metadata_filenames``)
       <split>/images/<dicom_id>.png           one 8-bit PNG per image (original frame), shared by all its pairs
       <split>/images/masks/<digest>.png       one PNG (0/255) per unique mask
       ledger.parquet                          every study, image and dropped finding with its fate and reason
@@ -38,6 +40,7 @@ from mimic_ils.rows import (
     STRING,
     STRINGS,
     Column,
+    ConversationRow,
     ImageRow,
     LedgerRow,
     PairRow,
@@ -50,6 +53,7 @@ from mimic_ils.schema import SPLITS, MimicIlsError, canonical_split, split_names
 ROW_GROUP_SIZE = 1_000
 # The layout of a built folder (the card describes it from these names)
 METADATA = "metadata.parquet"  # a config's metadata file: <split>/ (pairs), <split>/images/ (images)
+CONVERSATIONS = "conversations.parquet"  # the conversations config's metadata file, in <split>/images/
 IMAGES = "images"  # under <split>/: the images and the images config's metadata
 MASKS = f"{IMAGES}/masks"  # under <split>/: one PNG per unique mask
 CARD = "README.md"
@@ -70,10 +74,12 @@ def _arrow_type(column: Column) -> pa.DataType:
 PAIR_STRUCT = pa.struct([(column.name, _ARROW_TYPES[column.kind]) for column in image_pair_columns()])
 PAIRS_SCHEMA = arrow_schema(PairRow)
 IMAGES_SCHEMA = arrow_schema(ImageRow)
+CONVERSATIONS_SCHEMA = arrow_schema(ConversationRow)
 LEDGER_SCHEMA = arrow_schema(LedgerRow)
 
 
-def write_parquet(rows: Sequence[PairRow | ImageRow | LedgerRow], schema: pa.Schema, path: Path) -> None:
+def write_parquet(rows: Sequence[PairRow | ImageRow | ConversationRow | LedgerRow], schema: pa.Schema,
+                  path: Path) -> None:
     """Parquet of typed rows with fixed settings (:class:`ParquetStream`)."""
     with ParquetStream(path, schema) as stream:
         for row in rows:
@@ -95,7 +101,7 @@ class ParquetStream:
             version="2.6", data_page_version="1.0",
         )
 
-    def add(self, row: PairRow | ImageRow | LedgerRow) -> None:
+    def add(self, row: PairRow | ImageRow | ConversationRow | LedgerRow) -> None:
         self._buffer.append(row.to_json())
         self.rows += 1
         if len(self._buffer) == ROW_GROUP_SIZE:
@@ -163,7 +169,8 @@ def place_file(source: Path, destination: Path) -> None:
 
 
 def write_split(folder: Path, pair_rows: Sequence[PairRow]) -> list[str]:
-    """Write both configs' metadata of one split (rows carry work-folder file names); returns the image suffixes."""
+    """Write the three configs' metadata of one split (rows carry work-folder file names); returns the image
+    suffixes."""
     stream = SplitStream(folder)
     for row in sorted(pair_rows, key=pair_sort_key):
         stream.add(row)
@@ -171,7 +178,8 @@ def write_split(folder: Path, pair_rows: Sequence[PairRow]) -> list[str]:
 
 
 class SplitStream:
-    """Both configs' metadata of one split written as its rows arrive in :func:`pair_sort_key` order (work-folder
+    """The three configs' metadata of one split (pairs, images, conversations) written as its rows arrive in
+    :func:`pair_sort_key` order (work-folder
     file names; a row out of order is refused): the same bytes as :func:`write_split` of all the rows, holding at
     most a row group of each config and the image being grouped. ``counts`` accumulates the split's counts."""
 
@@ -181,6 +189,8 @@ class SplitStream:
         self.suffixes: set[str] = set()
         self._pairs = ParquetStream(folder / METADATA, PAIRS_SCHEMA)
         self._images = ParquetStream(folder / IMAGES / METADATA, IMAGES_SCHEMA)
+        self._conversations = ParquetStream(folder / IMAGES / CONVERSATIONS, CONVERSATIONS_SCHEMA)
+        self.conversations = 0
         self._image: list[PairRow] = []
         self._last: tuple[str, str, str] | None = None
 
@@ -200,8 +210,13 @@ class SplitStream:
         self._image.append(row)
 
     def _end_image(self) -> None:
+        from mimic_ils.conversations import image_conversations
+
         for image in image_rows(self._image):
             self._images.add(image)
+            for conversation in image_conversations(image.pairs):
+                self._conversations.add(conversation)
+                self.conversations += 1
         self._image = []
 
     def close(self) -> list[str]:
@@ -210,6 +225,7 @@ class SplitStream:
             self._end_image()
         self._pairs.close()
         self._images.close()
+        self._conversations.close()
         return sorted(self.suffixes)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from mimic_ils.report.indication import clinical_cues
 from mimic_ils.report.locations import COARSE_CATEGORIES, coarse_category, map_location
 from mimic_ils.report.rules import RulesBackend
 from mimic_ils.report.sections import choose_section, read_report_file, split_sections, split_sentences
@@ -59,4 +60,4 @@ def structure_report(text: str, *, study_id: str | None = None,
         _DEFAULT_BACKEND = _DEFAULT_BACKEND or RulesBackend()
         backend = _DEFAULT_BACKEND
     section = choose_section(text, study_id)
-    return StructuredReport(section=section, findings=tuple(backend.structure(section)))
+    return StructuredReport(section=section, findings=tuple(backend.structure(section)), clinical=clinical_cues(text))

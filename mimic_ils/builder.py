@@ -22,9 +22,9 @@ from pathlib import Path
 import datasets
 from datasets.builder import Key
 
-from mimic_ils.features import feature_name, images_features, pairs_features
-from mimic_ils.orchestration.writer import split_folders
-from mimic_ils.rows import FILE, PAIRS, Column, ImageRow, PairRow, columns, image_pair_columns
+from mimic_ils.features import conversations_features, feature_name, images_features, pairs_features
+from mimic_ils.orchestration.writer import CONVERSATIONS, IMAGES, METADATA, split_folders
+from mimic_ils.rows import FILE, PAIRS, Column, ConversationRow, ImageRow, PairRow, columns, image_pair_columns
 from mimic_ils.schema import MimicIlsError, canonical_split
 
 _DESCRIPTION = (
@@ -50,12 +50,14 @@ class MimicIlsConfig(datasets.BuilderConfig):
 
 
 class MimicIls(datasets.GeneratorBasedBuilder):
-    """MIMIC-ILS with two configurations: ``pairs`` (one row per pair) and ``images`` (one row per image)."""
+    """MIMIC-ILS with three configurations: ``pairs`` (one row per pair), ``images`` (one row per image) and
+    ``conversations`` (2 to 4 pairs of one image as turns)."""
 
     BUILDER_CONFIG_CLASS = MimicIlsConfig
     BUILDER_CONFIGS = [
         MimicIlsConfig(name="pairs", description="one row per instruction-answer pair"),
         MimicIlsConfig(name="images", description="one row per frontal image with the list of its pairs"),
+        MimicIlsConfig(name="conversations", description="2 to 4 pairs of one image as the turns of a conversation"),
     ]
     DEFAULT_CONFIG_NAME = "pairs"
 
@@ -74,7 +76,8 @@ class MimicIls(datasets.GeneratorBasedBuilder):
         )
 
     def _info(self) -> datasets.DatasetInfo:
-        features = images_features() if self.config.name == "images" else pairs_features()
+        features = {"images": images_features, "conversations": conversations_features}.get(
+            self.config.name, pairs_features)()
         return datasets.DatasetInfo(
             description=_DESCRIPTION, features=features, homepage=_HOMEPAGE, citation=_CITATION,
             license="PhysioNet Credentialed Health Data License 1.5.0",
@@ -85,7 +88,8 @@ class MimicIls(datasets.GeneratorBasedBuilder):
         if not data_dir or not os.path.isdir(data_dir):
             raise MimicIlsError(f"data_dir {data_dir!r} is not a folder.\n{self.manual_download_instructions}")
         folder = self._built_folder(Path(data_dir).expanduser().resolve())
-        relative = "images/metadata.parquet" if self.config.name == "images" else "metadata.parquet"
+        relative = {"images": f"{IMAGES}/{METADATA}", "conversations": f"{IMAGES}/{CONVERSATIONS}"}.get(
+            self.config.name, METADATA)
         return [datasets.SplitGenerator(name=split, gen_kwargs={"files": [split_folder / relative]})
                 for split, split_folder in split_folders(folder, relative).items()]
 
@@ -106,7 +110,7 @@ class MimicIls(datasets.GeneratorBasedBuilder):
     def _generate_examples(self, files: list[Path]):
         import pyarrow.parquet as pq
 
-        row_columns = columns(ImageRow if self.config.name == "images" else PairRow)
+        row_columns = columns({"images": ImageRow, "conversations": ConversationRow}.get(self.config.name, PairRow))
         for shard, path in enumerate(files):
             for index, row in enumerate(pq.read_table(path).to_pylist()):
                 yield Key(shard, index), _resolve(row, path.parent, row_columns)

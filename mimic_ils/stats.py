@@ -1,5 +1,6 @@
-"""``mimic-ils stats``: the paper's Tables 9-11 (pairs per lesion × question type × polarity, per split), counts of
-images and unique masks, the ledger's exclusion reasons, and a bar chart like the paper's Fig. 4.
+"""``mimic-ils stats``: the paper's Tables 9-11 (pairs per lesion × question type × polarity, per split; the
+``reasoning`` type beyond them), counts of images and unique masks, the ``conversations`` config's conversations by
+number of turns, the ledger's exclusion reasons, and a bar chart like the paper's Fig. 4.
 
 Reads only the Parquet files of a built folder (no image decoding), so it runs in seconds on the full dataset.
 """
@@ -14,12 +15,13 @@ from typing import Any
 
 from mimic_ils.files import atomic_write_bytes
 from mimic_ils.orchestration.ledger import summarize_ledger
-from mimic_ils.orchestration.writer import METADATA, split_folders
+from mimic_ils.orchestration.writer import CONVERSATIONS, IMAGES, METADATA, split_folders
 from mimic_ils.rows import COUNTED_COLUMNS, TALLIED_COLUMNS, LedgerRow, split_counts
 from mimic_ils.schema import LESION_TYPES, POLARITY, QUESTION_TYPES, MimicIlsError
 
 COLUMNS = tuple((question_type, polarity) for question_type in QUESTION_TYPES for polarity in POLARITY)
-_COLUMN_NAMES = {"basic": "basic", "global": "global", "lesion_inference": "lesion inf."}
+_COLUMN_NAMES = {"basic": "basic", "global": "global", "lesion_inference": "lesion inf.", "reasoning": "reasoning"}
+TABLE2_TYPES = tuple(question_type for question_type in QUESTION_TYPES if question_type != "reasoning")
 
 
 def read_pairs(out: str | Path) -> dict[str, dict[str, list[Any]]]:
@@ -51,16 +53,32 @@ def compute_stats(out: str | Path) -> dict[str, Any]:
     ledger = None
     if ledger_path.exists():
         ledger = summarize_ledger(LedgerRow.from_json(row) for row in pq.read_table(ledger_path).to_pylist())
-    return {"tables": tables, "counts": counts, "ledger": ledger, "global_negative_share": global_shares(tables)}
+    return {"tables": tables, "counts": counts, "ledger": ledger, "global_negative_share": global_shares(tables),
+            "conversations": conversation_counts(out)}
+
+
+def conversation_counts(out: str | Path) -> dict[str, dict[str, int]]:
+    """Per split: conversations, their turns, and conversations by number of turns (``"2"``, ``"3"``, ``"4"``)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    counts = {}
+    for split, folder in split_folders(out, f"{IMAGES}/{CONVERSATIONS}").items():
+        lengths = pc.list_value_length(pq.read_table(folder / IMAGES / CONVERSATIONS, columns=["turns"])
+                                       .column("turns")).to_pylist()
+        tally = Counter(lengths)
+        counts[split] = {"conversations": len(lengths), "turns": sum(lengths),
+                         **{str(size): tally[size] for size in sorted(tally)}}
+    return counts
 
 
 def global_shares(tables: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict[str, float | None]]:
-    """Per lesion (all splits): global negatives / all negatives, ours and Table 9's (None: no negative)."""
+    """Per lesion (all splits): global negatives / the Table 2 negatives, ours and Table 9's (None: no negative)."""
     from mimic_ils.pairs import TABLE9_GLOBAL_NEGATIVE_SHARE
 
     shares = {}
     for lesion in TABLE9_GLOBAL_NEGATIVE_SHARE:
-        negatives = sum(table[lesion][f"{q}/negative"] for table in tables.values() for q in QUESTION_TYPES)
+        negatives = sum(table[lesion][f"{q}/negative"] for table in tables.values() for q in TABLE2_TYPES)
         global_ = sum(table[lesion]["global/negative"] for table in tables.values())
         shares[lesion] = {"ours": global_ / negatives if negatives else None, "negatives": negatives,
                           "paper": TABLE9_GLOBAL_NEGATIVE_SHARE[lesion]}
@@ -82,7 +100,7 @@ def tables_markdown(stats: dict[str, Any]) -> str:
         column_totals = [totals[f"{q}/{p}"] for q, p in COLUMNS]
         lines.append("| **total** | " + " | ".join(f"{v:,}" for v in column_totals) + f" | {sum(column_totals):,} |")
         parts.append("\n".join(lines))
-    share_lines = ["### Global share of negatives (global negatives / all negatives), ours and Table 9's", "",
+    share_lines = ["### Global share of negatives (global negatives / Table 2 negatives), ours and Table 9's", "",
                    "| lesion | negatives | ours | Table 9 |", "|---|---|---|---|"]
     for lesion, row in stats.get("global_negative_share", {}).items():
         ours = "—" if row["ours"] is None else f"{row['ours']:.3f}"
@@ -94,6 +112,14 @@ def tables_markdown(stats: dict[str, Any]) -> str:
         count_lines.append(f"| {split} | " + " | ".join(f"{row[key]:,}" for key in
                            ("pairs", "positive", "negative", "images", "studies", "unique_masks")) + " |")
     parts.append("\n".join(count_lines))
+    if stats.get("conversations"):
+        conversation_lines = ["### Conversations (the `conversations` config)", "",
+                              "| split | conversations | turns | 2 turns | 3 turns | 4 turns |",
+                              "|---|---|---|---|---|---|"]
+        for split, row in stats["conversations"].items():
+            conversation_lines.append(f"| {split} | " + " | ".join(f"{row.get(key, 0):,}" for key in
+                                      ("conversations", "turns", "2", "3", "4")) + " |")
+        parts.append("\n".join(conversation_lines))
     if stats["ledger"]:
         reason_lines = ["### Ledger: fates and exclusion reasons", "", "| what | count |", "|---|---|"]
         reason_lines += [f"| {key} | {value:,} |" for key, value in stats["ledger"]["fates"].items()]
@@ -112,7 +138,8 @@ def plot_pairs_per_lesion(stats: dict[str, Any], path: str | Path) -> Path:
 
     colors = {("basic", "positive"): "#1f77b4", ("basic", "negative"): "#aec7e8",
               ("global", "positive"): "#ff7f0e", ("global", "negative"): "#ffbb78",
-              ("lesion_inference", "positive"): "#2ca02c", ("lesion_inference", "negative"): "#98df8a"}
+              ("lesion_inference", "positive"): "#2ca02c", ("lesion_inference", "negative"): "#98df8a",
+              ("reasoning", "positive"): "#9467bd", ("reasoning", "negative"): "#c5b0d5"}
     figure, axis = plt.subplots(figsize=(8, 4.2), dpi=110)
     bottom = np.zeros(len(LESION_TYPES))
     for question_type, polarity in COLUMNS:

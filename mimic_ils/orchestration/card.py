@@ -18,7 +18,7 @@ from typing import Any
 
 from mimic_ils.orchestration.output import MANIFEST
 from mimic_ils.orchestration.writer import BUILD_INFO, CARD, CONVERSATIONS, IMAGES, LEDGER, MASKS, METADATA
-from mimic_ils.schema import FRONTAL_VIEWS, LESION_TYPES, SPLITS
+from mimic_ils.schema import FRONTAL_VIEWS, LESION_TYPES, QUESTION_TYPES, SPLITS
 
 # mimic_ils/data/dataset_card_template.md links to builders/mimic_ils/README.md (a real file in an installed wheel)
 TEMPLATE = Path(__file__).resolve().parents[1] / "data" / "dataset_card_template.md"
@@ -100,7 +100,9 @@ def layout_markdown(image_suffixes: dict[str, list[str]]) -> str:
     return "\n".join(["| path | what it holds |", "|---|---|", *(f"| `{path}` | {what} |" for path, what in rows)])
 
 
-def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
+def counts_markdown(counts: dict[str, dict[str, Any]]) -> str:
+    """The card's counts: pairs, polarity, images, masks and studies per split; then pairs per question type and the
+    ``conversations`` config's rows (when the counts carry them; an imported release has neither)."""
     header = "| split | pairs | positive | negative | images | unique masks | studies |\n|---|---|---|---|---|---|---|"
     lines = [header]
     for split, row in counts.items():
@@ -108,6 +110,13 @@ def counts_markdown(counts: dict[str, dict[str, int]]) -> str:
             f"| {split} | {row['pairs']:,} | {row['positive']:,} | {row['negative']:,} | {row['images']:,} | "
             f"{row['masks']:,} | {row['studies']:,} |"
         )
+    if all("question_types" in row for row in counts.values()) and counts:
+        types = [name for name in QUESTION_TYPES if any(name in row["question_types"] for row in counts.values())]
+        lines += ["", "| split | " + " | ".join(f"{name} pairs" for name in types) + " | conversations |",
+                  "|---" * (len(types) + 2) + "|"]
+        for split, row in counts.items():
+            cells = [f"{row['question_types'].get(name, 0):,}" for name in types]
+            lines.append(f"| {split} | " + " | ".join(cells) + f" | {row.get('conversations', 0):,} |")
     return "\n".join(lines)
 
 

@@ -119,7 +119,8 @@ class DatasetFolder:
     def _close_split(self, split: str) -> None:
         stream = self._splits.pop(split)
         self.image_suffixes[split] = stream.close()
-        self.counts[split] = stream.counts.counts()
+        self.counts[split] = {**stream.counts.counts(), "conversations": stream.conversations,
+                              "question_types": dict(sorted(stream.question_types.items()))}
 
     def add_ledger_rows(self, rows: Iterable[LedgerRow]) -> None:
         """Stream rows into ``ledger.parquet`` (in the callers' order); a first call with no row makes it empty."""

@@ -191,6 +191,7 @@ class SplitStream:
         self._images = ParquetStream(folder / IMAGES / METADATA, IMAGES_SCHEMA)
         self._conversations = ParquetStream(folder / IMAGES / CONVERSATIONS, CONVERSATIONS_SCHEMA)
         self.conversations = 0
+        self.question_types: dict[str, int] = {}
         self._image: list[PairRow] = []
         self._last: tuple[str, str, str] | None = None
 
@@ -201,6 +202,7 @@ class SplitStream:
                                 "split must arrive sorted by (study_id, dicom_id, id)")
         self._last = key
         self.counts.add(row)
+        self.question_types[row.question_type] = self.question_types.get(row.question_type, 0) + 1
         row = replace(row, image_file_name=split_relative(row.image_file_name),
                       mask_file_name=row.mask_file_name and split_relative(row.mask_file_name))
         self.suffixes.add(Path(row.image_file_name).suffix)

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mimic_ils.report.indication import CUE_PHRASES, SUSPECTED
+from mimic_ils.report.indication import CUE_PHRASES, SUSPECTED, cues_for, mapped_lesions
 from mimic_ils.report.lexicon import FINDING_TERMS
 from mimic_ils.schema import HEART_LABEL, LESION_TYPES, ClinicalContext, MimicIlsError, Pair, ReportError
 from rosalia_hf.table2 import (
@@ -344,9 +344,9 @@ def _context(lesion: str, clinical: ClinicalContext, rng: np.random.Generator, c
     """The instruction's opening sentence from the cues that map to ``lesion``, or the reason there is none."""
     if not clinical.has_section:
         return ("indication", "the report has no indication or history")
-    if not clinical.lesions():
+    if not mapped_lesions(clinical):
         return ("indication", "the indication and history map to no lesion type")
-    cues = clinical.cues_for(lesion)
+    cues = cues_for(clinical, lesion)
     if not cues:
         return ("indication", f"the indication and history do not relate to {lesion}")
     symptoms = [cue for cue in cues if not cue.startswith(SUSPECTED)][:config.max_cues]
@@ -385,7 +385,7 @@ def _positive(kind: str, source: Pair, clinical: ClinicalContext, rng: np.random
     context = _context(lesion, clinical, rng, config)
     if isinstance(context, tuple):
         return (what, context[1])
-    cues = [CUE_PHRASES[cue] for cue in clinical.cues_for(lesion) if not cue.startswith(SUSPECTED)]
+    cues = [CUE_PHRASES[cue] for cue in cues_for(clinical, lesion) if not cue.startswith(SUSPECTED)]
     reason = (f"{lesion.capitalize()} can explain {_and(cues[:config.max_cues])}." if cues
               else f"This answers the clinical question: {EXPLANATIONS[lesion][0].lower()}{EXPLANATIONS[lesion][1:]}")
     instruction = f"{context} {_pick(rng, _INDICATION_ASKS).format(where=where)}"

@@ -165,18 +165,6 @@ class ClinicalContext:
     cues: tuple[str, ...] = ()
     has_section: bool = False
 
-    def lesions(self) -> set[str]:
-        """Every lesion type a cue maps to (``mimic_ils.report.indication.CUE_LESIONS``)."""
-        from mimic_ils.report.indication import CUE_LESIONS
-
-        return {lesion for cue in self.cues for lesion in CUE_LESIONS.get(cue, ())}
-
-    def cues_for(self, lesion: str) -> tuple[str, ...]:
-        """The cues that map to ``lesion``, in the order they were found."""
-        from mimic_ils.report.indication import CUE_LESIONS
-
-        return tuple(cue for cue in self.cues if lesion in CUE_LESIONS.get(cue, ()))
-
     def to_json(self) -> dict:
         return {"cues": list(self.cues), "has_section": self.has_section}
 

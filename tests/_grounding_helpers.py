@@ -139,12 +139,14 @@ def by_type(pairs, question_type: str, polarity: str = "positive") -> list:
 
 @dataclass
 class GroundedPairs:
-    """Grounding and the pair stage of one image, side by side (what the build's two stages give together)."""
+    """Grounding and the pair stage of one image, side by side (what the build's two stages give together):
+    ``pairs`` are the Table 2 pairs, ``reasoning`` the reasoning pairs the pair stage made from them."""
 
     grounding: ImageGrounding
     pairs: tuple
     masks: dict
     exclusions: list
+    reasoning: tuple = ()
 
     def __getattr__(self, name):  # excluded, findings, empty_locations, ctr: the grounding's
         return getattr(self.grounding, name)
@@ -158,4 +160,6 @@ def ground_and_pair(report, cues, *, study_id, dicom_id, view, config=None, pair
     paired = image_pairs(grounding.findings, grounding.masks, study_id=study_id, dicom_id=dicom_id,
                          empty_locations=grounding.empty_locations,
                          cardiomegaly_negative_reason=grounding.cardiomegaly_negative_reason, config=pair_config)
-    return GroundedPairs(grounding, paired.pairs, paired.masks, [*grounding.exclusions, *paired.skipped])
+    table2 = tuple(pair for pair in paired.pairs if pair.question_type != "reasoning")
+    reasoning = tuple(pair for pair in paired.pairs if pair.question_type == "reasoning")
+    return GroundedPairs(grounding, table2, paired.masks, [*grounding.exclusions, *paired.skipped], reasoning)

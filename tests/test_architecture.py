@@ -26,7 +26,7 @@ MIMIC_LAYERS = (
     ("report stage", ("mimic_ils.report.*",)),
     ("vision stage", ("mimic_ils.vision.*",)),
     ("grounding", ("mimic_ils.grounding.*",)),
-    ("pairs", ("mimic_ils.pairs",)),
+    ("pairs", ("mimic_ils.pairs", "mimic_ils.reasoning", "mimic_ils.conversations")),
     ("orchestration", ("mimic_ils.orchestration.*", "mimic_ils.release", "mimic_ils.stats", "mimic_ils.builder")),
     ("commands", ("mimic_ils.commands.*", "mimic_ils.cli", "mimic_ils.__main__")),
 )

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mimic_ils.features import images_features, pairs_features
+from mimic_ils.features import conversations_features, images_features, pairs_features
 from mimic_ils.orchestration import BuildConfig, build
 from mimic_ils.orchestration.shard import Shard, parse_shard, resolve_shard, shard_of
 from mimic_ils.orchestration.workdir import WorkDir, read_checked, write_checked
@@ -319,20 +319,25 @@ def test_dataset_card_yaml_counts_and_provenance(fake_build):
     card = DatasetCard.load(fake_build / "README.md")
     assert card.data.annotations_creators == ["machine-generated"]
     assert card.data.source_datasets == ["extended|mimic-cxr"]
-    assert [entry["config_name"] for entry in card.data.configs] == ["pairs", "images"]
+    assert [entry["config_name"] for entry in card.data.configs] == ["pairs", "images", "conversations"]
     assert card.data.configs[1]["data_files"][0]["path"][0] == "train/images/metadata.parquet"
+    assert card.data.configs[2]["data_files"][0]["path"][0] == "train/images/conversations.parquet"
+    assert card.data.configs[2]["metadata_filenames"] == ["conversations.parquet"]
     assert "| train | 12 | 8 | 4 | 4 | 4 | 4 |" in card.text
+    assert "| split | basic pairs | global pairs | conversations |" in card.text  # FakeStages: 3 pairs per image
+    assert "| train | 4 | 8 | 4 |" in card.text
     assert '"report_backend": "fake"' in card.text and "study:excluded 3" in card.text
 
 
-@pytest.mark.parametrize("config_name", ["pairs", "images"])
+@pytest.mark.parametrize("config_name", ["pairs", "images", "conversations"])
 def test_builder_class_reads_a_built_folder(fake_build, tmp_path, config_name):
     from mimic_ils.builder import MimicIls
 
     builder = MimicIls(config_name=config_name, data_dir=str(fake_build), cache_dir=str(tmp_path / "cache"))
     builder.download_and_prepare()
     dataset = builder.as_dataset()
-    expected = pairs_features() if config_name == "pairs" else images_features()
+    expected = {"pairs": pairs_features, "images": images_features,
+                "conversations": conversations_features}[config_name]()
     assert dataset["validation"].features == expected
     reference = datasets.load_dataset(str(fake_build), config_name, split="validation")
     assert dataset["validation"]["dicom_id"] == reference["dicom_id"]

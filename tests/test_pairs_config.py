@@ -8,6 +8,7 @@ from mimic_ils.grounding import GroundingConfig
 from mimic_ils.orchestration import BuildConfig
 from mimic_ils.orchestration.templates import appendix_c_problems
 from mimic_ils.pairs import PAIR_CONFIG_KEYS, TABLE9_GLOBAL_NEGATIVE_SHARE, FindingOutcome, PairConfig, image_pairs
+from mimic_ils.reasoning import ReasoningConfig
 from mimic_ils.schema import MimicIlsError
 
 
@@ -168,7 +169,8 @@ def test_provenance_keeps_one_grounding_mapping_with_the_pair_rules(tmp_path):
 
     config = BuildConfig(vision="phantom", pairs={"opacity_inference_types": ["edema"]})
     provenance = ProjectStages(tmp_path, config).provenance()
-    assert set(provenance) == {"report_backend", "vision", "grounding", "model_checksums"}  # no "pairs": same bytes
+    assert set(provenance) == {"report_backend", "vision", "grounding", "reasoning", "model_checksums"}  # no "pairs"
+    assert provenance["reasoning"] == ReasoningConfig().to_dict()
     assert set(provenance["grounding"]) == set(GroundingConfig().to_dict()) | set(PAIR_CONFIG_KEYS)
     assert provenance["grounding"]["opacity_inference_types"] == ("edema",)
     assert provenance["grounding"]["thresholds"] == GroundingConfig().to_dict()["thresholds"]

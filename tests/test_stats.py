@@ -47,7 +47,7 @@ def test_markdown_and_chart(built, tmp_path):
     paths = write_stats(built, tmp_path / "stats")
     text = paths["markdown"].read_text()
     assert "### Pairs per lesion, question type and polarity — validation" in text
-    assert "| effusion | 4 | 0 | 4 | 0 | 0 | 0 | 8 |" in text
+    assert "| effusion | 4 | 0 | 4 | 0 | 0 | 0 | 0 | 0 | 8 |" in text  # (FakeStages make no reasoning pair)
     assert "| study: report: report file is not valid UTF-8 | 1 |" in text
     assert tables_markdown(compute_stats(built)) == text
     chart = np.asarray(Image.open(paths["figure"]).convert("RGB"))

@@ -2,7 +2,8 @@
 
 ``parse_pair`` recovers question type, polarity, target, locations, lesion and certainty from the exact strings;
 the release importer uses it to derive the fields the authors' JSON does not carry, and the tests use it (with
-``appendix_c_problems``) to check every pair of a built folder.
+``appendix_c_problems``) to check every pair of a built folder, the ``reasoning`` pairs included (their answers are
+the reasoning templates, their instructions free text that must not name the target).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from mimic_ils import pairs as P
 from mimic_ils.schema import HEART_LABEL, LESION_TYPES, LUNG_LABELS, MimicIlsError
-from rosalia_hf.table2 import parse_answer, parse_instruction
+from rosalia_hf.table2 import REASONING, parse_answer, parse_instruction
 
 _PLACES = frozenset((*LUNG_LABELS, HEART_LABEL))
 # the answer templates (rosalia_hf.table2.TEMPLATES) each question type may use, by polarity
@@ -69,11 +70,18 @@ def appendix_c_problems(rows: Iterable[dict], config: P.PairConfig | None = None
     rows = list(rows)
     inference_lesions = (config or P.PairConfig()).opacity_inference_types
     problems = []
+    table2_masks = {(row["dicom_id"], row["lesion"], row.get("mask_file_name")) for row in rows
+                    if row["polarity"] == "positive" and row["question_type"] != REASONING}
     for row in rows:
-        problems += [f"{row['id']}: {problem}" for problem in _row_problems(row, inference_lesions)]
-    negatives = Counter((row["study_id"], row["lesion"]) for row in rows if row["polarity"] == "negative")
+        check = (_reasoning_problems(row, table2_masks) if row["question_type"] == REASONING
+                 else _row_problems(row, inference_lesions))
+        problems += [f"{row['id']}: {problem}" for problem in check]
+    # one negative per lesion type (and per target) in a study, the reasoning negatives counted apart
+    negatives = Counter((row["study_id"], row["lesion"], row["question_type"] == REASONING) for row in rows
+                        if row["polarity"] == "negative")
     problems += [f"{key}: {count} negatives of one lesion type" for key, count in negatives.items() if count > 1]
-    targets = Counter((row["study_id"], row["target"]) for row in rows if row["polarity"] == "negative")
+    targets = Counter((row["study_id"], row["target"], row["question_type"] == REASONING) for row in rows
+                      if row["polarity"] == "negative")
     problems += [f"{key}: {count} negatives of one target" for key, count in targets.items() if count > 1]
     problems += _contradictions(rows)
     return problems
@@ -93,6 +101,38 @@ def _contradictions(rows: list[dict]) -> list[str]:
         if row["question_type"] == "global" or any(P.places_overlap(a, b) for a in row["locations"]
                                                    for covered in places for b in covered):
             problems.append(f"{row['id']}: denies {row['target']} where a positive of its image shows it")
+    return problems
+
+
+def _reasoning_problems(row: dict, table2_masks: set[tuple]) -> list[str]:
+    """A reasoning row: its answer one of the reasoning templates, agreeing with its fields; its instruction free of
+    its target's name and synonyms; a positive's mask that of a Table 2 positive of the same image and lesion."""
+    from mimic_ils.reasoning import named_term
+
+    said = parse_answer(row["answer"])
+    polarity = {"reasoning_definitive": "positive", "reasoning_tentative": "positive",
+                "reasoning_absent_in_location": "negative", "reasoning_absent": "negative"}.get(
+                    said.template if said else None)
+    if polarity is None:
+        return [f"answer {row['answer']!r} matches no reasoning template"]
+    problems = []
+    if polarity != row["polarity"]:
+        problems.append(f"polarity {row['polarity']!r} but the answer says {polarity!r}")
+    if not said.lesion == row["lesion"] == row["target"] or row["lesion"] not in LESION_TYPES:
+        problems.append(f"lesion {row['lesion']!r} / target {row['target']!r} but the answer says {said.lesion!r}")
+    if tuple(row["locations"]) != said.locations:
+        problems.append(f"locations {row['locations']} but the answer says {list(said.locations)}")
+    if said.certainty != (row["certainty"] if polarity == "positive" else None):
+        problems.append(f"certainty {row['certainty']!r} but the answer says {said.certainty!r}")
+    term = named_term(row["instruction"], row["lesion"]) if row["lesion"] in LESION_TYPES else None
+    if term:
+        problems.append(f"the instruction names its target ({term!r})")
+    has_mask = bool(row.get("mask_file_name") or row.get("mask"))
+    if has_mask != (polarity == "positive"):
+        problems.append("positive pairs need a mask and negatives must have none")
+    elif has_mask and "mask_file_name" in row and (row["dicom_id"], row["lesion"], row["mask_file_name"]) \
+            not in table2_masks:
+        problems.append("its mask is no Table 2 positive's of the same image and lesion")
     return problems
 
 

@@ -114,6 +114,16 @@ _QUESTION = re.compile(r"\b(?:eval(?:uate|uation)?|r/o|rule out|assess(?:ment)?|
 _PATTERNS = {key: re.compile(rf"(?<![\w/-])(?:{pattern})(?![\w-])") for key, pattern in CUES.items()}
 
 
+def mapped_lesions(clinical: ClinicalContext) -> set[str]:
+    """Every lesion type a cue of ``clinical`` maps to."""
+    return {lesion for cue in clinical.cues for lesion in CUE_LESIONS.get(cue, ())}
+
+
+def cues_for(clinical: ClinicalContext, lesion: str) -> tuple[str, ...]:
+    """The cues of ``clinical`` that map to ``lesion``, in the order they were found."""
+    return tuple(cue for cue in clinical.cues if lesion in CUE_LESIONS.get(cue, ()))
+
+
 def clinical_text(report: str) -> str | None:
     """The report's indication and history sections joined (None when it has neither)."""
     sections = split_sections(report)

@@ -441,7 +441,8 @@ def rules_markdown() -> str:
              "|---|---|---|---|"]
     for cue, pattern in CUES.items():
         lesions = ", ".join(CUE_LESIONS[cue]) or "— (maps to no lesion)"
-        lines.append(f"| {cue} | `{pattern.replace('|', ' | ')}` | {CUE_PHRASES[cue]} | {lesions} |")
+        escaped = pattern.replace("|", " \\| ")  # a pipe inside a table cell, code span or not
+        lines.append(f"| {cue} | `{escaped}` | {CUE_PHRASES[cue]} | {lesions} |")
     lines.append(f"| {SUSPECTED}<type> | a lesion term of the lexicon in the indication | the type's description "
                  "| that type |")
     lines += ["", "| lesion type | descriptions | explanation |", "|---|---|---|"]

@@ -305,7 +305,7 @@ def test_dataset_folder_writes_a_loadable_folder_and_needs_a_ledger(tmp_path):
     folder.add_ledger([LedgerRow("study", "5001", None, "train", "used", None)])
     info = folder.finish({"code_version": "test"})
     assert info["counts"] == {"train": {"pairs": 2, "positive": 1, "negative": 1, "images": 1, "masks": 1,
-                                        "studies": 1}}
+                                        "studies": 1, "conversations": 1, "question_types": {"basic": 1, "global": 1}}}
     assert info["ledger"]["fates"] == {"study:used": 1}
     loaded = datasets.load_dataset(str(tmp_path / "out"), "pairs", split="train")
     assert loaded.features == pairs_features() and loaded.num_rows == 2

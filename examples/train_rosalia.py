@@ -35,7 +35,8 @@ class ScriptArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A RosaliaForSegmentation folder (e.g. a converted LISA/ROSALIA "
                                         "checkpoint); None trains rosalia_hf.testing.tiny_rosalia()."})
-    train_config: str = field(default="images", metadata={"help": "Dataset configuration to train on: images|pairs."})
+    train_config: str = field(default="images", metadata={
+        "help": "Dataset configuration to train on: images|pairs|conversations (multi-turn, one mask per [SEG])."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str = field(default="validation", metadata={
         "help": "Split of the `pairs` configuration to validate on; `validation` and `validate` name the same split, "

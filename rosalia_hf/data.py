@@ -6,7 +6,8 @@ A built folder has two configurations (``mimic_ils/features.py``): ``pairs`` (on
 that image while it stays in a small cache, which is what the image-grouping sampler arranges.
 
 :class:`RosaliaCollator` groups the pairs of a batch by image, so CLIP and SAM run once per unique image
-(``image_index`` maps each instruction to its image row).
+(``image_index`` maps each instruction to its image row). :class:`RosaliaConversations` indexes the ``conversations``
+configuration (2 to 4 turns per row); the same collator makes one multi-turn row of each, one mask per ``[SEG]``.
 """
 
 from __future__ import annotations
@@ -93,6 +94,57 @@ class RosaliaPairs(Dataset):
         return decoded
 
 
+class RosaliaConversations(Dataset):
+    """Conversation-level view of a ``conversations`` split (``mimic_ils``: 2 to 4 pairs of one image as turns).
+
+    Items are dicts: ``image_key`` (dicom id), ``image`` (``HxW uint8``), ``turns`` (each ``{"instruction",
+    "answer", "lesion", "question_type", "polarity"}``, in order), ``masks`` (``(k, H, W)`` bool, one per turn, all
+    False for a negative turn), ``positives`` (one bool per turn) and ``positive`` (the conversation has a positive
+    turn: the sampler balances conversations on it). ``positive`` and ``image_keys`` are read from the Arrow
+    columns without decoding any image.
+    """
+
+    def __init__(self, dataset) -> None:
+        if "turns" not in dataset.column_names:
+            raise ValueError("RosaliaConversations needs a `conversations` split (a `turns` column)")
+        self.dataset = dataset
+        table = dataset.with_format("arrow")[:]
+        turns = table.column("turns")
+        lengths = pc.list_value_length(turns).to_numpy(zero_copy_only=False)
+        polarity = np.asarray(pc.struct_field(pc.list_flatten(turns), "polarity").to_pylist()) == "positive"
+        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
+        self.turn_positive = [polarity[a:b].tolist() for a, b in zip(starts[:-1], starts[1:], strict=True)]
+        self.positive = [any(flags) for flags in self.turn_positive]
+        self.image_keys = table.column("dicom_id").to_pylist()
+
+    def __len__(self) -> int:
+        return len(self.positive)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.dataset[int(index)]
+        image = _gray_uint8(row["image"])
+        masks = []
+        for turn in row["turns"]:
+            mask = np.zeros(image.shape, bool) if turn["mask"] is None else _gray_uint8(turn["mask"]) > 127
+            if mask.shape != image.shape:
+                raise ValueError(f"conversation {row['id']}, pair {turn['id']}: mask is {mask.shape}, image is "
+                                 f"{image.shape}")
+            masks.append(mask)
+        turns = [{name: turn[name] for name in ("instruction", "answer", "lesion", "question_type", "polarity")}
+                 for turn in row["turns"]]
+        return {"image_key": row["dicom_id"], "conversation_id": row["id"], "image": image, "turns": turns,
+                "masks": np.stack(masks), "positives": list(self.turn_positive[int(index)]),
+                "positive": self.positive[int(index)]}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [self[index] for index in indices]
+
+
+def dataset_view(dataset) -> RosaliaPairs | RosaliaConversations:
+    """The training view of a split: conversations for a ``conversations`` split, pairs for the other two."""
+    return RosaliaConversations(dataset) if "turns" in dataset.column_names else RosaliaPairs(dataset)
+
+
 @dataclass
 class RosaliaCollator:
     """Collates pair items into a :class:`~rosalia_hf.RosaliaForSegmentation` batch, one image row per image.
@@ -119,20 +171,38 @@ class RosaliaCollator:
     max_length: int | None = None
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor | list]:
+        """A batch of pair items (:class:`RosaliaPairs`) or conversation items (:class:`RosaliaConversations`):
+        a conversation is one row of several turns, its ``masks`` ``(k, H, W)`` and ``mask_positive`` one flag per
+        ``[SEG]`` in row-major order, so that the paper's loss applies to every turn (CE on every answer, BCE on
+        every mask, Dice on the positive ones)."""
         keys = [item["image_key"] if self.group_by_image else f"{i}:{item['image_key']}" for i, item in
                 enumerate(items)]
         unique = list(dict.fromkeys(keys))
         first = {key: keys.index(key) for key in unique}
-        rng = np.random.default_rng(_stable_seed(self.seed, keys, [item["instruction"] for item in items]))
+        conversations = ["turns" in item for item in items]
+        if any(conversations) and not all(conversations):
+            raise ValueError("a batch mixes pairs and conversations")
+        if all(conversations):
+            last = [item["turns"][-1] for item in items]
+            instructions, answers = [turn["instruction"] for turn in last], [turn["answer"] for turn in last]
+            history = [[(turn["instruction"], turn["answer"]) for turn in item["turns"][:-1]] for item in items]
+            texts = [" ".join(turn["instruction"] for turn in item["turns"]) for item in items]
+        else:
+            instructions, answers = [item["instruction"] for item in items], [item["answer"] for item in items]
+            history, texts = None, instructions
+        rng = np.random.default_rng(_stable_seed(self.seed, keys, texts))
         images = [items[first[key]]["image"] for key in unique]
         batch = dict(self.processor(  # the processor equalises (its one path), with this collator's draws
-            images, [item["instruction"] for item in items], [item["answer"] for item in items],
-            image_index=[unique.index(key) for key in keys], rng=rng,
-            equalize_probability=self.histogram_equalization_prob,
+            images, instructions, answers, image_index=[unique.index(key) for key in keys], rng=rng,
+            equalize_probability=self.histogram_equalization_prob, history=history,
         ))
         self._check_length(batch["attention_mask"], items)
-        batch["masks"] = [torch.from_numpy(np.ascontiguousarray(item["mask"])) for item in items]
-        batch["mask_positive"] = torch.tensor([bool(item["positive"]) for item in items])
+        if history is None:
+            batch["masks"] = [torch.from_numpy(np.ascontiguousarray(item["mask"])) for item in items]
+            batch["mask_positive"] = torch.tensor([bool(item["positive"]) for item in items])
+        else:
+            batch["masks"] = [torch.from_numpy(np.ascontiguousarray(item["masks"])) for item in items]
+            batch["mask_positive"] = torch.tensor([bool(flag) for item in items for flag in item["positives"]])
         return batch
 
     def _check_length(self, attention_mask: torch.Tensor, items: Sequence[dict[str, Any]]) -> None:
@@ -142,9 +212,14 @@ class RosaliaCollator:
             return
         lengths = attention_mask.sum(dim=1).tolist()
         for item, length in zip(items, lengths, strict=True):
-            if length > self.max_length:
-                raise ValueError(f"pair {item['image_key']!r} ({item['instruction'][:60]!r}) is {int(length)} tokens "
-                                 f"with the image; model_max_length is {self.max_length}")
+            if length <= self.max_length:
+                continue
+            if "turns" in item:
+                raise ValueError(f"conversation {item.get('conversation_id', item['image_key'])!r} "
+                                 f"({len(item['turns'])} turns) is {int(length)} tokens with the image; "
+                                 f"model_max_length is {self.max_length}")
+            raise ValueError(f"pair {item['image_key']!r} ({item['instruction'][:60]!r}) is {int(length)} tokens "
+                             f"with the image; model_max_length is {self.max_length}")
 
 
 def _log_batch(folder: str, indices: list[int]) -> None:

@@ -101,16 +101,54 @@ def _grey(image: Any) -> np.ndarray:
 
 
 def _batches(dataset, batch_size: int):
+    if "turns" in dataset.column_names:
+        yield from _turn_batches(dataset, batch_size)
+        return
     for start in range(0, len(dataset), batch_size):
         yield start, dataset[start : start + batch_size]
+
+
+TURN_FIELDS = ("instruction", "answer", "mask", "lesion", "question_type", "polarity")
+
+
+def _turn_batches(dataset, batch_size: int):
+    """A ``conversations`` split as batches of turns (columns of the pairs config plus ``history`` and ``turn``):
+    turn ``k`` of a conversation carries its ``k - 1`` earlier turns with their *reference* answers (teacher
+    forcing), so that every turn is scored on the same context whatever the model answered before."""
+    batch: dict[str, list] = {}
+    start = count = 0
+    for row in dataset:
+        earlier = []
+        for number, turn in enumerate(row["turns"], start=1):
+            for name, value in (("image", row["image"]), ("history", list(earlier)), ("turn", number),
+                                *((name, turn[name]) for name in TURN_FIELDS)):
+                batch.setdefault(name, []).append(value)
+            earlier.append((turn["instruction"], turn["answer"]))
+            count += 1
+            if count - start == batch_size:
+                yield start, batch
+                batch, start = {}, count
+    if batch:
+        yield start, batch
+
+
+def _sample_count(dataset) -> int:
+    """Pairs, or the turns of a ``conversations`` split (read from the Arrow column, no image decoded)."""
+    if "turns" not in dataset.column_names:
+        return len(dataset)
+    import pyarrow.compute as pc
+
+    turns = dataset.with_format("arrow")[:].column("turns")
+    return int(pc.sum(pc.list_value_length(turns)).as_py() or 0)
 
 
 def _predict(predictor, batch: dict, segment_only: bool, max_new_tokens: int) -> list[dict]:
     import torch
 
+    extra = {"history": batch["history"]} if "history" in batch else {}
     with torch.inference_mode():  # also when called from a Trainer with autograd on
         return predictor.predict(batch["image"], batch["instruction"], segment_only=segment_only,
-                                 max_new_tokens=max_new_tokens)
+                                 max_new_tokens=max_new_tokens, **extra)
 
 
 def _metric_inputs(batch: dict, outputs: list[dict], references: list, segment_only: bool) -> dict[str, Any]:
@@ -121,6 +159,8 @@ def _metric_inputs(batch: dict, outputs: list[dict], references: list, segment_o
     if not segment_only and "answer" in batch:
         inputs["predicted_answers"] = [out["text"] for out in outputs]
         inputs["reference_answers"] = batch["answer"]
+    if "turn" in batch:
+        inputs["turn_indices"] = batch["turn"]
     return inputs
 
 
@@ -162,7 +202,9 @@ def evaluate_model(
     compute the ILS figures.
 
     ``dataset``: a ``datasets.Dataset`` with the ``pairs`` features (``image``, ``mask`` (None = negative),
-    ``instruction``, ``answer``, ``lesion``, ``question_type``, ``polarity``). Text accuracy is computed unless
+    ``instruction``, ``answer``, ``lesion``, ``question_type``, ``polarity``), or a ``conversations`` split: each
+    turn is then one sample, predicted after its conversation's earlier turns with their reference answers
+    (teacher forcing), and the figures gain ``per_turn`` rows. Text accuracy is computed unless
     ``segment_only``. Returns ``{"metrics": <ILS figures>, "cases": {lesion: {"best", "worst"}},
     "num_samples", "seconds", "samples_per_second", "segment_only"}``.
     """
@@ -171,7 +213,8 @@ def evaluate_model(
     metric = metric if metric is not None else load_ils_metric()
     keeper = CaseKeeper(k=num_cases)
     started = time.perf_counter()
-    with Progress("evaluate", len(dataset), "pairs", enabled=progress) as bar:  # plain lines off a terminal
+    total = _sample_count(dataset)
+    with Progress("evaluate", total, "pairs", enabled=progress) as bar:  # plain lines off a terminal
         for start, batch in _batches(dataset, batch_size):
             outputs = _predict(predictor, batch, segment_only, max_new_tokens)
             references = [ils_scores.to_mask(mask) for mask in batch["mask"]]
@@ -182,9 +225,9 @@ def evaluate_model(
     return {
         "metrics": metric.compute(),
         "cases": keeper.cases(),
-        "num_samples": len(dataset),
+        "num_samples": total,
         "seconds": seconds,
-        "samples_per_second": len(dataset) / seconds if seconds > 0 else float("nan"),
+        "samples_per_second": total / seconds if seconds > 0 else float("nan"),
         "segment_only": segment_only,
     }
 

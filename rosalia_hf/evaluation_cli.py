@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--processor", help="folder of RosaliaProcessor.save_pretrained (default: --model)")
     parser.add_argument("--dataset", required=True, help="a built MIMIC-ILS folder (load_dataset(folder, 'pairs'))")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--config", default="pairs", choices=("pairs", "conversations"),
+                        help="configuration to evaluate: pairs (default) or conversations (each turn after the "
+                             "earlier ones with their reference answers; figures per turn as well)")
     parser.add_argument("--out", required=True, help="folder for report.md, cases.png and metrics.json")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--segment-only", action="store_true", help="teacher-force [SEG]; no text accuracy")
@@ -59,15 +62,16 @@ def resolve_split(folder: str | Path, split: str) -> str:
     return chosen
 
 
-def load_pairs(folder: str | Path, split: str, limit: int | None = None, *, resolved: bool = False):
-    """The ``pairs`` configuration's ``split`` of a built folder (first ``limit`` rows when given), the split named
-    as :func:`resolve_split` reads it (``resolved``: the caller did that already); a folder that cannot be loaded
-    is one :class:`EvaluationError` line."""
+def load_pairs(folder: str | Path, split: str, limit: int | None = None, *, resolved: bool = False,
+               config: str = "pairs"):
+    """The ``pairs`` (or ``config``) configuration's ``split`` of a built folder (first ``limit`` rows when given),
+    the split named as :func:`resolve_split` reads it (``resolved``: the caller did that already); a folder that
+    cannot be loaded is one :class:`EvaluationError` line."""
     import datasets
 
     chosen = split if resolved else resolve_split(folder, split)
     try:
-        dataset = datasets.load_dataset(str(folder), "pairs", split=chosen)
+        dataset = datasets.load_dataset(str(folder), config, split=chosen)
     except (OSError, ValueError) as error:  # no data files, no pairs configuration, unreadable parquet
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EvaluationError(f"--dataset {folder}: {reason}") from None
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace) -> Path:
 
     split = resolve_split(args.dataset, args.split)  # a wrong split is refused before the model loads
     model, processor = load_model(args.model, args.processor, args.device, args.dtype)
-    dataset = load_pairs(args.dataset, split, args.limit, resolved=True)
+    dataset = load_pairs(args.dataset, split, args.limit, resolved=True, config=getattr(args, "config", "pairs"))
     with torch.inference_mode():
         evaluation = evaluate_model(
             RosaliaPredictor(model, processor), dataset, batch_size=args.batch_size, segment_only=args.segment_only,
@@ -122,7 +126,8 @@ def run(args: argparse.Namespace) -> Path:
             num_cases=args.num_cases, progress=not args.no_progress,
         )
     out = Path(args.out)
-    details = {"model": args.model, "dataset": f"{args.dataset} ({args.split})", "batch size": args.batch_size}
+    details = {"model": args.model, "dataset": f"{args.dataset} ({getattr(args, 'config', 'pairs')}, {args.split})",
+               "batch size": args.batch_size}
     report = write_report(evaluation, out, model_name=Path(args.model).name or "ROSALIA", details=details)
     (out / "metrics.json").write_text(json.dumps(_json_safe(evaluation["metrics"]), indent=2) + "\n")
     return report

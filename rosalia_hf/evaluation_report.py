@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-QUESTION_TYPE_NAMES = {"basic": "Basic", "global": "Global", "lesion_inference": "Lesion inference"}
+QUESTION_TYPE_NAMES = {"basic": "Basic", "global": "Global", "lesion_inference": "Lesion inference",
+                       "reasoning": "Reasoning"}
 
 
 def percent(value: float | None) -> str:
@@ -51,11 +52,24 @@ def segmentation_tables(metrics: dict, model_name: str) -> list[str]:
         [_segmentation_row(QUESTION_TYPE_NAMES.get(name, name), figures)
          for name, figures in metrics["per_question_type"].items()],
     )
-    return [
+    sections = [
         "## Segmentation (Table 4)\n\n" + overall,
         "## Segmentation by lesion (Table 5)\n\n" + lesions,
         "## Segmentation by question type\n\n" + types,
     ]
+    if metrics.get("per_turn"):
+        sections.append(turn_table(metrics["per_turn"]))
+    return sections
+
+
+def turn_table(per_turn: dict) -> str:
+    """The figures of each turn index of a ``conversations`` evaluation (earlier turns teacher-forced)."""
+    rows = [[f"Turn {turn}", percent(figures["giou"]), percent(figures["ciou"]), percent(figures["n_acc"]),
+             percent(figures.get("text_accuracy")), figures["num_positive"], figures["num_negative"]]
+            for turn, figures in per_turn.items()]
+    table = markdown_table(("Turn", "gIoU", "cIoU", "N-Acc", "Text accuracy", "# positive", "# negative"), rows)
+    return ("## By turn (conversations)\n\nEach turn is answered after the conversation's earlier turns with their "
+            "reference answers (teacher forcing).\n\n" + table)
 
 
 def text_tables(metrics: dict) -> list[str]:

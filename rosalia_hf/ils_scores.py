@@ -19,7 +19,7 @@ from rosalia_hf.table2 import ParsedAnswer, ignoring_certainty, parse_answer, pa
 
 # Mirror mimic_ils.schema (the model half never imports the dataset half; tests/test_ils_metric.py checks it).
 LESION_TYPES = ("cardiomegaly", "pneumonia", "atelectasis", "opacity", "consolidation", "edema", "effusion")
-QUESTION_TYPES = ("basic", "global", "lesion_inference")
+QUESTION_TYPES = ("basic", "global", "lesion_inference", "reasoning")  # reasoning: beyond Table 2
 POLARITIES = ("positive", "negative")
 SAMPLE_KEYS = (
     "lesions",
@@ -30,11 +30,13 @@ SAMPLE_KEYS = (
     "targets",
     "locations",
     "certainties",
+    "turn_indices",
 )
 NO_TEXT = -1
 STAT_NAMES = ("intersection", "union", "prediction_area", "reference_area")
 STAT_COLUMNS = ("intersection", "union", "prediction_area", "reference_area", "lesion", "question_type",
-                "text_correct", "text_correct_ignoring_certainty")
+                "text_correct", "text_correct_ignoring_certainty", "turn")
+NO_TURN = 0  # the turn column of a sample outside a conversation (turns count from 1)
 
 # --------------------------------------------------------------------------------------------------------------
 # Masks -> per-sample statistics
@@ -243,6 +245,14 @@ def summarize(columns: dict[str, Sequence[Any]]) -> dict[str, Any]:
     }
     if np.any(np.asarray(columns["text_correct"]) != NO_TEXT):
         results.update(_text_figures(columns, stats[3] > 0))
+    turns = np.asarray(columns.get("turn", np.zeros(len(stats[0]), np.int64)), dtype=np.int64)
+    if np.any(turns != NO_TURN):  # conversations: the figures of each turn index
+        strict = np.asarray(columns["text_correct"])
+        results["per_turn"] = {
+            str(turn): {**segmentation_figures(*(s[turns == turn] for s in stats)),
+                        "text_accuracy": _text_accuracy(strict[turns == turn])}
+            for turn in sorted(set(turns.tolist()) - {NO_TURN})
+        }
     return results
 
 
@@ -281,4 +291,8 @@ def statistics_batch(predictions: Any, references: Any, **sample_inputs: Any) ->
         columns["question_type"].append(sample["question_types"] or "")
         columns["text_correct"].append(strict)
         columns["text_correct_ignoring_certainty"].append(lenient)
+        turn = sample.get("turn_indices")
+        if turn is not None and (isinstance(turn, bool) or not isinstance(turn, int | np.integer) or turn < 1):
+            raise ValueError(f"sample {index}: turn index {turn!r} must be an integer >= 1")
+        columns["turn"].append(NO_TURN if turn is None else int(turn))
     return columns

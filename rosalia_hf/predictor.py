@@ -38,7 +38,8 @@ def run_predict(model: RosaliaForSegmentation, processor: RosaliaProcessor, imag
                 instructions: Sequence[str], *,
                 image_index: Sequence[int] | None = None, segment_only: bool = False,
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                dtype: torch.dtype | None = None, generate_kwargs: dict | None = None) -> list[dict]:
+                dtype: torch.dtype | None = None, generate_kwargs: dict | None = None,
+                history: Sequence[Sequence[tuple[str, str]]] | None = None) -> list[dict]:
     """See :meth:`RosaliaPredictor.predict`; one result dict per instruction, in order."""
     if image_index is None and len(images) != len(instructions):
         raise ValueError(f"{len(instructions)} instructions for {len(images)} images: pass image_index")
@@ -47,11 +48,15 @@ def run_predict(model: RosaliaForSegmentation, processor: RosaliaProcessor, imag
     images = [as_image_array(image) for image in images]
     answers = [processor.seg_token] * len(instructions) if segment_only else None
     batch = processor(images, instructions, answers=answers, image_index=image_index, add_eos=False,
-                      padding_side="left")
+                      padding_side="left", history=history)
     batch.pop("labels", None)
     max_new_tokens = fit_to_context(model, batch["attention_mask"], max_new_tokens, segment_only)
+    # a history's answers hold [SEG] tokens too: the masks of this turn are those after them
+    earlier = (batch["input_ids"] == processor.seg_token_id).sum(dim=1).tolist()
+    if segment_only:
+        earlier = [count - 1 for count in earlier]
     return predict_batch(model, processor, batch, segment_only=segment_only, max_new_tokens=max_new_tokens,
-                         generate_kwargs=generate_kwargs)
+                         generate_kwargs=generate_kwargs, skip_masks=earlier if history is not None else None)
 
 
 def context_limit(model) -> int | None:
@@ -76,9 +81,11 @@ def fit_to_context(model, attention_mask: torch.Tensor, max_new_tokens: int, seg
 
 @torch.no_grad()
 def predict_batch(model, processor, batch, *, segment_only: bool = False,
-                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, generate_kwargs: dict | None = None) -> list[dict]:
+                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, generate_kwargs: dict | None = None,
+                  skip_masks: Sequence[int] | None = None) -> list[dict]:
     """``run_predict`` from a ready processor batch (left-padded; its pixel values may come from elsewhere, e.g.
-    a reference implementation's): the generation prompts, or with ``segment_only`` the ``[SEG]`` answers."""
+    a reference implementation's): the generation prompts, or with ``segment_only`` the ``[SEG]`` answers.
+    ``skip_masks[i]``: the leading ``[SEG]`` masks of row ``i`` that belong to its history, not to its answer."""
     device = next(model.parameters()).device
     if segment_only:
         answers = [[processor.seg_token_id]] * batch["input_ids"].shape[0]
@@ -86,7 +93,7 @@ def predict_batch(model, processor, batch, *, segment_only: bool = False,
         batch, answers = _generate(model, processor, batch.to(device), max_new_tokens, generate_kwargs or {})
     batch = batch.to(device)
     out = model(**batch)
-    return _collect(batch, out, answers, [processor.decode_answer(ids) for ids in answers])
+    return _collect(batch, out, answers, [processor.decode_answer(ids) for ids in answers], skip_masks)
 
 
 def _generate(model, processor, prompt, max_new_tokens: int, generate_kwargs: dict):
@@ -115,7 +122,7 @@ def _until_eos(new: torch.Tensor, eos_id: int) -> torch.Tensor:
     return before == 0
 
 
-def _collect(batch, out, answers: list[list[int]], texts: list[str]) -> list[dict]:
+def _collect(batch, out, answers: list[list[int]], texts: list[str], skip_masks=None) -> list[dict]:
     """Per row: ``masks`` (one ``HxW`` bool per ``[SEG]``, in answer order), ``mask_logits`` (their float maps),
     ``mask`` (the first, or all False), ``text``, ``answer_ids`` (the generated ids) and ``empty``."""
     sizes = batch["original_sizes"].tolist()
@@ -127,7 +134,7 @@ def _collect(batch, out, answers: list[list[int]], texts: list[str]) -> list[dic
     results = []
     for row, (ids, text) in enumerate(zip(answers, texts, strict=True)):
         height, width = sizes[image_index[row]]
-        logits = logits_of_row.get(row, [])
+        logits = logits_of_row.get(row, [])[skip_masks[row] if skip_masks else 0:]
         masks = [(m > 0).numpy() for m in logits]
         mask = masks[0] if masks else np.zeros((height, width), dtype=bool)
         results.append({"mask": mask, "masks": masks, "mask_logits": [m.numpy() for m in logits], "text": text,
@@ -224,7 +231,8 @@ class RosaliaPredictor:
     def predict(self, images: Sequence[np.ndarray | Image.Image], instructions: Sequence[str], *,
                 image_index: Sequence[int] | None = None,
                 segment_only: bool = False, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                dtype: torch.dtype | None = None, generate_kwargs: dict | None = None) -> list[dict]:
+                dtype: torch.dtype | None = None, generate_kwargs: dict | None = None,
+                history: Sequence[Sequence[tuple[str, str]]] | None = None) -> list[dict]:
         """Segments ``images[image_index[i]]`` according to ``instructions[i]``.
 
         ``images``: ``HxW`` or ``HxWx3`` arrays of any integer or float dtype (wide ones min-max scaled), PIL images
@@ -237,11 +245,13 @@ class RosaliaPredictor:
         answer without ``[SEG]``; ``empty`` means no pixel of ``mask`` is positive (the paper's N-Acc criterion).
         Generation is greedy with at most ``max_new_tokens`` (512, as LISA's chat). ``segment_only``
         teacher-forces ``"[SEG]"`` as the answer and skips text generation. ``dtype`` casts the model in place
-        first (e.g. ``torch.bfloat16``); ``generate_kwargs`` go to ``generate``.
+        first (e.g. ``torch.bfloat16``); ``generate_kwargs`` go to ``generate``. ``history[i]``: the earlier
+        ``(instruction, answer)`` turns of instruction ``i``'s conversation (multi-turn; the masks returned are those
+        of this turn's answer only).
         """
         return run_predict(self.model, self.processor, images, instructions, image_index=image_index,
                            segment_only=segment_only, max_new_tokens=max_new_tokens, dtype=dtype,
-                           generate_kwargs=generate_kwargs)
+                           generate_kwargs=generate_kwargs, history=history)
 
 
 __all__ = ["RosaliaPredictor", "run_predict", "predict_batch", "load_model_and_processor", "check_model_folder",

@@ -119,6 +119,14 @@ def with_clip_backend(image_processor, backend: str):
     return (CLIPImageProcessorPil if backend == "pil" else CLIPImageProcessor)(**settings)
 
 
+def _shared_prefix(ids: Sequence[int], prefix: Sequence[int]) -> int:
+    """How many leading ids ``ids`` and ``prefix`` share."""
+    count = 0
+    while count < min(len(ids), len(prefix)) and ids[count] == prefix[count]:
+        count += 1
+    return count
+
+
 def build_prompt(instruction: str, image_seq_length: int, use_im_start_end: bool = True) -> str:
     """The LLaVA-v1 prompt up to ``ASSISTANT:``, with ``image_seq_length`` image tokens before the instruction."""
     image = IMAGE_TOKEN * image_seq_length
@@ -195,19 +203,36 @@ class RosaliaProcessor(ProcessorMixin):
         return np.repeat(equalize_histogram(gray)[..., None], 3, axis=2)
 
     # --- text ---
-    def encode_conversation(self, instruction: str, answer: str | None = None,
-                            add_eos: bool = True) -> tuple[list[int], list[int]]:
-        """``(input_ids, labels)`` of one conversation; labels keep the answer tokens (and ``</s>``) only."""
-        prompt = build_prompt(instruction, self.image_seq_length, self.use_im_start_end)
-        prompt_ids = self.tokenizer(prompt)["input_ids"]
-        if answer is None:
-            return prompt_ids, [IGNORE_INDEX] * len(prompt_ids)
-        full = f"{prompt} {answer}" + (self.tokenizer.eos_token if add_eos else "")
-        ids = self.tokenizer(full)["input_ids"]
-        n_prompt = 0
-        while n_prompt < min(len(ids), len(prompt_ids)) and ids[n_prompt] == prompt_ids[n_prompt]:
-            n_prompt += 1
-        return ids, [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
+    def encode_conversation(self, instruction: str, answer: str | None = None, add_eos: bool = True,
+                            history: Sequence[tuple[str, str]] = ()) -> tuple[list[int], list[int]]:
+        """``(input_ids, labels)`` of one conversation; labels keep the answer tokens (and ``</s>``) only.
+
+        ``history``: earlier ``(instruction, answer)`` turns, before this one (LLaVA v1, as LISA builds several
+        rounds: ``"{system} USER: <image>\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>"``; the image only
+        in the first turn). Every given answer is labelled with its ``</s>`` (the last one's only with
+        ``add_eos``); each turn's span is found by tokenising the text up to it, so it is exact whatever the
+        tokenizer merges. With no history the ids are those of the single-turn prompt the reference fixtures hold.
+        """
+        eos = self.tokenizer.eos_token
+        turns = [*history, (instruction, answer)]
+        text, spans = "", []
+        for number, (question, reply) in enumerate(turns):
+            last = number == len(turns) - 1
+            if reply is None and not last:
+                raise ValueError(f"turn {number + 1} of the history has no answer")
+            text += (build_prompt(question, self.image_seq_length, self.use_im_start_end) if number == 0
+                     else f"USER: {question} ASSISTANT:")
+            start = text
+            if reply is not None:
+                text += f" {reply}" + (eos if add_eos or not last else "")
+                spans.append((start, text))
+        ids = self.tokenizer(text)["input_ids"]
+        labels = [IGNORE_INDEX] * len(ids)
+        for start, end in spans:
+            first, stop = _shared_prefix(ids, self.tokenizer(start)["input_ids"]), \
+                _shared_prefix(ids, self.tokenizer(end)["input_ids"])
+            labels[first:stop] = ids[first:stop]
+        return ids, labels
 
     def pad(self, sequences: list[list[int]], labels: list[list[int]] | None, padding_side: str = "right"):
         """Pads to the longest row; ``labels`` get -100 and ``attention_mask`` 0 on padding."""
@@ -230,9 +255,11 @@ class RosaliaProcessor(ProcessorMixin):
     def __call__(self, images: Sequence, instructions: Sequence[str], answers: Sequence[str] | None = None,
                  image_index: Sequence[int] | None = None, padding_side: str = "right", add_eos: bool = True,
                  rng: np.random.Generator | None = None, equalize_probability: float | None = None,
-                 **kwargs) -> BatchFeature:
+                 history: Sequence[Sequence[tuple[str, str]]] | None = None, **kwargs) -> BatchFeature:
         """One batch. ``image_index[i]`` names the image of instruction ``i`` (default: ``images[i]``);
-        ``equalize_probability`` overrides the processor's histogram equalisation (see :meth:`prepare_images`)."""
+        ``equalize_probability`` overrides the processor's histogram equalisation (see :meth:`prepare_images`);
+        ``history[i]``: the earlier ``(instruction, answer)`` turns of row ``i``'s conversation (a multi-turn row,
+        :meth:`encode_conversation`)."""
         if isinstance(instructions, str):
             instructions = [instructions]
         if image_index is None:
@@ -241,7 +268,10 @@ class RosaliaProcessor(ProcessorMixin):
             image_index = list(range(len(instructions)))
         if answers is not None and len(answers) != len(instructions):
             raise ValueError(f"{len(answers)} answers for {len(instructions)} instructions")
-        encoded = [self.encode_conversation(ins, None if answers is None else answers[i], add_eos)
+        if history is not None and len(history) != len(instructions):
+            raise ValueError(f"{len(history)} histories for {len(instructions)} instructions")
+        encoded = [self.encode_conversation(ins, None if answers is None else answers[i], add_eos,
+                                            () if history is None else history[i])
                    for i, ins in enumerate(instructions)]
         batch = self.pad([e[0] for e in encoded], None if answers is None else [e[1] for e in encoded], padding_side)
         batch.update(self.prepare_images(images, rng, equalize_probability))

@@ -20,7 +20,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch.utils.data import DataLoader
 from transformers import Trainer
 
-from rosalia_hf.data import RosaliaCollator, RosaliaPairs
+from rosalia_hf.data import RosaliaCollator, RosaliaConversations, RosaliaPairs, dataset_view
 from rosalia_hf.predictor import RosaliaPredictor
 from rosalia_hf.sampler import BalancedPolarityBatchSampler
 from rosalia_hf.trainer_config import RosaliaTrainingArguments
@@ -114,7 +114,8 @@ class RosaliaTrainer(Trainer):
     """``Trainer`` with ROSALIA's data pipeline, loss logging and ILS evaluation.
 
     ``train_dataset`` / ``eval_dataset``: ``datasets.Dataset`` splits of a built MIMIC-ILS folder, either
-    configuration (``pairs`` or ``images``); training pairs are drawn in exact 1:1 batches. Evaluation runs
+    configuration (``pairs``, ``images`` or ``conversations``); training pairs (conversations: with or without a
+    positive turn) are drawn in exact 1:1 batches. Evaluation runs
     ``predict`` in segment-only mode and reports ``giou``, ``ciou`` and ``n_acc`` through ``metrics/ils``.
     """
 
@@ -125,7 +126,7 @@ class RosaliaTrainer(Trainer):
         self.raw_eval_dataset = eval_dataset
         collator = data_collator or RosaliaCollator(processor, args.histogram_equalization_prob,
                                                     args.group_by_image, args.seed, args.model_max_length)
-        train_pairs = RosaliaPairs(train_dataset) if train_dataset is not None else None
+        train_pairs = dataset_view(train_dataset) if train_dataset is not None else None
         super().__init__(model=model, args=args, train_dataset=train_pairs, eval_dataset=eval_dataset,
                          data_collator=collator, processing_class=processor, **kwargs)
         self._loss_parts: dict[str, list[float]] = defaultdict(list)
@@ -133,7 +134,7 @@ class RosaliaTrainer(Trainer):
 
     # --- data ---
     def get_train_dataloader(self) -> DataLoader:
-        dataset: RosaliaPairs = self.train_dataset
+        dataset: RosaliaPairs | RosaliaConversations = self.train_dataset
         sampler = BalancedPolarityBatchSampler(
             dataset.positive, self._train_batch_size, image_ids=dataset.image_keys,
             group_by_image=self.args.group_by_image, num_replicas=self.accelerator.num_processes,

@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from mimic_ils.features import images_features, pairs_features
+from mimic_ils.features import conversations_features, images_features, pairs_features
 
 LESIONS = ("opacity", "effusion", "edema")
 
@@ -71,13 +71,45 @@ def tiny_images_dataset(num_images: int, seed: int = 0, split: str = "train") ->
     return datasets.Dataset.from_dict(columns, features=images_features())
 
 
+def conversation_rows(num_images: int, seed: int = 0, split: str = "train") -> list[dict]:
+    """One conversation per image: its two pairs of :func:`pair_rows` and a reasoning turn about the first pair's
+    lesion ("... Segment the finding that could explain it." on positive images, "If there is ..., segment it." on
+    the others), the positive turn first as the built folders have it."""
+    rows = pair_rows(num_images, seed, split)
+    turn_keys = list(conversations_features()["turns"].feature)
+    out = []
+    for first, second in zip(rows[::2], rows[1::2], strict=True):
+        lesion, positive = first["lesion"], first["polarity"] == "positive"
+        if positive:
+            reasoning = {**first, "id": first["id"][:-1] + "2", "question_type": "reasoning",
+                         "instruction": "The patient presents with fever. Segment the finding that could explain it.",
+                         "answer": f"[SEG] It is consistent with {lesion}, located in the right lung. "
+                                   f"{lesion.capitalize()} can explain fever."}
+        else:
+            reasoning = {**second, "id": second["id"][:-1] + "2", "question_type": "reasoning",
+                         "instruction": "If there is an area of abnormal whiteness in the left lung, segment it.",
+                         "answer": f"[SEG] There is no such finding: no {second['lesion']} is seen in the left lung."}
+        turns = [{key: turn[key] for key in turn_keys} for turn in (first, reasoning, second)]
+        out.append({"id": f"{first['dicom_id']}-c00", "image": first["image"], "study_id": first["study_id"],
+                    "dicom_id": first["dicom_id"], "split": split, "turns": turns})
+    return out
+
+
+def tiny_conversations_dataset(num_images: int, seed: int = 0, split: str = "train") -> datasets.Dataset:
+    rows = conversation_rows(num_images, seed, split)
+    columns = {name: [row[name] for row in rows] for name in conversations_features()}
+    return datasets.Dataset.from_dict(columns, features=conversations_features())
+
+
 def write_dataset_folder(root, num_train_images: int = 12, num_validate_images: int = 4) -> str:
-    """A folder that ``datasets.load_dataset(root, "pairs"|"images", split=...)`` reads (Parquet + card YAML)."""
+    """A folder that ``datasets.load_dataset(root, "pairs"|"images"|"conversations", split=...)`` reads (Parquet +
+    card YAML)."""
     from pathlib import Path
 
     root = Path(root)
     configs = []
-    for config, factory in (("pairs", tiny_pairs_dataset), ("images", tiny_images_dataset)):
+    for config, factory in (("pairs", tiny_pairs_dataset), ("images", tiny_images_dataset),
+                            ("conversations", tiny_conversations_dataset)):
         files = []
         for split, count, seed in (("train", num_train_images, 1), ("validate", num_validate_images, 7)):
             path = root / config / f"{split}.parquet"

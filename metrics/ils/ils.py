@@ -33,7 +33,9 @@ keys and the text verdict, never the masks, so any number of full-resolution mas
 - N-Acc: fraction of negative samples whose predicted mask has no foreground pixel.
 - text accuracy: an answer is correct only when it matches the reference's template (Table 2) and every bracketed
   variable (target, locations in order, lesion; the certainty through the template) exactly. "[SEG]" alone is the
-  correct answer of a basic positive. Reported overall, by question type x polarity and by lesion.
+  correct answer of a basic positive. Reported overall, by question type x polarity and by lesion. The reasoning
+  question type (beyond Table 2) is scored on its template, lesion and locations, not on its sentence of reasoning.
+- per turn: with `turn_indices` (multi-turn conversations, turns counted from 1), every figure of each turn index.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -44,12 +46,13 @@ Args:
         thresholds its mask logits at 0; threshold probabilities or logits yourself.
     references (`list`): reference masks in the same forms; None is an empty mask (a negative pair of MIMIC-ILS).
     lesions (`list` of `str`, *optional*): lesion type per sample (Table 5 breakdown).
-    question_types (`list` of `str`, *optional*): "basic", "global" or "lesion_inference" per sample.
+    question_types (`list` of `str`, *optional*): "basic", "global", "lesion_inference" or "reasoning" per sample.
     polarities (`list` of `str`, *optional*): "positive"/"negative"; checked against the reference mask.
     predicted_answers (`list` of `str`, *optional*): generated answers; enables text accuracy.
     reference_answers (`list` of `str`, *optional*): reference answers. When absent, the reference is rendered
         from `question_types`, `polarities`, `targets`, `locations`, `lesions` and `certainties`.
     targets, locations, certainties (*optional*): the structured variables of the reference answers.
+    turn_indices (`list` of `int`, *optional*): the turn (1, 2, ...) of each sample in its conversation.
 Returns:
     giou (`float`), ciou (`float`), n_acc (`float`): fractions in [0, 1] (NaN when the group has no sample).
     num_positive (`int`), num_negative (`int`).
@@ -57,7 +60,7 @@ Returns:
     With text: text_accuracy (`float`), num_text (`int`), text_accuracy_per_question_type
     (question type -> {"all", "positive", "negative"}), text_accuracy_per_lesion (lesion -> float), and
     text_accuracy_lesion_inference_ignoring_certainty (positive lesion-inference answers scored on the lesion only,
-    the authors' convention).
+    the authors' convention). With turn indices: per_turn (turn -> the five keys above and text_accuracy).
 Examples:
     >>> import evaluate
     >>> import numpy as np
@@ -96,7 +99,7 @@ _CITATION = """\
 # The evaluate module
 
 _STAT_TYPES = {"lesion": "string", "question_type": "string", "text_correct": "int8",
-               "text_correct_ignoring_certainty": "int8"}
+               "text_correct_ignoring_certainty": "int8", "turn": "int16"}
 STAT_FEATURES = datasets.Features({name: datasets.Value(_STAT_TYPES.get(name, "int64")) for name in STAT_COLUMNS})
 
 
@@ -150,5 +153,6 @@ def _plural(name: str) -> str:
         "reference_answer": "reference_answers",
         "target": "targets",
         "certainty": "certainties",
+        "turn_index": "turn_indices",
     }
     return mapping.get(name, name)

@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
             render_model_card(merged / "README.md", args=args, model_config=model.config, script=vars(script),
                               before=before, after=after, num_train_pairs=len(trainer.train_dataset),
                               num_eval_pairs=len(validate))
-    return {"before": before, "after": after, "train_seconds": round(train_seconds, 1)}
+    return {"before": before, "after": after, "train_seconds": round(train_seconds, 1),
+            "losses": [entry for entry in trainer.state.log_history if "loss" in entry]}
 
 
 def _short(metrics: dict) -> dict:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 from _training_helpers import write_dataset_folder
 
@@ -130,3 +131,36 @@ def test_tiny_rosalia_learns_to_segment_and_to_say_no(tmp_path):
     assert first["step"] == 0 and first["giou"] < 0.15, first
     assert last["step"] == LEARNING_STEPS and last["giou"] >= GIOU_REACHED and last["n_acc"] >= N_ACC_REACHED, points
     assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
+
+
+def test_tiny_rosalia_trains_on_conversations_and_is_evaluated_per_turn(tmp_path, capsys):
+    """Issue 19: the training script on the `conversations` config (one mask per [SEG], the paper's loss per turn),
+    then the evaluation script on the same config prints the reasoning and per-turn rows."""
+    import runpy
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    import train_rosalia
+
+    folder = write_dataset_folder(tmp_path / "ils", 12, 4)
+    out = tmp_path / "run"
+    result = train_rosalia.main(["--config", str(TINY_CPU), "--dataset", folder, "--train_config", "conversations",
+                                 "--output_dir", str(out), "--max_steps", "6", "--logging_steps", "2",
+                                 "--eval_strategy", "no"])
+    assert result["train_seconds"] > 0 and (out / "merged" / "config.json").is_file()
+    logged = result["losses"]
+    assert [entry["step"] for entry in logged] == [2, 4, 6]
+    for entry in logged:  # the paper's three terms, over every turn of every conversation
+        assert all(np.isfinite(entry[name]) and entry[name] > 0 for name in ("loss", "ce_loss", "mask_bce_loss"))
+        assert np.isfinite(entry["mask_dice_loss"])
+    capsys.readouterr()
+    evaluation = tmp_path / "eval"
+    main = runpy.run_path(str(ROOT / "examples" / "evaluate_rosalia.py"))["main"]
+    assert main(["--model", str(out / "merged"), "--dataset", folder, "--config", "conversations", "--split",
+                 "validate", "--out", str(evaluation), "--max-new-tokens", "8", "--device", "cpu",
+                 "--no-progress"]) == 0
+    report = (evaluation / "report.md").read_text()
+    assert "| Reasoning |" in report and "## By turn (conversations)" in report
+    assert all(f"| Turn {turn} |" in report for turn in (1, 2, 3))
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    assert metrics["num_positive"] + metrics["num_negative"] == 12  # 4 conversations x 3 turns
+    assert set(metrics["per_turn"]) == {"1", "2", "3"} and "reasoning" in metrics["per_question_type"]

@@ -36,6 +36,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -226,6 +227,32 @@ class LlmParaphraser:
         prompt = PARAPHRASE_PROMPT.format(forbidden=", ".join(forbidden_terms(lesion)))
         return self._llm.ask(prompt, instruction,
                              lambda answer: parse_paraphrase(answer, lesion=lesion, location=location))
+
+
+def check_paraphraser_options(config: ReasoningConfig) -> None:
+    """Refuse, before any work, the ``llm`` options that would fail every image: unknown keys, neither or both of
+    ``url`` and ``model_path``, a URL off loopback without ``allow_remote``, a model folder that is not there."""
+    if config.backend != "llm":
+        return
+    import inspect
+
+    from mimic_ils.report.llm import is_loopback_url
+
+    options = config.options
+    known = set(inspect.signature(LlmParaphraser).parameters) - {"transport"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise MimicIlsError(f"reasoning options: unknown keys {', '.join(unknown)} (expected some of "
+                            f"{', '.join(sorted(known))})")
+    if (options.get("url") is None) == (options.get("model_path") is None):
+        raise MimicIlsError("reasoning options: the llm backend needs exactly one of url or model_path")
+    url = options.get("url")
+    if url is not None and not is_loopback_url(str(url)) and not options.get("allow_remote"):
+        raise MimicIlsError(f"reasoning options: url {url} is not on loopback; report-derived text may not leave "
+                            "the machine (set allow_remote: true only for a server the data use agreement covers)")
+    path = options.get("model_path")
+    if path is not None and not Path(str(path)).is_dir():
+        raise MimicIlsError(f"reasoning options: model_path {path} is not a folder")
 
 
 def make_paraphraser(config: ReasoningConfig) -> Paraphraser | None:

@@ -292,3 +292,20 @@ def test_global_negative_shares_count_table2_negatives_only():
     chooser.observe(rows)
     chooser.decide()
     assert chooser.apply(rows) == chosen
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"url": "http://10.1.2.3:8000"}, "not on loopback"),
+    ({"url": "http://127.0.0.1:8000", "model_path": "/m"}, "exactly one of url or model_path"),
+    ({}, "exactly one of url or model_path"),
+    ({"url": "http://127.0.0.1:8000", "temperature": 0.3}, "unknown keys temperature"),
+    ({"model_path": "/no/such/folder"}, "is not a folder"),
+])
+def test_a_build_refuses_bad_llm_reasoning_options_before_any_work(tmp_path, options, problem):
+    from mimic_ils.orchestration import BuildConfig, build
+    from mimic_ils.schema import MimicIlsError
+
+    config = BuildConfig(vision="phantom", reasoning={"backend": "llm", "options": options})
+    with pytest.raises(MimicIlsError, match=problem):
+        build(tmp_path / "no-cohort", tmp_path / "out", config=config, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -157,3 +157,43 @@ def _row(index: int, question_type: str, mask: str | None = "masks/m.png") -> Pa
                    answer="[SEG]", target="effusion", lesion="effusion", question_type=question_type,
                    polarity="positive" if mask else "negative", locations=("left lung",), certainty=None,
                    study_id="s", dicom_id="d", split="train")
+
+
+def test_a_build_with_the_llm_backend_keeps_checked_paraphrases_and_ledgers_the_rest(tmp_path_factory, tmp_path):
+    """The llm backend through the real build path, against an OpenAI-compatible server on 127.0.0.1: a paraphrase
+    that names its target, and one that is not JSON (after its retry), are dropped with their reasons."""
+    import re
+
+    from _cohort import make_cohort
+    from _llm_helpers import FakeChatServer
+
+    def answer(body: dict) -> str:
+        instruction = body["messages"][1]["content"]
+        lesion = re.search(r"Do not name .*?\((.*?)\)", body["messages"][0]["content"]).group(1).split(", ")[-1]
+        if "Show " in instruction:
+            return "no JSON here"
+        if instruction.startswith("Segment "):
+            return json.dumps({"instruction": f"Please outline the {lesion}."})  # names a term of its target
+        place = re.search(r" in the ((?:right|left) [a-z ]+?)(?: could| if|,|\.)", instruction)
+        where = f" in the {place.group(1)}" if place else ""
+        return json.dumps({"instruction": f"Outline what the clinical picture suggests{where}."})
+
+    server = FakeChatServer(answer)
+    try:
+        cohort = make_cohort(tmp_path_factory, n_studies=12, seed=1)
+        out = tmp_path / "out"
+        build(cohort, out, config=BuildConfig(vision="phantom", reasoning={
+            "backend": "llm", "options": {"url": server.url, "cache_dir": str(tmp_path / "llm")}}), progress=False)
+    finally:
+        server.close()
+    rows = [row for row in _rows(out) if row["question_type"] == "reasoning"]
+    assert rows and all(row["instruction"].startswith("Outline what the clinical picture suggests") for row in rows)
+    for row in rows:
+        assert named_term(row["instruction"], row["lesion"]) is None
+        assert not row["locations"] or row["polarity"] == "positive" or " in the " in row["instruction"]
+    ledger = pq.read_table(out / "ledger.parquet").to_pylist()
+    reasons = [row["reason"] for row in ledger if row["kind"] == "reasoning"]
+    assert any("the instruction names its target" in reason or "paraphrase names its target" in reason
+               for reason in reasons)
+    assert any("LLM paraphrase unusable" in reason for reason in reasons)
+    assert len(server.requests) > len(rows)

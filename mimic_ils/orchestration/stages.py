@@ -91,9 +91,11 @@ class ProjectStages:
 
     def validate(self) -> None:
         """Check the whole config before any work: the vision config (every key known, each backend's options
-        accepted by its factory); a MimicIlsError naming the key."""
+        accepted by its factory) and the reasoning backend's options; a MimicIlsError naming the key."""
+        from mimic_ils.reasoning import check_paraphraser_options
         from mimic_ils.vision import base
 
+        check_paraphraser_options(self.config.reasoning_config())
         config = self.vision_config()
         for step, spec in config.steps.items():
             names = base.available(step)

@@ -533,21 +533,30 @@ def _absent_negative(
 
 
 def limit_study_negatives(pairs: Iterable[Pair] | Iterable[Mapping]) -> list:
-    """Keep at most one negative per (study, target) across a study's images (and one reasoning negative).
+    """Keep at most one negative per (study, target) across a study's images, and one reasoning negative beside it.
 
     Of several, the one made for its own type wins ("no opacity ..." for opacity over a tentative effusion's
-    "no opacity ..."), then the smallest dicom id, then the first made. Takes :class:`Pair` objects or dataset rows
-    (mappings with the same field names).
+    "no opacity ..."), then the smallest dicom id, then the first made. A reasoning negative asks a kept negative
+    again, implicitly: it stays only when the negative it was made from (same image, target and places) stays, one
+    per (study, target). Takes :class:`Pair` objects or dataset rows (mappings with the same field names).
     """
     pairs = list(pairs)
     get = (lambda item, name: item[name]) if pairs and isinstance(pairs[0], Mapping) else getattr
     negatives = [(index, pair) for index, pair in enumerate(pairs) if get(pair, "polarity") == "negative"]
     ranked = sorted(negatives, key=lambda item: (get(item[1], "lesion") != get(item[1], "target"),
                                                  get(item[1], "dicom_id"), item[0]))
-    chosen: dict[tuple[str, str, bool], int] = {}
-    for index, pair in ranked:  # the reasoning negatives ask the same things implicitly: one per target of their own
-        chosen.setdefault((get(pair, "study_id"), get(pair, "target"), get(pair, "question_type") == REASONING), index)
-    keep = set(chosen.values())
+    chosen: dict[tuple[str, str], int] = {}
+    for index, pair in ranked:
+        if get(pair, "question_type") != REASONING:
+            chosen.setdefault((get(pair, "study_id"), get(pair, "target")), index)
+    sources = {(get(pairs[index], "dicom_id"), get(pairs[index], "target"), tuple(get(pairs[index], "locations")))
+               for index in chosen.values()}
+    implicit: dict[tuple[str, str], int] = {}
+    for index, pair in ranked:
+        source = (get(pair, "dicom_id"), get(pair, "target"), tuple(get(pair, "locations")))
+        if get(pair, "question_type") == REASONING and source in sources:
+            implicit.setdefault((get(pair, "study_id"), get(pair, "target")), index)
+    keep = set(chosen.values()) | set(implicit.values())
     return [pair for index, pair in enumerate(pairs) if get(pair, "polarity") == "positive" or index in keep]
 
 

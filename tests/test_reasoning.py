@@ -276,6 +276,8 @@ def test_one_reasoning_negative_per_target_survives_beside_the_table2_one():
                  for p in (first, second)]
     kept = limit_study_negatives([first, second, *reasoning])
     assert [(p.question_type, p.dicom_id) for p in kept] == [("basic", "a"), ("reasoning", "a")]
+    # image b's reasoning negative asks b's negative again; that one gives way to a's, so it goes too
+    assert limit_study_negatives([first, second, reasoning[1]]) == [first]
 
 
 def test_global_negative_shares_count_table2_negatives_only():

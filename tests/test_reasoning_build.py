@@ -64,6 +64,16 @@ def test_no_reasoning_instruction_names_its_target_or_a_synonym(built):
         assert "[SEG]" not in row["instruction"] and row["answer"].count("[SEG]") == 1
 
 
+def test_reasoning_negatives_stand_beside_the_table2_negative_they_ask_again(built):
+    rows = _rows(built)
+    table2 = {(row["dicom_id"], row["target"]) for row in rows
+              if row["polarity"] == "negative" and row["question_type"] in ("basic", "global")}
+    implicit = [row for row in rows if row["question_type"] == "reasoning" and row["polarity"] == "negative"]
+    assert implicit and all((row["dicom_id"], row["target"]) in table2 for row in implicit)
+    with_table2 = {row["dicom_id"] for row in rows if row["question_type"] != "reasoning"}
+    assert {row["dicom_id"] for row in rows} == with_table2  # no image holds reasoning pairs only
+
+
 def test_reasoning_positives_reuse_a_table2_mask_of_their_image(built):
     rows = _rows(built)
     table2 = {(row["dicom_id"], row["lesion"], row["mask_file_name"]) for row in rows

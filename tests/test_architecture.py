@@ -22,12 +22,13 @@ MIMIC_LAYERS = (
     ("vocabulary and files", ("mimic_ils", "mimic_ils.schema", "mimic_ils.files", "mimic_ils.rows",
                               "mimic_ils.features", "mimic_ils.synth_phrases", "mimic_ils.progress")),
     ("inputs", ("mimic_ils.dicom", "mimic_ils.ingest", "mimic_ils.scan", "mimic_ils.phantom_render",
-                "mimic_ils.synth")),
+                "mimic_ils.synth", "mimic_ils.ms_cxr")),
     ("report stage", ("mimic_ils.report.*",)),
     ("vision stage", ("mimic_ils.vision.*",)),
     ("grounding", ("mimic_ils.grounding.*",)),
     ("pairs", ("mimic_ils.pairs", "mimic_ils.reasoning", "mimic_ils.conversations")),
-    ("orchestration", ("mimic_ils.orchestration.*", "mimic_ils.release", "mimic_ils.stats", "mimic_ils.builder")),
+    ("orchestration", ("mimic_ils.orchestration.*", "mimic_ils.release", "mimic_ils.stats", "mimic_ils.builder",
+                       "mimic_ils.validation")),
     ("commands", ("mimic_ils.commands.*", "mimic_ils.cli", "mimic_ils.__main__")),
 )
 ROSALIA_LAYERS = (

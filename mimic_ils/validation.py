@@ -12,8 +12,9 @@ image's Table 2 positives of the type (a global positive's is already the union)
   side (and a side our mask leaves empty is a miss); and the IoU of the box with the nearest bounding box of a
   connected part of our mask;
 * **recall**: a box whose finding has no positive mask on that image is missed, with the reason the ledger gives:
-  the image is not in the cohort, was excluded (and why), the finding was dropped (c1-c4, no lung label, ...), or the
-  report has no positive finding of the type;
+  the image is not in the cohort, the finding was dropped (c1-c4, no lung label, ...), the image was excluded (and
+  why), or the report has no positive finding of the type; a box on an image half our mask leaves empty (the other
+  side of a bilateral finding grounded on one side, Fig. 11) is missed too, and kept out of coverage and pointing;
 * **contradictions**: a missed box whose finding the dataset *denies* on that image: a negative pair of the type
   whose place covers the box (a global negative covers every box; a lung or zone is matched to the box's centre by
   the image's halves and thirds, since no anatomy is read at validation time).
@@ -45,6 +46,7 @@ from mimic_ils.schema import LESION_TYPES, MimicIlsError
 MASK_THRESHOLD = 127
 NOT_IN_COHORT = "image not in the dataset's cohort"
 NO_FINDING = "no positive finding of this type in the report"
+OTHER_SIDE = "grounded on the other side only"
 
 
 @dataclass
@@ -58,6 +60,7 @@ class GroupResult:
     pointed: list[bool] = field(default_factory=list)
     box_iou: list[float] = field(default_factory=list)
     mask_in_boxes: float | None = None
+    other_side: int = 0  # boxes on an image half our mask leaves empty (a bilateral finding grounded on one side)
     missed: str | None = None
     contradicted: bool = False
     image_file: Path | None = None
@@ -93,7 +96,9 @@ def agreement(mask: np.ndarray, boxes: Sequence[MsCxrBox]) -> dict[str, Any]:
         pointed.append(point is not None and y0 <= point[0] <= y1 and x0 <= point[1] <= x1)
         ious.append(max((_box_iou(r.bbox, (y0, x0, y1, x1)) for r in regions), default=0.0))
     total = int(mask.sum())
-    return {"box_coverage": coverage, "pointed": pointed, "box_iou": ious,
+    side_empty = [deepest_point(_side_of(mask, box.x0 * width / box.width, box.x1 * width / box.width)) is None
+                  for box in boxes]
+    return {"box_coverage": coverage, "pointed": pointed, "box_iou": ious, "side_empty": side_empty,
             "mask_in_boxes": float(np.count_nonzero(mask & union)) / total if total else 0.0}
 
 
@@ -203,12 +208,12 @@ class DatasetIndex:
     def missed_reason(self, dicom_id: str, lesion: str) -> str:
         if dicom_id not in self.fates and dicom_id not in self.images:
             return NOT_IN_COHORT
+        dropped = self.dropped.get((dicom_id, lesion))
+        if dropped:  # before the image's fate: an image whose findings were all dropped is excluded for it
+            return f"finding dropped: {reason_class(dropped[0])}"
         fate, reason = self.fates.get(dicom_id, ("used", None))
         if fate != "used":
             return f"image excluded: {reason_class(reason)}"
-        dropped = self.dropped.get((dicom_id, lesion))
-        if dropped:
-            return f"finding dropped: {reason_class(dropped[0])}"
         return NO_FINDING
 
 
@@ -237,9 +242,14 @@ def validate_dataset(out: str | Path, boxes: Sequence[MsCxrBox]) -> list[GroupRe
 
 
 def _fill(result: GroupResult, mask: np.ndarray) -> None:
+    """The figures of the boxes our mask reaches; a box on an image half the mask leaves empty (the other side of a
+    bilateral finding grounded on one side) counts as missed instead."""
     figures = agreement(mask, result.boxes)
-    result.box_coverage, result.pointed, result.box_iou = (figures["box_coverage"], figures["pointed"],
-                                                          figures["box_iou"])
+    kept = [i for i, empty in enumerate(figures["side_empty"]) if not empty]
+    result.box_coverage = [figures["box_coverage"][i] for i in kept]
+    result.pointed = [figures["pointed"][i] for i in kept]
+    result.box_iou = [figures["box_iou"][i] for i in kept]
+    result.other_side = len(result.boxes) - len(kept)
     result.mask_in_boxes, result.mask = figures["mask_in_boxes"], mask
 
 
@@ -303,12 +313,18 @@ def summarize(results: Sequence[GroupResult], problems: Counter | None = None) -
         pointed = [flag for result in found for flag in result.pointed]
         out["pointing"][lesion] = {"accuracy": mean([float(flag) for flag in pointed]),
                                    "box_iou_mean": mean([value for result in found for value in result.box_iou])}
-        missed_boxes = sum(len(result.boxes) for result in mine if result.missed is not None)
+        reasons = Counter()
+        for result in mine:
+            if result.missed is not None:
+                reasons[result.missed] += len(result.boxes)
+            elif result.other_side:
+                reasons[OTHER_SIDE] += result.other_side
+        missed_boxes = sum(reasons.values())
         out["recall"][lesion] = {
             "boxes": len(boxes), "images": len({result.dicom_id for result in mine}),
             "found_boxes": len(boxes) - missed_boxes, "missed_boxes": missed_boxes,
             "recall": (len(boxes) - missed_boxes) / len(boxes) if boxes else None,
-            "missed_reasons": dict(Counter(result.missed for result in mine if result.missed).most_common()),
+            "missed_reasons": dict(reasons.most_common()),
         }
         out["contradictions"][lesion] = sum(len(result.boxes) for result in mine if result.contradicted)
     out["boxes_used"] = sum(len(result.boxes) for result in results)
@@ -329,7 +345,7 @@ def report_markdown(summary: dict[str, Any], title: str, grid: str | None) -> st
                      f"{pct(coverage['box_in_mask_mean'])} / {pct(coverage['box_in_mask_median'])} | "
                      f"{pct(coverage['mask_in_boxes_mean'])} | {pct(pointing['accuracy'])} | "
                      f"{pct(pointing['box_iou_mean'])} | {summary['contradictions'][lesion]} |")
-    lines += ["", "## Why boxes were missed", "", "| lesion | reason | images |", "|---|---|---|"]
+    lines += ["", "## Why boxes were missed", "", "| lesion | reason | boxes |", "|---|---|---|"]
     for lesion, recall in summary["recall"].items():
         lines += [f"| {lesion} | {reason} | {count} |" for reason, count in recall["missed_reasons"].items()]
     lines += ["", "## Rows of the CSV left out", "", "| reason | rows |", "|---|---|"]

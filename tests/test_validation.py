@@ -75,12 +75,14 @@ def test_agreement_of_hand_made_masks():
     mask = np.zeros((100, 100), bool)
     mask[70:90, 60:80] = True
     same = agreement(mask, [_box(60, 70, 80, 90)])
-    assert same == {"box_coverage": [1.0], "pointed": [True], "box_iou": [pytest.approx(1.0)], "mask_in_boxes": 1.0}
+    assert same == {"box_coverage": [1.0], "pointed": [True], "box_iou": [pytest.approx(1.0)], "side_empty": [False],
+                    "mask_in_boxes": 1.0}
     half = agreement(mask, [_box(70, 70, 90, 90)])  # the box half over the mask
     assert half["box_coverage"] == [0.5] and half["mask_in_boxes"] == 0.5
     # a bilateral finding grounded on the patient's left only (image right): its right box is not pointed at
     both = agreement(mask, [_box(10, 70, 30, 90), _box(60, 70, 80, 90)])
     assert both["pointed"] == [False, True] and both["box_coverage"] == [0.0, 1.0]
+    assert both["side_empty"] == [True, False]
     assert box_places(_box(10, 70, 30, 90)) == {"right lung", "right lung base"}
     assert box_places(_box(60, 5, 80, 12)) == {"left lung", "left apical zone lung"}
 
@@ -210,3 +212,23 @@ def test_validate_refuses_a_call_with_nothing_to_validate(built, tmp_path, capsy
     assert cli_main(["validate", "--ms-cxr", str(csv_path), "--out", str(tmp_path / "x")]) == 1
     assert "needs --dataset (its masks) or --model" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_validate_scores_a_saved_model_on_the_same_boxes(built, tmp_path):
+    from rosalia_hf.testing import tiny_rosalia
+
+    _, out, csv_path = built
+    model, processor = tiny_rosalia(seed=0)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    dest = tmp_path / "model_validation"
+    assert cli_main(["validate", "--model", str(folder), "--dataset", str(out), "--ms-cxr", str(csv_path),
+                     "--out", str(dest), "--device", "cpu"]) == 0
+    figures = json.loads((dest / "validation.json").read_text())
+    assert figures["boxes_used"] == len(read_ms_cxr(csv_path)[0])
+    assert set(figures["recall"]) >= {"cardiomegaly", "effusion"}
+    for recall in figures["recall"].values():  # a random model: what it missed is said, never a crash
+        assert recall["found_boxes"] + recall["missed_boxes"] == recall["boxes"]
+        assert set(recall["missed_reasons"]) <= {"the model's mask is empty", "image not found"}
+    assert "ROSALIA" in (dest / "report.md").read_text().splitlines()[0]

@@ -71,7 +71,7 @@ def _model_results(args: argparse.Namespace, boxes):
                     return None, None, f"image unreadable ({type(error).__name__})"
         return None, None, "image not found"
 
-    def predict(image, instruction):
-        return predictor.predict([image], [instruction])[0]["mask"]
+    def predict(image, instruction):  # the mask of a teacher-forced [SEG], as the Trainer's evaluation takes it
+        return predictor.predict([image], [instruction], segment_only=True)[0]["mask"]
 
     return score_model(predict, boxes, image_of)

@@ -207,3 +207,12 @@ def test_a_build_with_the_llm_backend_keeps_checked_paraphrases_and_ledgers_the_
                for reason in reasons)
     assert any("LLM paraphrase unusable" in reason for reason in reasons)
     assert len(server.requests) > len(rows)
+
+
+def test_the_images_config_decodes_every_positive_mask(built):
+    """The images config's pairs open with the image's positives (as the conversations do), so ``datasets`` decodes
+    every mask of the list, reasoning pairs included."""
+    images = datasets.load_dataset(str(built), "images", split="train")
+    positives = [pair for row in images for pair in row["pairs"] if pair["polarity"] == "positive"]
+    assert positives and all(hasattr(pair["mask"], "size") for pair in positives)
+    assert any(pair["question_type"] == "reasoning" for pair in positives)

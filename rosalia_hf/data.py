@@ -125,6 +125,9 @@ class RosaliaConversations(Dataset):
         image = _gray_uint8(row["image"])
         masks = []
         for turn in row["turns"]:
+            if isinstance(turn["mask"], str | dict):  # datasets decodes a list's images after a first one only
+                raise ValueError(f"conversation {row['id']}, pair {turn['id']}: mask not decoded ({turn['mask']!r}); "
+                                 f"a conversation with a positive turn must open with one (mimic_ils.conversations)")
             mask = np.zeros(image.shape, bool) if turn["mask"] is None else _gray_uint8(turn["mask"]) > 127
             if mask.shape != image.shape:
                 raise ValueError(f"conversation {row['id']}, pair {turn['id']}: mask is {mask.shape}, image is "

@@ -214,7 +214,8 @@ def evaluate_model(
     keeper = CaseKeeper(k=num_cases)
     started = time.perf_counter()
     total = _sample_count(dataset)
-    with Progress("evaluate", total, "pairs", enabled=progress) as bar:  # plain lines off a terminal
+    unit = "turns" if "turns" in dataset.column_names else "pairs"
+    with Progress("evaluate", total, unit, enabled=progress) as bar:  # plain lines off a terminal
         for start, batch in _batches(dataset, batch_size):
             outputs = _predict(predictor, batch, segment_only, max_new_tokens)
             references = [ils_scores.to_mask(mask) for mask in batch["mask"]]

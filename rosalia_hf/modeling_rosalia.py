@@ -227,7 +227,8 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
             the row), bool or {0, 1}; or a padded tensor ``(n, H_max, W_max)`` whose top-left ``(H, W)`` block
             (from ``original_sizes``) is used. Empty masks are negatives. Gives ``mask_bce_loss``/``mask_dice_loss``.
         mask_positive (`torch.BoolTensor` of shape `(num_seg,)`, *optional*): which masks are positives (Dice
-            applies to those only); default: the mask has a foreground pixel.
+            applies to those only), one flag per ``[SEG]`` in row-major order (a multi-turn row: one per turn);
+            default: the mask has a foreground pixel.
         original_sizes (`torch.LongTensor` of shape `(m, 2)`, *optional*): ``(H, W)`` of each image; default
             ``(S, S)``.
         image_index (`torch.LongTensor` of shape `(n,)`, *optional*): the image row of each instruction; default
@@ -305,7 +306,10 @@ class RosaliaForSegmentation(RosaliaPreTrainedModel):
                 found = 0 if out.pred_masks is None else len(out.pred_masks)
                 raise ValueError(f"{len(targets)} ground-truth masks for {found} [SEG] tokens in input_ids")
             targets = [t.to(p.device) for t, p in zip(targets, out.pred_masks, strict=True)]
-            positive = None if mask_positive is None else torch.as_tensor(mask_positive).bool().tolist()
+            positive = None if mask_positive is None else torch.as_tensor(mask_positive).bool().reshape(-1).tolist()
+            if positive is not None and len(positive) != len(targets):  # one flag per [SEG], not per row
+                raise ValueError(f"mask_positive has {len(positive)} flags for {len(targets)} [SEG] masks (one per "
+                                 f"[SEG], row-major: a multi-turn row has one per turn)")
             bce, dice = rosalia_mask_losses(out.pred_masks, targets, positive, cfg.dice_scale, cfg.dice_eps)
             out.mask_bce_loss = cfg.bce_loss_weight * bce
             out.mask_dice_loss = cfg.dice_loss_weight * dice

@@ -8,6 +8,10 @@ also how ``accelerate`` shards a batch sampler, so the two ways of running give 
 
 With ``group_by_image`` the pairs of one image are kept next to each other in both class queues, so a batch
 tends to hold several pairs of the same image and the collator can run the image encoders once for all of them.
+
+:class:`ShuffledBatchSampler` is the plain alternative with the same interface (seeded per epoch, dealt to ranks the
+same way), for data that cannot be split 1:1: a conversation's turns mix polarities, so a ``conversations`` split
+is balanced on "has a positive turn" when it can be and shuffled otherwise (``RosaliaTrainer``).
 """
 
 from __future__ import annotations
@@ -109,3 +113,53 @@ class BalancedPolarityBatchSampler(Sampler[list[int]]):
         tie_break = rng.permutation(len(self.positive))
         return np.lexsort((tie_break, image_rank))
 
+
+
+def balanced_batches_possible(positive: Sequence[bool], batch_size: int) -> bool:
+    """Whether :class:`BalancedPolarityBatchSampler` can make one batch: an even size and half of it of each class."""
+    positive = np.asarray(positive, dtype=bool)
+    half = batch_size // 2
+    return batch_size >= 2 and batch_size % 2 == 0 and min(int(positive.sum()), int((~positive).sum())) >= half
+
+
+class ShuffledBatchSampler(Sampler[list[int]]):
+    """Yields lists of ``batch_size`` dataset indices in a seeded random order, the last incomplete batch dropped.
+
+    Same arguments and rank dealing as :class:`BalancedPolarityBatchSampler`, without the 1:1 constraint.
+
+    >>> [len(batch) for batch in ShuffledBatchSampler(7, batch_size=3, seed=0)]
+    [3, 3]
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, num_replicas: int | None = None, rank: int | None = None,
+                 seed: int = 0, shard: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if rank is None:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside a world of {num_replicas}")
+        self.num_items, self.batch_size = num_items, batch_size
+        self.num_replicas, self.rank, self.seed, self.shard = num_replicas, rank, seed, shard
+        self.epoch = 0
+        self.total_batches = (num_items // batch_size) // num_replicas * num_replicas
+        if self.total_batches == 0:
+            raise ValueError(f"{num_items} items make no batch of {batch_size} on each of {num_replicas} ranks")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def sampler(self) -> ShuffledBatchSampler:
+        return self
+
+    def __len__(self) -> int:
+        return self.total_batches // self.num_replicas if self.shard else self.total_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.num_items)
+        first, step = (self.rank, self.num_replicas) if self.shard else (0, 1)
+        for batch in range(first, self.total_batches, step):
+            yield order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()

@@ -22,7 +22,7 @@ from transformers import Trainer
 
 from rosalia_hf.data import RosaliaCollator, RosaliaConversations, RosaliaPairs, dataset_view
 from rosalia_hf.predictor import RosaliaPredictor
-from rosalia_hf.sampler import BalancedPolarityBatchSampler
+from rosalia_hf.sampler import BalancedPolarityBatchSampler, ShuffledBatchSampler, balanced_batches_possible
 from rosalia_hf.trainer_config import RosaliaTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class RosaliaTrainer(Trainer):
 
     ``train_dataset`` / ``eval_dataset``: ``datasets.Dataset`` splits of a built MIMIC-ILS folder, either
     configuration (``pairs``, ``images`` or ``conversations``); training pairs (conversations: with or without a
-    positive turn) are drawn in exact 1:1 batches. Evaluation runs
+    positive turn, when the split allows it; shuffled otherwise) are drawn in exact 1:1 batches. Evaluation runs
     ``predict`` in segment-only mode and reports ``giou``, ``ciou`` and ``n_acc`` through ``metrics/ils``.
     """
 
@@ -135,14 +135,22 @@ class RosaliaTrainer(Trainer):
     # --- data ---
     def get_train_dataloader(self) -> DataLoader:
         dataset: RosaliaPairs | RosaliaConversations = self.train_dataset
-        sampler = BalancedPolarityBatchSampler(
-            dataset.positive, self._train_batch_size, image_ids=dataset.image_keys,
-            group_by_image=self.args.group_by_image, num_replicas=self.accelerator.num_processes,
-            seed=self.args.seed, shard=False,
-        )
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator,
+        loader = DataLoader(dataset, batch_sampler=self._batch_sampler(dataset), collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
         return self.accelerator.prepare(loader)
+
+    def _batch_sampler(self, dataset: RosaliaPairs | RosaliaConversations):
+        """Exact 1:1 batches of pairs; conversations 1:1 on "has a positive turn" when that can make a batch (even
+        batch size, enough of each), else shuffled: their turns mix polarities anyway."""
+        size, replicas = self._train_batch_size, self.accelerator.num_processes
+        if isinstance(dataset, RosaliaConversations) and not balanced_batches_possible(dataset.positive, size):
+            logger.warning("conversations: %d of %d have a positive turn; batches of %d are shuffled, not 1:1",
+                           sum(dataset.positive), len(dataset), size)
+            return ShuffledBatchSampler(len(dataset), size, num_replicas=replicas, seed=self.args.seed, shard=False)
+        return BalancedPolarityBatchSampler(
+            dataset.positive, size, image_ids=dataset.image_keys, group_by_image=self.args.group_by_image,
+            num_replicas=replicas, seed=self.args.seed, shard=False,
+        )
 
     # --- loss ---
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch=None):

@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from _training_helpers import write_dataset_folder
+from _training_helpers import write_built_folder, write_dataset_folder
 
 from rosalia_hf.data import RosaliaPairs
 from rosalia_hf.sampler import BalancedPolarityBatchSampler
@@ -134,14 +134,15 @@ def test_tiny_rosalia_learns_to_segment_and_to_say_no(tmp_path):
 
 
 def test_tiny_rosalia_trains_on_conversations_and_is_evaluated_per_turn(tmp_path, capsys):
-    """Issue 19: the training script on the `conversations` config (one mask per [SEG], the paper's loss per turn),
-    then the evaluation script on the same config prints the reasoning and per-turn rows."""
+    """Issue 19: the training script on the `conversations` config of a folder in the build's layout (one mask per
+    [SEG], the paper's loss per turn; conversations of 3, 4 and 2 turns), then the evaluation script on the same
+    config prints the reasoning and per-turn rows (turns 1 to 4)."""
     import runpy
 
     sys.path.insert(0, str(ROOT / "examples"))
     import train_rosalia
 
-    folder = write_dataset_folder(tmp_path / "ils", 12, 4)
+    folder = write_built_folder(tmp_path / "ils", 12, 4)
     out = tmp_path / "run"
     result = train_rosalia.main(["--config", str(TINY_CPU), "--dataset", folder, "--train_config", "conversations",
                                  "--output_dir", str(out), "--max_steps", "6", "--logging_steps", "2",
@@ -152,15 +153,17 @@ def test_tiny_rosalia_trains_on_conversations_and_is_evaluated_per_turn(tmp_path
     for entry in logged:  # the paper's three terms, over every turn of every conversation
         assert all(np.isfinite(entry[name]) and entry[name] > 0 for name in ("loss", "ce_loss", "mask_bce_loss"))
         assert np.isfinite(entry["mask_dice_loss"])
+    assert logged[-1]["loss"] < logged[0]["loss"], logged
     capsys.readouterr()
     evaluation = tmp_path / "eval"
     main = runpy.run_path(str(ROOT / "examples" / "evaluate_rosalia.py"))["main"]
     assert main(["--model", str(out / "merged"), "--dataset", folder, "--config", "conversations", "--split",
-                 "validate", "--out", str(evaluation), "--max-new-tokens", "8", "--device", "cpu",
+                 "validation", "--out", str(evaluation), "--max-new-tokens", "8", "--device", "cpu",
                  "--no-progress"]) == 0
     report = (evaluation / "report.md").read_text()
     assert "| Reasoning |" in report and "## By turn (conversations)" in report
-    assert all(f"| Turn {turn} |" in report for turn in (1, 2, 3))
+    assert all(f"| Turn {turn} |" in report for turn in (1, 2, 3, 4))
     metrics = json.loads((evaluation / "metrics.json").read_text())
-    assert metrics["num_positive"] + metrics["num_negative"] == 12  # 4 conversations x 3 turns
-    assert set(metrics["per_turn"]) == {"1", "2", "3"} and "reasoning" in metrics["per_question_type"]
+    assert metrics["num_positive"] + metrics["num_negative"] == 12  # 4 conversations of 3, 4, 2 and 3 turns
+    assert list(metrics["per_turn"]) == ["1", "2", "3", "4"] and metrics["per_turn"]["4"]["num_negative"] == 1
+    assert "reasoning" in metrics["per_question_type"] and "reasoning" in metrics["text_accuracy_per_question_type"]

@@ -171,9 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
                             merged_path=output / "merged", lora_config=peft_config)  # in place of peft's template
         if script.save_merged:
             merged = trainer.save_merged(output / "merged")
+            pairs = getattr(trainer.train_dataset, "num_pairs", len(trainer.train_dataset))  # conversations: turns
             render_model_card(merged / "README.md", args=args, model_config=model.config, script=vars(script),
-                              before=before, after=after, num_train_pairs=len(trainer.train_dataset),
-                              num_eval_pairs=len(validate))
+                              before=before, after=after, num_train_pairs=pairs, num_eval_pairs=len(validate))
     return {"before": before, "after": after, "train_seconds": round(train_seconds, 1),
             "losses": [entry for entry in trainer.state.log_history if "loss" in entry]}
 

@@ -120,6 +120,11 @@ class RosaliaConversations(Dataset):
     def __len__(self) -> int:
         return len(self.positive)
 
+    @property
+    def num_pairs(self) -> int:
+        """The turns of all conversations: each is a pair of the ``pairs`` config."""
+        return sum(len(flags) for flags in self.turn_positive)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.dataset[int(index)]
         image = _gray_uint8(row["image"])

@@ -136,6 +136,7 @@ def test_the_conversation_view_and_the_collator_give_one_mask_per_seg(tiny):
     dataset = RosaliaConversations(tiny_conversations_dataset(4, seed=3))
     assert len(dataset) == 4 and dataset.positive == [True, False, True, False]
     assert dataset.turn_positive[0] == [True, True, False] and dataset.turn_positive[1] == [False, False, False]
+    assert dataset.num_pairs == 12  # the model card counts the turns as training pairs
     assert isinstance(dataset_view(tiny_conversations_dataset(2)), RosaliaConversations)
     items = [dataset[0], dataset[1]]
     assert items[0]["masks"].shape == (3, 48, 64) and items[0]["masks"][0].any() and not items[1]["masks"].any()

@@ -148,6 +148,7 @@ def test_tiny_rosalia_trains_on_conversations_and_is_evaluated_per_turn(tmp_path
                                  "--output_dir", str(out), "--max_steps", "6", "--logging_steps", "2",
                                  "--eval_strategy", "no"])
     assert result["train_seconds"] > 0 and (out / "merged" / "config.json").is_file()
+    assert "(36 training pairs," in (out / "merged" / "README.md").read_text()  # 12 conversations of 3, 4, 2 turns
     logged = result["losses"]
     assert [entry["step"] for entry in logged] == [2, 4, 6]
     for entry in logged:  # the paper's three terms, over every turn of every conversation
